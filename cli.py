@@ -1,0 +1,60 @@
+"""The `chinchax` command: a thin face over model/, data/, train/, scaling/ and evaluation/.
+
+Each area owns its subcommands in a `cli.py` of its own with a `register(subparsers)` function;
+this file only gathers them. Heavy imports (jax, flax) happen inside the handlers, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from chinchax.errors import UserError
+
+# Modules that add subcommands, in the order `chinchax --help` lists them. A module that is not
+# there yet (a feature still being built) is skipped rather than breaking the whole CLI.
+_COMMAND_MODULES = (
+    "chinchax.model.cli",
+    "chinchax.data.cli",
+    "chinchax.train.cli",
+    "chinchax.scaling.cli",
+    "chinchax.scaling.sweep_cli",
+    "chinchax.evaluation.cli",
+    "chinchax.experiments.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chinchax",
+        description="Language-model scaling studies in JAX/Flax: build transformer families, train them "
+        "sharded, sweep isoFLOP grids and fit Kaplan and Chinchilla scaling laws.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as e:
+        print(f"chinchax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

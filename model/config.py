@@ -1,0 +1,156 @@
+"""`ModelConfig`: every architectural choice of the transformer family, validated up front.
+
+One frozen dataclass describes GPT-2, BERT, T5, LLaMA, BLOOM and BART (see `model/presets/`).
+`validate()` rejects impossible combinations with a message that names the key, the value and
+what would be valid; the YAML/CLI loader (`chinchax.configlib`) calls it after every override.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from chinchax.errors import UserError
+
+VARIANTS = ("encoder_only", "decoder_only", "encoder_decoder")
+ATTENTIONS = ("causal", "prefix", "bidirectional")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+POSITIONS = ("learned", "rope", "t5_relative", "alibi", "none")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh")
+GATED_ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh")
+DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "custom"
+    # Architecture family. `attention` is the self-attention pattern of the (decoder) stack:
+    # encoder_only needs "bidirectional"; decoder_only takes "causal" or "prefix" (bidirectional over
+    # the prefix marked per example by the batch, causal after it); encoder_decoder's decoder is "causal".
+    variant: str = "decoder_only"
+    attention: str = "causal"
+    vocab_size: int = 32000
+    d_model: int = 512
+    n_layers: int = 8  # layers of the decoder (or of the encoder, for encoder_only)
+    n_encoder_layers: int | None = None  # encoder_decoder only; None = n_layers
+    n_heads: int = 8
+    n_kv_heads: int | None = None  # None = n_heads (multi-head); 1 = multi-query; else grouped-query
+    head_dim: int | None = None  # None = d_model // n_heads
+    d_ff: int = 2048
+    max_len: int = 1024  # context length: size of learned position tables, n_ctx for FLOP counts
+    # Components.
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    norm_position: str = "pre"
+    final_norm: bool = True  # a norm after the last block (pre-norm models; BART has none)
+    embedding_norm: bool = False  # a LayerNorm right after the embeddings (BLOOM, BERT, BART)
+    position: str = "learned"
+    position_offset: int = 0  # learned positions start at this row (BART: 2)
+    rope_theta: float = 10000.0
+    relative_buckets: int = 32  # T5 bucketed relative position bias
+    relative_max_distance: int = 128
+    activation: str = "gelu"
+    use_bias: bool = True  # biases of the dense layers
+    scale_attention: bool = True  # divide q·k by sqrt(head_dim); T5 folds it into its init instead
+    tie_embeddings: bool = True
+    scale_tied_logits: bool = False  # T5 v1.0: logits of a tied head times d_model**-0.5
+    scale_embeddings: bool = False  # embeddings times sqrt(d_model) (BART option)
+    n_token_types: int = 0  # BERT segment embeddings (2); 0 = none
+    mlm_transform: bool = False  # BERT's head: dense + activation + LayerNorm before the vocab projection
+    output_bias: bool = False  # a bias on the logits (BERT's decoder bias, BART's final_logits_bias)
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    # Numerics and memory. Parameters are always float32; softmax and logits are computed in float32.
+    dtype: str = "float32"
+    remat: str = "none"
+    scan_layers: bool = True  # one compiled block scanned over layers: fast compiles for deep models
+
+    # --- derived -----------------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def encoder_layers(self) -> int:
+        if self.variant != "encoder_decoder":
+            return 0
+        return self.n_layers if self.n_encoder_layers is None else self.n_encoder_layers
+
+    @property
+    def gated(self) -> bool:
+        return self.activation in GATED_ACTIVATIONS
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes).validate()
+
+    # --- validation --------------------------------------------------------------------------------
+    def validate(self) -> ModelConfig:
+        def choose(key, allowed):
+            value = getattr(self, key)
+            if value not in allowed:
+                raise UserError(f"model.{key}={value!r} is not valid; choose one of {', '.join(allowed)}")
+
+        choose("variant", VARIANTS)
+        choose("attention", ATTENTIONS)
+        choose("norm", NORMS)
+        choose("norm_position", NORM_POSITIONS)
+        choose("position", POSITIONS)
+        choose("activation", ACTIVATIONS)
+        choose("dtype", DTYPES)
+        choose("remat", REMAT_POLICIES)
+        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"model.{key}={getattr(self, key)} must be a positive integer")
+        for key in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise UserError(f"model.{key}={getattr(self, key)} must be in [0, 1)")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise UserError(
+                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; "
+                f"pick n_heads among {_divisors(self.d_model)} or set model.head_dim explicitly"
+            )
+        if self.n_kv_heads is not None and (self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads):
+            raise UserError(
+                f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads}; "
+                f"valid values: {_divisors(self.n_heads)}"
+            )
+        if self.position == "rope" and self.head_size % 2:
+            raise UserError(f"model.position='rope' needs an even head size, got {self.head_size}")
+        if self.variant == "encoder_only" and self.attention != "bidirectional":
+            raise UserError(
+                f"model.attention={self.attention!r} is impossible for model.variant='encoder_only': "
+                "an encoder attends both ways; set model.attention=bidirectional, or use "
+                "model.variant=decoder_only for causal or prefix-LM attention"
+            )
+        if self.variant == "decoder_only" and self.attention == "bidirectional":
+            raise UserError(
+                "model.attention='bidirectional' is impossible for model.variant='decoder_only'; use "
+                "'causal' or 'prefix', or model.variant=encoder_only for a bidirectional encoder"
+            )
+        if self.variant == "encoder_decoder" and self.attention != "causal":
+            raise UserError(
+                f"model.attention={self.attention!r} is not supported for model.variant='encoder_decoder': "
+                "its decoder is causal and its encoder bidirectional; set model.attention=causal"
+            )
+        if self.n_encoder_layers is not None and self.variant != "encoder_decoder":
+            raise UserError(
+                f"model.n_encoder_layers={self.n_encoder_layers} only applies to "
+                "model.variant='encoder_decoder'; remove it or change the variant"
+            )
+        if self.mlm_transform and self.variant != "encoder_only":
+            raise UserError("model.mlm_transform=true is BERT's masked-LM head: use it with variant=encoder_only")
+        if self.scale_tied_logits and not self.tie_embeddings:
+            raise UserError("model.scale_tied_logits=true needs model.tie_embeddings=true")
+        if self.position_offset and self.position != "learned":
+            raise UserError("model.position_offset only applies to model.position='learned'")
+        return self
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]

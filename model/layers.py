@@ -1,0 +1,94 @@
+"""Building blocks: norms, embeddings, the MLP, and the parameter helper that attaches logical axes.
+
+Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `kv`, `kv_heads`, `vocab`,
+`layers`); `chinchax.sharding` maps them to mesh axes. Parameters are float32; `dtype` is the
+compute dtype (activations and matmul inputs).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from chinchax.model.config import ModelConfig
+
+Initializer = nnx.initializers.Initializer
+
+
+def param(rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], names: tuple[str | None, ...]) -> nnx.Param:
+    """A float32 parameter with logical axis names. It is sharded later, by the trainer's jit
+    (eager_sharding=False), so the model can also be built with no mesh (tests, counting, export)."""
+    assert len(shape) == len(names), (shape, names)
+    return nnx.Param(init(rngs.params(), shape, jnp.float32), out_sharding=names, eager_sharding=False)
+
+
+def compute_dtype(cfg: ModelConfig):
+    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
+def dense_init(fan_in_axes: int = 1) -> Initializer:
+    # Fan-in scaled normal (LeCun), over the leading `fan_in_axes` axes, as in T5X/Gemma.
+    return nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=tuple(range(fan_in_axes)))
+
+
+class Norm(nnx.Module):
+    """LayerNorm (scale and bias) or RMSNorm (scale only), computed in float32."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, kind: str | None = None):
+        self.kind = kind or cfg.norm
+        self.eps = cfg.norm_eps
+        self.scale = param(rngs, nnx.initializers.ones, (cfg.d_model,), ("embed",))
+        if self.kind == "layernorm":
+            self.bias = param(rngs, nnx.initializers.zeros, (cfg.d_model,), ("embed",))
+
+    def __call__(self, x_BLD: jax.Array) -> jax.Array:
+        x = x_BLD.astype(jnp.float32)
+        if self.kind == "layernorm":
+            x = x - x.mean(-1, keepdims=True)
+        x = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps)
+        x = x * self.scale[...]
+        if self.kind == "layernorm":
+            x = x + self.bias[...]
+        return x.astype(x_BLD.dtype)
+
+
+def activation_fn(name: str):
+    return {
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "relu": jax.nn.relu,
+        "swiglu": jax.nn.silu,
+        "geglu": lambda x: jax.nn.gelu(x, approximate=False),
+        "geglu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    }[name]
+
+
+class Mlp(nnx.Module):
+    """d_model -> d_ff -> d_model; gated variants (SwiGLU, GeGLU) multiply act(x·wi) by x·wi_gate."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        D, F = cfg.d_model, cfg.d_ff
+        self.wi_DF = param(rngs, dense_init(), (D, F), ("embed", "mlp"))
+        if cfg.gated:
+            self.wi_gate_DF = param(rngs, dense_init(), (D, F), ("embed", "mlp"))
+        self.wo_FD = param(rngs, dense_init(), (F, D), ("mlp", "embed"))
+        if cfg.use_bias:
+            self.bi_F = param(rngs, nnx.initializers.zeros, (F,), ("mlp",))
+            self.bo_D = param(rngs, nnx.initializers.zeros, (D,), ("embed",))
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def __call__(self, x_BLD: jax.Array) -> jax.Array:
+        dtype = x_BLD.dtype
+        h_BLF = jnp.einsum("BLD,DF->BLF", x_BLD, self.wi_DF[...].astype(dtype))
+        if self.cfg.use_bias:
+            h_BLF = h_BLF + self.bi_F[...].astype(dtype)
+        h_BLF = activation_fn(self.cfg.activation)(h_BLF)
+        if self.cfg.gated:
+            h_BLF = h_BLF * jnp.einsum("BLD,DF->BLF", x_BLD, self.wi_gate_DF[...].astype(dtype))
+        h_BLF = self.dropout(h_BLF) if self.cfg.activation == "relu" and self.cfg.position == "t5_relative" else h_BLF
+        out_BLD = jnp.einsum("BLF,FD->BLD", h_BLF, self.wo_FD[...].astype(dtype))
+        if self.cfg.use_bias:
+            out_BLD = out_BLD + self.bo_D[...].astype(dtype)
+        return out_BLD
