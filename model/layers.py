@@ -77,7 +77,6 @@ class Mlp(nnx.Module):
         if cfg.use_bias:
             self.bi_F = param(rngs, nnx.initializers.zeros, (F,), ("mlp",))
             self.bo_D = param(rngs, nnx.initializers.zeros, (D,), ("embed",))
-        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
         dtype = x_BLD.dtype
@@ -87,7 +86,6 @@ class Mlp(nnx.Module):
         h_BLF = activation_fn(self.cfg.activation)(h_BLF)
         if self.cfg.gated:
             h_BLF = h_BLF * jnp.einsum("BLD,DF->BLF", x_BLD, self.wi_gate_DF[...].astype(dtype))
-        h_BLF = self.dropout(h_BLF) if self.cfg.activation == "relu" and self.cfg.position == "t5_relative" else h_BLF
         out_BLD = jnp.einsum("BLF,FD->BLD", h_BLF, self.wo_FD[...].astype(dtype))
         if self.cfg.use_bias:
             out_BLD = out_BLD + self.bo_D[...].astype(dtype)
