@@ -72,7 +72,7 @@ class Mlp(nnx.Module):
         D, F = cfg.d_model, cfg.d_ff
         self.wi_DF = param(rngs, dense_init(), (D, F), ("embed", "mlp"))
         if cfg.gated:
-            self.wi_gate_DF = param(rngs, dense_init(), (D, F), ("embed", "mlp"))
+            self.wi_linear_DF = param(rngs, dense_init(), (D, F), ("embed", "mlp"))
         self.wo_FD = param(rngs, dense_init(), (F, D), ("mlp", "embed"))
         if cfg.use_bias:
             self.bi_F = param(rngs, nnx.initializers.zeros, (F,), ("mlp",))
@@ -85,7 +85,7 @@ class Mlp(nnx.Module):
             h_BLF = h_BLF + self.bi_F[...].astype(dtype)
         h_BLF = activation_fn(self.cfg.activation)(h_BLF)
         if self.cfg.gated:
-            h_BLF = h_BLF * jnp.einsum("BLD,DF->BLF", x_BLD, self.wi_gate_DF[...].astype(dtype))
+            h_BLF = h_BLF * jnp.einsum("BLD,DF->BLF", x_BLD, self.wi_linear_DF[...].astype(dtype))
         out_BLD = jnp.einsum("BLF,FD->BLD", h_BLF, self.wo_FD[...].astype(dtype))
         if self.cfg.use_bias:
             out_BLD = out_BLD + self.bo_D[...].astype(dtype)

@@ -1,0 +1,214 @@
+"""Attention: masks, position encodings (RoPE, ALiBi, T5 relative buckets) and the attention module.
+
+Letters: B batch, L query length, S key length, D d_model, H query heads, G key/value heads,
+K head size. Grouped-query attention shares each of the G key/value heads among H/G query heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from chinchax.model.config import ModelConfig
+from chinchax.model.layers import dense_init, param
+
+# --- masks ---------------------------------------------------------------------------------------
+
+
+def attention_mask(
+    q_segment_ids_BL: jax.Array | None,
+    kv_segment_ids_BS: jax.Array | None,
+    *,
+    causal: bool,
+    prefix_mask_BL: jax.Array | None = None,
+    shape: tuple[int, int, int] | None = None,
+) -> jax.Array | None:
+    """Boolean [B, 1, L, S]: True where query l may attend to key s.
+
+    Same segment only (segment 0 is padding: padded queries attend to padding, so no row is empty);
+    `causal` adds s <= l (by array index: packing keeps each document in order); `prefix_mask_BL`
+    additionally lets positions of the prefix see each other both ways (prefix LM).
+    """
+    mask = None
+    if q_segment_ids_BL is not None:
+        mask = q_segment_ids_BL[:, :, None] == kv_segment_ids_BS[:, None, :]
+    if causal:
+        B, L, S = shape if shape else (*q_segment_ids_BL.shape, kv_segment_ids_BS.shape[1])
+        causal_LS = jnp.arange(L)[:, None] >= jnp.arange(S)[None, :]
+        allowed_BLS = jnp.broadcast_to(causal_LS, (B, L, S))
+        if prefix_mask_BL is not None:
+            allowed_BLS = allowed_BLS | (prefix_mask_BL[:, :, None] & prefix_mask_BL[:, None, :])
+        mask = allowed_BLS if mask is None else mask & allowed_BLS
+    return None if mask is None else mask[:, None, :, :]
+
+
+# --- position encodings --------------------------------------------------------------------------
+
+
+def rope(x_BLHK: jax.Array, positions_BL: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, "rotate half" layout (first half of K pairs with the second, as LLaMA in HF)."""
+    K = x_BLHK.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, K, 2, dtype=jnp.float32) / K))
+    angles_BLk = positions_BL.astype(jnp.float32)[:, :, None] * inv_freq
+    cos_BL1K = jnp.cos(jnp.concatenate([angles_BLk, angles_BLk], -1))[:, :, None, :]
+    sin_BL1K = jnp.sin(jnp.concatenate([angles_BLk, angles_BLk], -1))[:, :, None, :]
+    x = x_BLHK.astype(jnp.float32)
+    rotated = jnp.concatenate([-x[..., K // 2 :], x[..., : K // 2]], -1)
+    return (x * cos_BL1K + rotated * sin_BL1K).astype(x_BLHK.dtype)
+
+
+def alibi_slopes(n_heads: int) -> np.ndarray:
+    """ALiBi head slopes (Press et al.), with the interpolation BLOOM uses for non-powers of two."""
+    closest = 2 ** math.floor(math.log2(n_heads))
+    base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
+    slopes = [base ** (i + 1) for i in range(closest)]
+    if closest != n_heads:
+        extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
+        slopes += [extra_base ** (2 * i + 1) for i in range(n_heads - closest)]
+    return np.asarray(slopes, np.float32)
+
+
+def alibi_bias(q_positions_BL: jax.Array, kv_positions_BS: jax.Array, n_heads: int) -> jax.Array:
+    """[B, H, L, S] bias slope_h * (s - l): a linear penalty on distance (only s <= l is ever unmasked
+    in a causal model; the per-query constant slope_h * l does not change the softmax)."""
+    distance_BLS = (kv_positions_BS[:, None, :] - q_positions_BL[:, :, None]).astype(jnp.float32)
+    return jnp.asarray(alibi_slopes(n_heads))[None, :, None, None] * distance_BLS[:, None]
+
+
+def t5_relative_buckets(relative_BLS: jax.Array, *, bidirectional: bool, n_buckets: int, max_distance: int):
+    """T5's bucketing of key-minus-query distance: exact for small distances, log-spaced up to max_distance."""
+    buckets = jnp.zeros_like(relative_BLS)
+    if bidirectional:
+        n_buckets //= 2
+        buckets += (relative_BLS > 0).astype(jnp.int32) * n_buckets
+        distance = jnp.abs(relative_BLS)
+    else:
+        distance = -jnp.minimum(relative_BLS, 0)
+    max_exact = n_buckets // 2
+    is_small = distance < max_exact
+    log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (log_ratio * (n_buckets - max_exact)).astype(jnp.int32)
+    large = jnp.minimum(large, n_buckets - 1)
+    return buckets + jnp.where(is_small, distance, large)
+
+
+class RelativePositionBias(nnx.Module):
+    """T5's learned bias per (bucket, head), shared by all layers of one stack."""
+
+    def __init__(self, cfg: ModelConfig, *, bidirectional: bool, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.bidirectional = bidirectional
+        self.table_RH = param(rngs, nnx.initializers.normal(1.0), (cfg.relative_buckets, cfg.n_heads), (None, "heads"))
+
+    def __call__(self, q_positions_BL: jax.Array, kv_positions_BS: jax.Array) -> jax.Array:
+        relative_BLS = kv_positions_BS[:, None, :] - q_positions_BL[:, :, None]
+        buckets_BLS = t5_relative_buckets(
+            relative_BLS,
+            bidirectional=self.bidirectional,
+            n_buckets=self.cfg.relative_buckets,
+            max_distance=self.cfg.relative_max_distance,
+        )
+        bias_BLSH = self.table_RH[...][buckets_BLS]
+        return jnp.transpose(bias_BLSH, (0, 3, 1, 2))
+
+
+# --- the attention module ------------------------------------------------------------------------
+
+
+class Attention(nnx.Module):
+    """Multi-head / grouped-query / multi-query attention; self- or cross-attention."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        D, H, G, K = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size
+        self.q_DHK = param(rngs, dense_init(), (D, H, K), ("embed", "heads", "kv"))
+        self.k_DGK = param(rngs, dense_init(), (D, G, K), ("embed", "kv_heads", "kv"))
+        self.v_DGK = param(rngs, dense_init(), (D, G, K), ("embed", "kv_heads", "kv"))
+        self.o_HKD = param(rngs, dense_init(2), (H, K, D), ("heads", "kv", "embed"))
+        if cfg.use_bias:
+            self.q_bias_HK = param(rngs, nnx.initializers.zeros, (H, K), ("heads", "kv"))
+            self.k_bias_GK = param(rngs, nnx.initializers.zeros, (G, K), ("kv_heads", "kv"))
+            self.v_bias_GK = param(rngs, nnx.initializers.zeros, (G, K), ("kv_heads", "kv"))
+            self.o_bias_D = param(rngs, nnx.initializers.zeros, (D,), ("embed",))
+        self.attention_dropout = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
+
+    def project_kv(self, x_BSD: jax.Array, positions_BS: jax.Array | None):
+        """Keys and values [B, S, G, K] (RoPE applied to keys): what a decoding cache stores."""
+        dtype = x_BSD.dtype
+        k_BSGK = jnp.einsum("BSD,DGK->BSGK", x_BSD, self.k_DGK[...].astype(dtype))
+        v_BSGK = jnp.einsum("BSD,DGK->BSGK", x_BSD, self.v_DGK[...].astype(dtype))
+        if self.cfg.use_bias:
+            k_BSGK = k_BSGK + self.k_bias_GK[...].astype(dtype)
+            v_BSGK = v_BSGK + self.v_bias_GK[...].astype(dtype)
+        if self.cfg.position == "rope" and positions_BS is not None:
+            k_BSGK = rope(k_BSGK, positions_BS, self.cfg.rope_theta)
+        return k_BSGK, v_BSGK
+
+    def __call__(
+        self,
+        x_BLD: jax.Array,
+        *,
+        positions_BL: jax.Array | None,
+        mask_B1LS: jax.Array | None,
+        bias_BHLS: jax.Array | None = None,
+        kv_BSD: jax.Array | None = None,
+        kv_positions_BS: jax.Array | None = None,
+        is_causal: bool = False,
+    ) -> jax.Array:
+        """Self-attention over x, or cross-attention to `kv_BSD` (no positions on cross-attention)."""
+        cfg, dtype = self.cfg, x_BLD.dtype
+        cross = kv_BSD is not None
+        q_BLHK = jnp.einsum("BLD,DHK->BLHK", x_BLD, self.q_DHK[...].astype(dtype))
+        if cfg.use_bias:
+            q_BLHK = q_BLHK + self.q_bias_HK[...].astype(dtype)
+        if cfg.position == "rope" and not cross:
+            q_BLHK = rope(q_BLHK, positions_BL, cfg.rope_theta)
+        k_BSGK, v_BSGK = self.project_kv(kv_BSD if cross else x_BLD, None if cross else positions_BL)
+        out_BLHK = attend(
+            q_BLHK,
+            k_BSGK,
+            v_BSGK,
+            mask_B1LS=mask_B1LS,
+            bias_BHLS=bias_BHLS,
+            scale=1.0 / math.sqrt(cfg.head_size) if cfg.scale_attention else 1.0,
+            is_causal=is_causal,
+            dropout=self.attention_dropout,
+        )
+        out_BLD = jnp.einsum("BLHK,HKD->BLD", out_BLHK, self.o_HKD[...].astype(dtype))
+        if cfg.use_bias:
+            out_BLD = out_BLD + self.o_bias_D[...].astype(dtype)
+        return out_BLD
+
+
+def attend(q_BLHK, k_BSGK, v_BSGK, *, mask_B1LS, bias_BHLS, scale, is_causal, dropout: nnx.Dropout):
+    """Softmax attention with float32 logits and softmax.
+
+    Without attention dropout this is `jax.nn.dot_product_attention`, which picks a fused kernel
+    (cuDNN flash attention on GPU) when one applies; with dropout it is written out, since the fused
+    kernels have no dropout.
+    """
+    if dropout.rate == 0.0 or dropout.deterministic:
+        return jax.nn.dot_product_attention(
+            q_BLHK, k_BSGK, v_BSGK, bias=bias_BHLS, mask=mask_B1LS, scale=scale, is_causal=is_causal
+        )
+    B, L, H, K = q_BLHK.shape
+    G = k_BSGK.shape[2]
+    q_BLGRK = q_BLHK.reshape(B, L, G, H // G, K)
+    logits_BGRLS = jnp.einsum("BLGRK,BSGK->BGRLS", q_BLGRK, k_BSGK, preferred_element_type=jnp.float32) * scale
+    logits_BHLS = logits_BGRLS.reshape(B, H, L, -1)
+    if bias_BHLS is not None:
+        logits_BHLS = logits_BHLS + bias_BHLS
+    if is_causal:
+        S = k_BSGK.shape[1]
+        causal = jnp.arange(L)[:, None] >= jnp.arange(S)[None, :]
+        mask_B1LS = causal[None, None] if mask_B1LS is None else mask_B1LS & causal
+    if mask_B1LS is not None:
+        logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, jnp.finfo(jnp.float32).min)
+    probs_BHLS = dropout(jax.nn.softmax(logits_BHLS, axis=-1))
+    probs_BGRLS = probs_BHLS.reshape(B, G, H // G, L, -1).astype(v_BSGK.dtype)
+    out_BLGRK = jnp.einsum("BGRLS,BSGK->BLGRK", probs_BGRLS, v_BSGK)
+    return out_BLGRK.reshape(B, L, H, K)
