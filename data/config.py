@@ -1,0 +1,82 @@
+"""`DataConfig`: where the text comes from, how it is tokenized, packed and turned into training examples.
+
+The trainer's `ExperimentConfig` embeds it as `data: DataConfig`; `chinchax.data.pipeline` reads it.
+
+Lengths, per model variant (see `chinchax.data.pipeline` for how the variant is chosen):
+  - decoder_only / encoder_only: every row is `seq_len` tokens.
+  - encoder_decoder: the encoder side is `encoder_seq_len` tokens (None = `seq_len`), the decoder side
+    `seq_len`. T5's span-corruption setting is `encoder_seq_len=512, seq_len=114`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from chinchax.errors import UserError
+
+OBJECTIVES = ("causal_lm", "prefix_lm", "span_corruption", "masked_lm")
+PACKINGS = ("concat", "first_fit", "none")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Where documents come from: "stdlib" (the embedded corpus), "tfds:NAME[/CONFIG][:VERSION]",
+    # "text:PATH_OR_GLOB", or "memory:NAME" (registered in-process with pipeline.register_memory_source).
+    source: str = "stdlib"
+    data_dir: str | None = None  # None = CHINCHAX_DATA_DIR or ~/.cache/chinchax/data
+    text_field: str = "text"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    tokenizer: str = "byte"  # "byte" or a spec chinchax.data.tokenizers.load_tokenizer accepts
+    objective: str = "causal_lm"
+    seq_len: int = 256
+    encoder_seq_len: int | None = None
+    # concat: concatenate documents and split into rows (no padding; a document may span two rows);
+    # first_fit: keep documents whole where they fit, split only those longer than a row;
+    # none: one document (or piece of one) per row, padded.
+    packing: str = "concat"
+    packing_bins: int = 0  # first_fit: rows packed together; 0 = the per-host batch size (at least 16)
+    noise_density: float = 0.15  # span corruption (T5)
+    mean_noise_span_length: float = 3.0
+    mlm_probability: float = 0.15  # masked LM (BERT): share of tokens chosen for the loss
+    seed: int = 0  # shuffling and objective randomness of the TRAIN stream (eval never depends on it)
+    shuffle: bool = True
+    eval_batches: int = 8  # fixed number of validation batches, identical for every run of this config
+    worker_count: int = 0  # grain worker processes (0 = in the training process)
+
+    @property
+    def encoder_length(self) -> int:
+        return self.encoder_seq_len if self.encoder_seq_len is not None else self.seq_len
+
+    def replace(self, **changes) -> DataConfig:
+        return dataclasses.replace(self, **changes).validate()
+
+    def validate(self) -> DataConfig:
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"data.objective={self.objective!r} is not valid; choose one of {', '.join(OBJECTIVES)}")
+        if self.packing not in PACKINGS:
+            raise UserError(f"data.packing={self.packing!r} is not valid; choose one of {', '.join(PACKINGS)}")
+        if not self.source:
+            raise UserError("data.source is empty; use 'stdlib', 'tfds:NAME', 'text:PATH' or 'memory:NAME'")
+        if not self.tokenizer:
+            raise UserError("data.tokenizer is empty; use 'byte' or the path of a SentencePiece .model file")
+        if self.seq_len < 4:
+            raise UserError(f"data.seq_len={self.seq_len} is too short; use at least 4 tokens")
+        if self.encoder_seq_len is not None and self.encoder_seq_len < 4:
+            raise UserError(f"data.encoder_seq_len={self.encoder_seq_len} is too short; use at least 4 or null")
+        if not 0.0 < self.noise_density < 1.0:
+            raise UserError(f"data.noise_density={self.noise_density} must be in (0, 1); T5 uses 0.15")
+        if self.mean_noise_span_length < 1.0:
+            raise UserError(f"data.mean_noise_span_length={self.mean_noise_span_length} must be >= 1; T5 uses 3")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise UserError(f"data.mlm_probability={self.mlm_probability} must be in (0, 1); BERT uses 0.15")
+        if self.eval_batches < 1:
+            raise UserError(f"data.eval_batches={self.eval_batches} must be at least 1")
+        if self.worker_count < 0:
+            raise UserError(f"data.worker_count={self.worker_count} must be >= 0 (0 = no worker processes)")
+        if self.packing_bins < 0:
+            raise UserError(f"data.packing_bins={self.packing_bins} must be >= 0 (0 = the per-host batch size)")
+        if not 0 <= self.seed < 2**31:
+            raise UserError(f"data.seed={self.seed} must be in [0, 2**31)")
+        return self
