@@ -1,0 +1,94 @@
+"""Checkpointer: manifests, retention that never drops a good step for a damaged one, verified fallback."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from chinchax.train.checkpoint import MANIFEST, Checkpointer, verify
+
+
+def _state(step):
+    return {"step": jnp.asarray(step, jnp.int32), "w": jnp.full((64, 32), float(step)), "b": jnp.arange(7.0) + step}
+
+
+def _abstract():
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), _state(0))
+
+
+def _largest_file(step_dir: Path) -> Path:
+    files = [p for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def _flip_bytes(path: Path):
+    data = bytearray(path.read_bytes())
+    for i in range(0, len(data), max(len(data) // 16, 1)):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_saves_keep_max_to_keep_verified_steps_and_restore_exactly(tmp_path):
+    ckpt = Checkpointer(tmp_path, max_to_keep=2)
+    for step in (1, 2, 3):
+        ckpt.save(step, _state(step), {"pos": step})
+    ckpt.close()
+    ckpt = Checkpointer(tmp_path, max_to_keep=2)
+    assert ckpt.steps() == [2, 3]
+    assert all(verify(tmp_path / str(s)) is None for s in (2, 3))
+    step, state, data = ckpt.restore_latest(_abstract())
+    assert step == 3 and data == {"pos": 3}
+    np.testing.assert_array_equal(np.asarray(state["w"]), np.asarray(_state(3)["w"]))
+    assert int(state["step"]) == 3
+
+
+def test_damaged_step_detected_and_restore_falls_back(tmp_path, capsys):
+    ckpt = Checkpointer(tmp_path, max_to_keep=3)
+    for step in (2, 4):
+        ckpt.save(step, _state(step), {"pos": step})
+    ckpt.close()
+    _flip_bytes(_largest_file(tmp_path / "4"))  # same size, different bytes: only the hash can tell
+    assert verify(tmp_path / "4", full=False) is None and verify(tmp_path / "4") is not None
+    ckpt = Checkpointer(tmp_path, max_to_keep=3)
+    step, state, data = ckpt.restore_latest(_abstract())
+    err = capsys.readouterr().err
+    assert step == 2 and data == {"pos": 2}
+    np.testing.assert_array_equal(np.asarray(state["b"]), np.arange(7.0) + 2)
+    assert "checkpoint step 4 is damaged" in err and "falling back" in err
+    assert ckpt.steps() == [2]  # moved aside, not deleted
+    assert len(list((tmp_path / "damaged").iterdir())) == 1
+    ckpt.save(4, _state(40), {"pos": 40})  # the same step number can be saved again after a fallback
+    ckpt.close()
+    assert verify(tmp_path / "4") is None
+
+
+def test_good_step_is_not_deleted_in_favour_of_a_damaged_one(tmp_path, capsys):
+    ckpt = Checkpointer(tmp_path, max_to_keep=2)
+    for step in (1, 2):
+        ckpt.save(step, _state(step), {"pos": step})
+    ckpt.wait_until_finished()
+    victim = _largest_file(tmp_path / "2")
+    victim.write_bytes(victim.read_bytes()[:-10])  # truncated after its save finished
+    ckpt.save(3, _state(3), {"pos": 3})
+    ckpt.close()
+    assert ckpt.steps() == [1, 2, 3]  # step 1 survives: step 2 no longer matches its manifest
+    assert "no longer match" in capsys.readouterr().err
+    ckpt = Checkpointer(tmp_path, max_to_keep=2)
+    assert ckpt.restore_latest(_abstract())[0] == 3
+
+
+def test_step_without_manifest_is_not_trusted(tmp_path, capsys):
+    ckpt = Checkpointer(tmp_path, max_to_keep=3)
+    ckpt.save(1, _state(1), {"pos": 1})
+    ckpt.save(2, _state(2), {"pos": 2})
+    ckpt.close()
+    (tmp_path / "2" / MANIFEST).unlink()  # as if killed between the save and its manifest
+    ckpt = Checkpointer(tmp_path, max_to_keep=3)
+    assert ckpt.restore_latest(_abstract())[0] == 1
+    assert "no manifest" in capsys.readouterr().err
+
+
+def test_no_good_step_means_start_from_scratch(tmp_path):
+    assert Checkpointer(tmp_path, max_to_keep=1).restore_latest(_abstract()) is None

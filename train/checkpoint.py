@@ -1,0 +1,237 @@
+"""Checkpoints: orbax CheckpointManager (async) + a manifest we verify ourselves before trusting a step.
+
+Layout of `<run_dir>/checkpoints/`:
+    <step>/state/...                 orbax StandardSave of the train state (sharded arrays)
+    <step>/data/process_I-of-N.json  each host's data-iterator state (a JSON snapshot taken at save time)
+    <step>/chinchax_manifest.json    size + sha256 of every file above, written once the save has finished
+    damaged/<step>-<time>/           steps that failed verification, moved aside (never deleted by us)
+
+Why our own manifest and retention: orbax does not notice a finished step whose files were damaged later
+(restore raises, with no fallback), and its `max_to_keep` may delete the good older step in favour of the
+damaged newer one. So orbax keeps everything (`max_to_keep=None`) and this class:
+- writes the manifest only after the save finished (a step without one is not trusted: e.g. a kill
+  landed between the save and the manifest);
+- deletes old steps only when more than `max_to_keep` verified steps remain AND the newer ones still
+  have all their files at the recorded sizes (a cheap check; the full hash runs before any restore);
+- on restore, tries steps newest first, verifies the full hash, and moves damaged steps aside, saying so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+MANIFEST = "chinchax_manifest.json"
+DAMAGED_DIR = "damaged"
+
+
+# --- the data-iterator state as an orbax item (one JSON file per host) -------------------------------
+class IteratorStateHandler(ocp.CheckpointHandler):
+    def save(self, directory: epath.Path, args: IteratorStateSave):
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        (directory / name).write_text(json.dumps(args.state))
+
+    def restore(self, directory: epath.Path, args: IteratorStateRestore | None = None):
+        path = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: the checkpoint was written by a different number of hosts; resume with "
+                "the same process count (the train state itself restores onto any mesh)"
+            )
+        return json.loads(path.read_text())
+
+    def metadata(self, directory):
+        return None
+
+    def finalize(self, directory):
+        pass
+
+    def close(self):
+        pass
+
+
+@ocp.args.register_with_handler(IteratorStateHandler, for_save=True)
+@dataclasses.dataclass
+class IteratorStateSave(ocp.args.CheckpointArgs):
+    state: Any
+
+
+@ocp.args.register_with_handler(IteratorStateHandler, for_restore=True)
+@dataclasses.dataclass
+class IteratorStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+# --- manifests ------------------------------------------------------------------------------------------
+def _files(step_dir: Path) -> list[Path]:
+    return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(step_dir: Path) -> None:
+    entries = {str(p.relative_to(step_dir)): [p.stat().st_size, _sha256(p)] for p in _files(step_dir)}
+    tmp = step_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"files": entries}, indent=0, sort_keys=True))
+    os.replace(tmp, step_dir / MANIFEST)
+
+
+def verify(step_dir: Path, *, full: bool = True) -> str | None:
+    """None if the step matches its manifest, else why not. `full=False` checks names and sizes only."""
+    manifest = step_dir / MANIFEST
+    if not manifest.is_file():
+        return "no manifest (the save never finished, or the run stopped before it was verified)"
+    try:
+        recorded = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError) as e:
+        return f"unreadable manifest ({e})"
+    present = {str(p.relative_to(step_dir)): p for p in _files(step_dir)}
+    for name, (size, digest) in recorded.items():
+        path = present.get(name)
+        if path is None:
+            return f"file {name} is missing"
+        if path.stat().st_size != size:
+            return f"file {name} has {path.stat().st_size} bytes, the manifest says {size}"
+        if full and _sha256(path) != digest:
+            return f"file {name} does not match its checksum"
+    extra = sorted(set(present) - set(recorded))
+    if extra:
+        return f"unexpected files {extra[:3]}"
+    return None
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"[chinchax checkpoint] {message}", file=sys.stderr, flush=True)
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+class Checkpointer:
+    """Async orbax saves of (train state, data-iterator state) with verified, fallback-safe restore."""
+
+    def __init__(self, directory: str | Path, *, max_to_keep: int, use_async: bool = True):
+        self.directory = Path(directory).absolute()
+        self.max_to_keep = max_to_keep
+        self._unverified: list[int] = []  # saved steps whose manifest is not written yet
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._manager = self._new_manager(use_async)
+
+    def _new_manager(self, use_async: bool) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None, create=True, enable_async_checkpointing=use_async, cleanup_tmp_directories=True
+        )
+        return ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_names=("state", "data"),
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": IteratorStateHandler()},
+        )
+
+    def _step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    # --- saving ---------------------------------------------------------------------------------------
+    def save(self, step: int, state: Any, data_state: Any) -> None:
+        self._finish_pending()  # orbax would wait for the previous save here anyway
+        self._manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=IteratorStateSave(data_state))
+        )
+        self._unverified.append(step)
+
+    def wait_until_finished(self) -> None:
+        self._finish_pending()
+
+    def _finish_pending(self) -> None:
+        self._manager.wait_until_finished()
+        if not self._unverified:
+            return
+        if jax.process_index() == 0:
+            for step in self._unverified:
+                write_manifest(self._step_dir(step))
+        self._unverified.clear()
+        _barrier("chinchax_manifest")
+        self._enforce_max_to_keep()
+
+    def _enforce_max_to_keep(self) -> None:
+        good = [s for s in self.steps() if (self._step_dir(s) / MANIFEST).is_file()]
+        if len(good) <= self.max_to_keep:
+            return
+        keep, drop = good[-self.max_to_keep :], good[: -self.max_to_keep]
+        damaged = [s for s in keep if verify(self._step_dir(s), full=False)]
+        if damaged:
+            _say(f"steps {damaged} no longer match their manifests; keeping older steps {drop} instead of deleting")
+            return
+        for step in drop:
+            self._manager.delete(step)
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps(read=True))
+
+    # --- restoring ------------------------------------------------------------------------------------
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, Any] | None:
+        """(step, state, data_state) from the newest step that verifies and restores; damaged steps are
+        announced and moved to `damaged/`. None when no good step exists (start from scratch)."""
+        for step in reversed(self.steps()):
+            problem = verify(self._step_dir(step)) if jax.process_index() == 0 else None
+            problem = _broadcast_problem(problem)
+            if problem is None:
+                try:
+                    restored = self._manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(abstract_state), data=IteratorStateRestore()
+                        ),
+                    )
+                    return step, restored["state"], restored["data"]
+                except Exception as e:  # a manifest-consistent step that orbax still cannot read
+                    problem = f"orbax could not restore it: {type(e).__name__}: {e}"
+            _say(f"checkpoint step {step} is damaged ({problem}); falling back to the previous good step")
+            self._quarantine(step)
+        return None
+
+    def _quarantine(self, step: int) -> None:
+        if jax.process_index() == 0:
+            target = self.directory / DAMAGED_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+            target.parent.mkdir(exist_ok=True)
+            shutil.move(str(self._step_dir(step)), str(target))
+            _say(f"moved step {step} to {target.relative_to(self.directory)}")
+        _barrier("chinchax_quarantine")
+        self._manager.reload()
+
+    def close(self) -> None:
+        self._finish_pending()
+        self._manager.close()
+
+
+def _broadcast_problem(problem: str | None) -> str | None:
+    """Process 0 verifies; every process must take the same decision."""
+    if jax.process_count() == 1:
+        return problem
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    bad = multihost_utils.broadcast_one_to_all(np.array(problem is not None))
+    return (problem or "damaged on the primary host") if bool(bad) else None

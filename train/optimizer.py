@@ -1,0 +1,67 @@
+"""Learning-rate schedules and the AdamW optimizer (optax), built from an `OptimizerConfig`.
+
+Every schedule warms up linearly from 0 to the peak over `warmup_steps`, then:
+- cosine:   cosine decay from the peak to `final_lr_fraction * peak` at the last step;
+- linear:   linear decay to `final_lr_fraction * peak` at the last step;
+- constant: stays at the peak;
+- wsd:      warmup-stable-decay (MiniCPM, DeepSeek): the peak until the last `cooldown_fraction` of the
+            run, then a cooldown (linear, cosine, or "sqrt" = 1 - sqrt(progress)) to the final fraction.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+from chinchax.train.config import OptimizerConfig
+
+def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
+    peak, warmup = cfg.learning_rate, cfg.warmup_steps
+    final = peak * cfg.final_lr_fraction
+    decay_steps = max(total_steps - warmup, 1)
+    warmup_fn = optax.linear_schedule(0.0, peak, max(warmup, 1))
+    if cfg.schedule == "constant":
+        after = optax.constant_schedule(peak)
+    elif cfg.schedule == "cosine":
+        after = optax.cosine_decay_schedule(peak, decay_steps, alpha=cfg.final_lr_fraction)
+    elif cfg.schedule == "linear":
+        after = optax.linear_schedule(peak, final, decay_steps)
+    else:  # wsd
+        cooldown = max(int(round(cfg.cooldown_fraction * total_steps)), 1)
+        stable = max(total_steps - warmup - cooldown, 0)
+        after = optax.join_schedules(
+            [optax.constant_schedule(peak), _cooldown(cfg.cooldown_shape, peak, final, cooldown)], [stable]
+        )
+    if warmup == 0:
+        return after
+    return optax.join_schedules([warmup_fn, after], [warmup])
+
+
+def _cooldown(shape: str, peak: float, final: float, steps: int) -> optax.Schedule:
+    def schedule(count):
+        progress = jnp.clip(count / steps, 0.0, 1.0)
+        if shape == "linear":
+            frac = 1.0 - progress
+        elif shape == "cosine":
+            frac = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        else:  # sqrt
+            frac = 1.0 - jnp.sqrt(progress)
+        return final + (peak - final) * frac
+
+    return schedule
+
+
+def make_optimizer(
+    cfg: OptimizerConfig, total_steps: int, decay_mask=None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """`decay_mask`: a pytree of bools like the params (True = decayed), see train.state; None = all."""
+    schedule = make_schedule(cfg, total_steps)
+    parts = []
+    if cfg.clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    parts.append(
+        optax.adamw(
+            schedule, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask
+        )
+    )
+    return optax.chain(*parts), schedule
