@@ -1,0 +1,423 @@
+"""Run a planned sweep: locally (one or N at a time), as Ray tasks, or on Cloud TPU VMs via gcloud.
+
+Every executor launches the same thing per run -- `chinchax train <sweep>/configs/<run>.yaml` whose
+trainer.run_dir is `<sweep>/runs/<run>` -- and talks to the run only through that config and its run.json.
+That makes every executor idempotent in the same way (see `run_with_retries`):
+- a run whose run.json says "done" is skipped;
+- an interrupted run is simply launched again: the trainer resumes from its checkpoints in the same dir;
+- a failing run is retried up to `max_retries` times; if it still fails, a failure marker with its exit
+  code and the tail of its log is written, and the sweep goes on with the next run.
+The train command is a parameter so tests can inject a fake trainer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from chinchax.errors import UserError
+from chinchax.scaling.plan import Plan, PlannedRun, RaySettings, TpuSettings
+from chinchax.scaling.results import (
+    FAILED_MARKER,
+    LOCK_MARKER,
+    TRAIN_LOG,
+    SweepDir,
+    read_json,
+    write_atomic,
+)
+
+DEFAULT_TRAIN_COMMAND = (sys.executable, "-m", "chinchax.cli", "train")
+EXECUTORS = ("local", "ray", "tpu")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_id: str
+    status: str  # "done" | "failed" | "skipped" (already done)
+    attempts: int = 0
+    error: str = ""
+
+
+def write_run_config(sweep: SweepDir, run: PlannedRun, run_dir: str | None = None) -> Path:
+    """The run's resolved config with its run_dir filled in, as the YAML `chinchax train` is given."""
+    config = json.loads(json.dumps(run.config))
+    config["trainer"]["run_dir"] = run_dir or str(sweep.run_dir(run.run_id).resolve())
+    path = sweep.config_path(run.run_id)
+    write_atomic(path, yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def run_with_retries(
+    run_id: str,
+    config_path: str,
+    run_dir: str,
+    train_command: Sequence[str] = DEFAULT_TRAIN_COMMAND,
+    max_retries: int = 2,
+    env: dict | None = None,
+) -> Outcome:
+    """Train one run to completion in its own subprocess, retrying failures; never raises for a bad run.
+
+    Runs wherever it is called: in the sweep's process (local), or inside a Ray worker (ray)."""
+    d = Path(run_dir)
+    done = lambda: (read_json(d / "run.json") or {}).get("status") == "done"  # noqa: E731
+    if done():
+        return Outcome(run_id, "skipped")
+    d.mkdir(parents=True, exist_ok=True)
+    (d / FAILED_MARKER).unlink(missing_ok=True)
+    lock = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
+    write_atomic(d / LOCK_MARKER, json.dumps(lock))
+    command = [*train_command, str(config_path)]
+    error, returncode = "", None
+    try:
+        for attempt in range(1, max_retries + 2):
+            with open(d / TRAIN_LOG, "a") as log:
+                log.write(f"\n=== attempt {attempt} at {_now()}: {shlex.join(command)}\n")
+                log.flush()
+                returncode = subprocess.run(
+                    command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env={**os.environ, **(env or {})},
+                ).returncode
+            if returncode == 0 and done():
+                return Outcome(run_id, "done", attempt)
+            error = _tail(d / TRAIN_LOG) or f"exit code {returncode}"
+            if returncode == 0:
+                error += "\n(the train command exited 0 but wrote no run.json with status done)"
+        failure = {"status": "failed", "attempts": max_retries + 1, "returncode": returncode,
+                   "error": error, "command": command, "at": _now()}
+        write_atomic(d / FAILED_MARKER, json.dumps(failure, indent=1))
+        return Outcome(run_id, "failed", max_retries + 1, error)
+    finally:
+        (d / LOCK_MARKER).unlink(missing_ok=True)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def runs_to_launch(plan: Plan, sweep: SweepDir, skip_failed: bool = False) -> list[PlannedRun]:
+    """Runs that still need work, WSD trunks before the branches that start from their checkpoints."""
+    todo = []
+    for run in plan.runs:
+        state = sweep.state(run.run_id)
+        if state == "done" or (skip_failed and state == "failed"):
+            continue
+        if state == "running":
+            raise UserError(
+                f"run {run.run_id} is running in another process ({sweep.run_dir(run.run_id) / LOCK_MARKER}); "
+                "wait for it, or delete that lock file if the process is gone"
+            )
+        todo.append(run)
+    return sorted(todo, key=lambda r: bool(r.branch_of))
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True, file=sys.stderr)
+
+
+# --- local ------------------------------------------------------------------------------------------
+
+
+def run_local(
+    plan: Plan,
+    sweep: SweepDir,
+    *,
+    parallel: int = 1,
+    max_retries: int = 2,
+    train_command: Sequence[str] = DEFAULT_TRAIN_COMMAND,
+    skip_failed: bool = False,
+    env: dict | None = None,
+    progress: bool = True,
+) -> list[Outcome]:
+    """Each run as a `chinchax train` subprocess in its own directory, `parallel` at a time."""
+    if parallel < 1:
+        raise UserError(f"--parallel={parallel} must be >= 1")
+    todo = runs_to_launch(plan, sweep, skip_failed)
+    outcomes = [Outcome(r.run_id, "skipped") for r in plan.runs if r not in todo]
+    bar = _progress(len(plan.runs), f"sweep {plan.name}") if progress else None
+    if bar:
+        bar.update(len(outcomes))
+
+    def launch(run: PlannedRun) -> Outcome:
+        seed_branch(sweep, run, plan)
+        config = write_run_config(sweep, run)
+        return run_with_retries(run.run_id, str(config), str(sweep.run_dir(run.run_id).resolve()),
+                                train_command, max_retries, env)
+
+    # Trunks (and unbranched runs) first, then the branches that need a trunk's checkpoint.
+    for phase in ([r for r in todo if not r.branch_of], [r for r in todo if r.branch_of]):
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            futures = [pool.submit(launch, r) for r in phase]
+            for future in as_completed(futures):
+                outcome = future.result()
+                outcomes.append(outcome)
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(_counts(outcomes))
+    if bar:
+        bar.close()
+    return _in_plan_order(plan, outcomes)
+
+
+def _counts(outcomes: Sequence[Outcome]) -> dict:
+    return {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+
+
+def _in_plan_order(plan: Plan, outcomes: Sequence[Outcome]) -> list[Outcome]:
+    order = {r.run_id: i for i, r in enumerate(plan.runs)}
+    return sorted(outcomes, key=lambda o: order[o.run_id])
+
+
+def seed_branch(sweep: SweepDir, run: PlannedRun, plan: Plan) -> None:
+    """WSD branch: start the run from its trunk's checkpoint (see chinchax.scaling.plan)."""
+    if not run.branch_of:
+        return
+    raise UserError(
+        f"run {run.run_id} is a WSD branch of {run.branch_of}, but executing branches is not supported by this "
+        "trainer yet; plan the sweep with wsd.branch=false"
+    )
+
+
+# --- ray --------------------------------------------------------------------------------------------
+
+
+def run_ray(
+    plan: Plan,
+    sweep: SweepDir,
+    settings: RaySettings,
+    *,
+    max_retries: int = 2,
+    train_command: Sequence[str] = DEFAULT_TRAIN_COMMAND,
+    skip_failed: bool = False,
+    env: dict | None = None,
+    progress: bool = True,
+    init_kwargs: dict | None = None,
+) -> list[Outcome]:
+    """Each run as a Ray task declaring its resources; on a local Ray instance or an existing cluster.
+
+    The run dirs must be on storage every Ray node sees (a shared filesystem) for a multi-node cluster."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the ray executor needs Ray: pip install 'chinchax[ray]'") from None
+    todo = runs_to_launch(plan, sweep, skip_failed)
+    outcomes = [Outcome(r.run_id, "skipped") for r in plan.runs if r not in todo]
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs = dict(include_dashboard=False, log_to_driver=False)
+        if settings.address:
+            kwargs["address"] = settings.address
+        kwargs.update(init_kwargs or {})
+        ray.init(**kwargs)
+    resources = {"TPU": settings.tpus} if settings.tpus else None
+    options = dict(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus, resources=resources, max_retries=0)
+    if settings.memory_gb:
+        options["memory"] = int(settings.memory_gb * 2**30)
+    remote = ray.remote(run_with_retries).options(**options)
+    bar = _progress(len(plan.runs), f"sweep {plan.name} (ray)") if progress else None
+    if bar:
+        bar.update(len(outcomes))
+    try:
+        for phase in ([r for r in todo if not r.branch_of], [r for r in todo if r.branch_of]):
+            pending = {}
+            for run in phase:
+                seed_branch(sweep, run, plan)
+                config = write_run_config(sweep, run)
+                ref = remote.remote(run.run_id, str(config), str(sweep.run_dir(run.run_id).resolve()),
+                                    list(train_command), max_retries, env)
+                pending[ref] = run
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                run = pending.pop(ready[0])
+                try:
+                    outcome = ray.get(ready[0])
+                except Exception as e:  # the worker itself died (not the run): record it, go on
+                    outcome = Outcome(run.run_id, "failed", 0, f"ray task failed: {e}")
+                outcomes.append(outcome)
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(_counts(outcomes))
+    finally:
+        if bar:
+            bar.close()
+        if started_here:
+            ray.shutdown()
+    return _in_plan_order(plan, outcomes)
+
+
+# --- Cloud TPU (gcloud) -----------------------------------------------------------------------------
+
+
+def node_name(settings: TpuSettings, sweep_name: str, index: int) -> str:
+    name = f"{settings.node_prefix}-{sweep_name}-{index}".lower().replace("_", "-")
+    return "".join(c for c in name if c.isalnum() or c == "-")[:61]
+
+
+def _where(settings: TpuSettings) -> list[str]:
+    return [f"--zone={settings.zone}"] + ([f"--project={settings.project}"] if settings.project else [])
+
+
+def tpu_create_commands(settings: TpuSettings, node: str, gcloud: str = "gcloud") -> list[list[str]]:
+    spot = ["--spot"] if settings.spot else []
+    if settings.queued:
+        return [
+            [gcloud, "compute", "tpus", "queued-resources", "create", node, f"--node-id={node}",
+             f"--accelerator-type={settings.accelerator_type}", f"--runtime-version={settings.runtime_version}",
+             *_where(settings), *spot],
+        ]
+    return [[gcloud, "compute", "tpus", "tpu-vm", "create", node, f"--accelerator-type={settings.accelerator_type}",
+             f"--version={settings.runtime_version}", *_where(settings), *spot]]
+
+
+def tpu_wait_command(settings: TpuSettings, node: str, gcloud: str = "gcloud") -> list[str]:
+    """Prints the state (ACTIVE when the slice is up) -- polled until ACTIVE (queued resources only)."""
+    return [gcloud, "compute", "tpus", "queued-resources", "describe", node, *_where(settings),
+            "--format=value(state.state)"]
+
+
+def tpu_ssh(settings: TpuSettings, node: str, command: str, gcloud: str = "gcloud") -> list[str]:
+    """The same command on every host of the slice (`chinchax train` then joins them with
+    jax.distributed.initialize(), which finds the coordinator by itself on Cloud TPU)."""
+    return [gcloud, "compute", "tpus", "tpu-vm", "ssh", node, *_where(settings), "--worker=all",
+            f"--command={command}"]
+
+
+def tpu_run_commands(settings: TpuSettings, node: str, run: PlannedRun, config_path: Path, local_run_dir: Path,
+                     gcloud: str = "gcloud") -> list[list[str]]:
+    """Copy the run's config to every host, train on all hosts, fetch run.json + metrics back."""
+    remote_cfg = f"chinchax_sweep/{run.run_id}.yaml"
+    remote_dir = f"{settings.run_root.rstrip('/')}/{run.run_id}"
+    return [
+        [gcloud, "compute", "tpus", "tpu-vm", "ssh", node, *_where(settings), "--worker=all",
+         "--command=mkdir -p chinchax_sweep"],
+        [gcloud, "compute", "tpus", "tpu-vm", "scp", str(config_path), f"{node}:{remote_cfg}",
+         *_where(settings), "--worker=all"],
+        tpu_ssh(settings, node, f"chinchax train {remote_cfg}", gcloud),
+        [gcloud, "storage", "cp", f"{remote_dir}/run.json", f"{remote_dir}/metrics.jsonl", f"{local_run_dir}/"],
+    ]
+
+
+def tpu_delete_command(settings: TpuSettings, node: str, gcloud: str = "gcloud") -> list[str]:
+    if settings.queued:
+        return [gcloud, "compute", "tpus", "queued-resources", "delete", node, *_where(settings), "--force",
+                "--quiet"]
+    return [gcloud, "compute", "tpus", "tpu-vm", "delete", node, *_where(settings), "--quiet"]
+
+
+def run_tpu(
+    plan: Plan,
+    sweep: SweepDir,
+    settings: TpuSettings,
+    *,
+    max_retries: int = 2,
+    dry_run: bool = False,
+    skip_failed: bool = False,
+    gcloud: str = "gcloud",
+    execute: Callable[[list[str]], subprocess.CompletedProcess] | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[Outcome]:
+    """Create the slice(s), install chinchax on every host, train each run on all hosts of a slice,
+    copy its run.json back, delete the slices. `dry_run` prints every command and runs none."""
+    if not settings.run_root.startswith("gs://") and not dry_run:
+        raise UserError(
+            f"tpu.run_root={settings.run_root!r} must be a gs:// folder: every host of a slice writes there, and "
+            "it must outlive the slice (set tpu.run_root=gs://BUCKET/sweeps/NAME)"
+        )
+    root = settings.run_root or f"gs://YOUR_BUCKET/chinchax/{plan.name}"
+    settings_root = settings if settings.run_root else _with_root(settings, root)
+    todo = runs_to_launch(plan, sweep, skip_failed)
+    outcomes = [Outcome(r.run_id, "skipped") for r in plan.runs if r not in todo]
+    if any(r.branch_of for r in todo):
+        raise UserError("WSD branches are not supported on the tpu executor yet; plan with wsd.branch=false")
+    if execute is None:
+        execute = lambda cmd: subprocess.run(cmd, capture_output=True, text=True)  # noqa: E731
+
+    def do(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess | None:
+        echo(shlex.join(cmd))
+        if dry_run:
+            return None
+        result = execute(cmd)
+        if check and result.returncode:
+            raise RuntimeError(f"`{shlex.join(cmd)}` failed ({result.returncode}): {(result.stderr or '')[-2000:]}")
+        return result
+
+    nodes = [node_name(settings, plan.name, i) for i in range(min(settings.nodes, max(1, len(todo))))]
+    if not todo:
+        return _in_plan_order(plan, outcomes)
+    try:
+        for node in nodes:
+            for cmd in tpu_create_commands(settings_root, node, gcloud):
+                do(cmd)
+        for node in nodes:
+            if settings.queued:
+                while True:
+                    result = do(tpu_wait_command(settings_root, node, gcloud))
+                    if dry_run or (result.stdout or "").strip() == "ACTIVE":
+                        break
+                    time.sleep(settings.poll_seconds)
+            do(tpu_ssh(settings_root, node, settings.setup_command, gcloud))
+        # Runs go to the slices round-robin; slices work in parallel, each runs its share one after another.
+        def work(node: str, share: list[PlannedRun]) -> list[Outcome]:
+            done = []
+            for run in share:
+                local_dir = sweep.run_dir(run.run_id)
+                if not dry_run:
+                    local_dir.mkdir(parents=True, exist_ok=True)
+                config = write_run_config(sweep, run, run_dir=f"{root.rstrip('/')}/{run.run_id}")
+                error = ""
+                for attempt in range(1, max_retries + 2):
+                    try:
+                        for cmd in tpu_run_commands(settings_root, node, run, config, local_dir, gcloud):
+                            do(cmd)
+                        done.append(Outcome(run.run_id, "done", attempt))
+                        break
+                    except RuntimeError as e:
+                        error = str(e)
+                else:
+                    write_atomic(local_dir / FAILED_MARKER, json.dumps(
+                        {"status": "failed", "attempts": max_retries + 1, "error": error, "at": _now()}))
+                    done.append(Outcome(run.run_id, "failed", max_retries + 1, error))
+            return done
+
+        shares = {node: todo[i :: len(nodes)] for i, node in enumerate(nodes)}
+        if dry_run:  # print in a readable order
+            for node, share in shares.items():
+                outcomes += work(node, share)
+        else:
+            with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+                for future in [pool.submit(work, n, s) for n, s in shares.items()]:
+                    outcomes += future.result()
+    finally:
+        if settings.delete_after:
+            for node in nodes:
+                do(tpu_delete_command(settings_root, node, gcloud), check=False)
+    if dry_run:
+        return [Outcome(o.run_id, "planned" if o.status == "done" else o.status) for o in _in_plan_order(plan, outcomes)]
+    return _in_plan_order(plan, outcomes)
+
+
+def _with_root(settings: TpuSettings, root: str) -> TpuSettings:
+    import dataclasses
+
+    return dataclasses.replace(settings, run_root=root)

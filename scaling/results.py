@@ -1,0 +1,235 @@
+"""A sweep on disk: its plan, one directory per run, each run's state, and the collected results table.
+
+    <sweep dir>/plan.json, plan.csv      the plan (`chinchax sweep plan`)
+    <sweep dir>/configs/<run>.yaml        the resolved config each run is launched with
+    <sweep dir>/runs/<run>/               the run directory (`chinchax train` writes run.json, metrics.jsonl,
+                                          checkpoints there; the executor adds sweep_train.log and markers)
+    <sweep dir>/results.csv               one row per finished run (what `chinchax fit` reads)
+    <sweep dir>/curves.csv                one row per logged step of every finished run (approach 1)
+
+A run's state comes only from its files, so any process (or a re-run after a crash) sees the same thing:
+done = run.json with status "done"; failed = the executor's failure marker; running = a live lock;
+interrupted = a run directory with no run.json and no live lock (a re-run resumes it from its checkpoints);
+planned = nothing on disk yet.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import socket
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from chinchax.errors import UserError
+from chinchax.scaling.plan import Plan, PlannedRun
+
+STATES = ("planned", "running", "interrupted", "failed", "done")
+FAILED_MARKER = "sweep_failed.json"
+LOCK_MARKER = "sweep_running.json"
+TRAIN_LOG = "sweep_train.log"
+
+RESULT_COLUMNS = ("run", "n_params", "n_params_non_embedding", "n_tokens", "flops", "loss", "budget")
+EXTRA_COLUMNS = (
+    "family", "d_model", "n_layers", "n_heads", "d_ff", "n_params_embedding", "steps", "batch_size",
+    "seq_len", "learning_rate", "flops_6nd", "flops_6nd_non_embedding", "flops_detailed", "eval_loss",
+    "eval_loss_stderr", "eval_bits_per_byte", "final_train_loss", "wall_time_s", "mfu",
+)
+CURVE_COLUMNS = ("run", "step", "n_params", "n_params_non_embedding", "n_tokens", "flops", "loss", "budget")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to `path` through a temporary file and a rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SweepDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # --- layout ---
+    @property
+    def plan_path(self) -> Path:
+        return self.root / "plan.json"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def config_path(self, run_id: str) -> Path:
+        return self.root / "configs" / f"{run_id}.yaml"
+
+    # --- plan ---
+    def write_plan(self, plan: Plan) -> None:
+        existing = self.load_plan() if self.plan_path.exists() else None
+        if existing is not None and existing.name != plan.name:
+            raise UserError(
+                f"{self.root} already holds sweep {existing.name!r}; pick another --out for sweep {plan.name!r}"
+            )
+        write_atomic(self.plan_path, json.dumps(plan.to_json(), indent=1) + "\n")
+        write_atomic(self.root / "plan.csv", _csv([r.row() for r in plan.runs], list(plan.runs[0].row()) if plan.runs else []))
+
+    def load_plan(self) -> Plan:
+        data = read_json(self.plan_path)
+        if data is None:
+            raise UserError(f"{self.plan_path} is missing or unreadable; run `chinchax sweep plan` first")
+        return Plan.from_json(data)
+
+    # --- state of one run ---
+    def state(self, run_id: str) -> str:
+        d = self.run_dir(run_id)
+        if not d.exists():
+            return "planned"
+        run_json = read_json(d / "run.json")
+        if run_json is not None and run_json.get("status") == "done":
+            return "done"
+        lock = read_json(d / LOCK_MARKER)
+        if lock is not None and lock.get("host") == socket.gethostname() and _pid_alive(int(lock.get("pid", -1))):
+            return "running"
+        if lock is not None and lock.get("host") != socket.gethostname():
+            return "running"  # launched from another machine: trust its lock
+        if (d / FAILED_MARKER).exists():
+            return "failed"
+        return "interrupted" if any(p.name not in (TRAIN_LOG,) for p in d.iterdir()) else "planned"
+
+    def failure(self, run_id: str) -> dict | None:
+        return read_json(self.run_dir(run_id) / FAILED_MARKER)
+
+    def states(self, plan: Plan) -> dict[str, str]:
+        return {r.run_id: self.state(r.run_id) for r in plan.runs}
+
+    def status_table(self, plan: Plan) -> str:
+        states = self.states(plan)
+        counts = Counter(states.values())
+        lines = [f"sweep {plan.name!r} in {self.root}: {len(plan.runs)} runs"]
+        lines.append("  ".join(f"{s} {counts.get(s, 0)}" for s in STATES))
+        for r in plan.runs:
+            line = f"  {states[r.run_id]:<11} {r.run_id}"
+            if states[r.run_id] == "failed":
+                failure = self.failure(r.run_id) or {}
+                last = (failure.get("error") or "").strip().splitlines()[-1:] or ["?"]
+                line += f"  ({failure.get('attempts', '?')} attempts) {last[0][:120]}"
+            lines.append(line)
+        return "\n".join(lines)
+
+
+# --- collecting results --------------------------------------------------------------------------
+
+
+def _flops(run_json: dict, convention: str) -> float:
+    key = "flops_6nd" if convention == "total" else "flops_6nd_non_embedding"
+    return float(run_json[key])
+
+
+def result_row(run: PlannedRun, run_json: dict, convention: str) -> dict:
+    """One results.csv row from a finished run's run.json (measured values win over planned ones)."""
+    eval_loss = run_json.get("eval_loss")
+    loss = eval_loss if eval_loss is not None else run_json.get("final_train_loss")
+    row = {
+        "run": run.run_id,
+        "n_params": int(run_json.get("n_params", run.n_params)),
+        "n_params_non_embedding": int(run_json.get("n_params_non_embedding", run.n_params_non_embedding)),
+        "n_tokens": int(run_json.get("n_tokens", run.n_tokens)),
+        "flops": _flops(run_json, convention),
+        "loss": float(loss),
+        "budget": run.budget,
+        "family": run.family,
+        "d_model": run.d_model,
+        "n_layers": run.n_layers,
+        "n_heads": run.n_heads,
+        "d_ff": run.d_ff,
+        "n_params_embedding": int(run_json.get("n_params_embedding", run.n_params_embedding)),
+        "steps": int(run_json.get("steps", run.steps)),
+        "batch_size": run.batch_size,
+        "seq_len": run.seq_len,
+        "learning_rate": run.lr,
+    }
+    for key in EXTRA_COLUMNS:
+        if key not in row:
+            row[key] = run_json.get(key)
+    return row
+
+
+def curve_rows(run: PlannedRun, run_dir: Path, convention: str) -> Iterable[dict]:
+    """Per-step training loss of one run from its metrics.jsonl (skips eval-only rows)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    key = "flops_6nd" if convention == "total" else "flops_6nd_non_embedding"
+    n_total = run.n_params
+    with path.open() as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                m = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: the re-run logs that step again
+            if m.get("loss") is None or m.get("step") is None:
+                continue
+            tokens = m.get("tokens")
+            flops = m.get(key)
+            if tokens is None or flops is None:
+                continue
+            yield {
+                "run": run.run_id, "step": int(m["step"]), "n_params": n_total,
+                "n_params_non_embedding": run.n_params_non_embedding, "n_tokens": int(tokens),
+                "flops": float(flops), "loss": float(m["loss"]), "budget": run.budget,
+            }
+
+
+def collect(sweep: SweepDir, plan: Plan | None = None) -> tuple[list[dict], list[dict]]:
+    """Read every finished run: results rows and per-step curve rows; writes results.csv and curves.csv."""
+    plan = plan or sweep.load_plan()
+    rows, curves = [], []
+    for run in plan.runs:
+        run_json = read_json(sweep.run_dir(run.run_id) / "run.json")
+        if run_json is None or run_json.get("status") != "done":
+            continue
+        rows.append(result_row(run, run_json, plan.n_convention))
+        last: dict[int, dict] = {}
+        for c in curve_rows(run, sweep.run_dir(run.run_id), plan.n_convention):
+            last[c["step"]] = c  # a resumed run may log a step twice: keep the last
+        curves.extend(last[s] for s in sorted(last))
+    write_atomic(sweep.root / "results.csv", _csv(rows, [*RESULT_COLUMNS, *EXTRA_COLUMNS]))
+    write_atomic(sweep.root / "curves.csv", _csv(curves, list(CURVE_COLUMNS)))
+    return rows, curves
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buf.getvalue()
