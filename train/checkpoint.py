@@ -188,7 +188,8 @@ class Checkpointer:
             self._manager.delete(step)
 
     def steps(self) -> list[int]:
-        return sorted(self._manager.all_steps(read=True))
+        self._manager.reload()  # other processes (or a fallback) may have changed the folder
+        return sorted(self._manager.all_steps())
 
     # --- restoring ------------------------------------------------------------------------------------
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, Any] | None:

@@ -1,0 +1,121 @@
+"""Where the numbers of a run go: metrics.jsonl, wandb (offline unless a key is configured), a progress
+bar, and run.json. Only process 0 writes; every write of a whole file is atomic (tmp + os.replace)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# Fields of a row that depend on wall-clock time: they differ between two runs of the same config.
+TIMING_FIELDS = ("step_time_s", "tokens_per_s", "mfu")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(x):
+    if hasattr(x, "item"):
+        return x.item()
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut short by a kill: everything after it is redone anyway
+            break
+    return rows
+
+
+def _clean(value):
+    value = _jsonable(value) if hasattr(value, "item") else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf
+    return value
+
+
+class MetricsLogger:
+    """Appends rows to metrics.jsonl (and wandb); on resume, drops rows after the restored step first, so
+    the file reads exactly like an uninterrupted run's."""
+
+    def __init__(self, run_dir: Path, *, resume_step: int, enabled: bool, wandb_run=None):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self.wandb_run = wandb_run
+        if enabled:
+            kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            self._file = open(self.path, "a")
+
+    def rows(self) -> list[dict]:
+        return read_jsonl(self.path) if self.enabled else []
+
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {k: _clean(v) for k, v in row.items()}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
+                               step=row["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            if self.wandb_run is not None:
+                self.wandb_run.finish()
+
+
+def start_wandb(project: str | None, mode: str, run_dir: Path, run_name: str, config: dict):
+    """A wandb run, or None. mode 'auto' = the WANDB_MODE env var if set, online with a configured key
+    (WANDB_API_KEY), else offline: a run never needs an account or a network unless asked to."""
+    if not project or mode == "disabled":
+        return None
+    import wandb
+
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    return wandb.init(
+        project=project, name=run_name, id=run_name, resume="allow", mode=mode, dir=str(run_dir), config=config
+    )
+
+
+class Progress:
+    """tqdm bar: step, loss, tokens/s; tqdm itself shows the ETA."""
+
+    def __init__(self, *, total: int, initial: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, n: int, loss: float, tokens_per_s: float | None) -> None:
+        if self.bar is not None:
+            post = {"loss": f"{loss:.4f}"}
+            if tokens_per_s:
+                post["tok/s"] = f"{tokens_per_s:,.0f}"
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,281 @@
+"""`train(cfg)`: one training run, from an ExperimentConfig to a run directory.
+
+    <run_dir>/config.yaml     the resolved config (a re-run with a resume-breaking change is refused)
+    <run_dir>/metrics.jsonl   one row per logged step (+ eval rows), see docs/interfaces.md
+    <run_dir>/checkpoints/    orbax steps with our manifests (chinchax.train.checkpoint)
+    <run_dir>/run.json        written atomically at the end
+
+Running the same command again on the same run_dir resumes from the newest good checkpoint: the train
+state, the data-iterator position and metrics.jsonl (rows after the checkpoint are dropped and redone)
+continue exactly where the uninterrupted run would be.
+The loop never waits for the device except on checkpoint steps: step t+1 is dispatched before the
+metrics of step t are fetched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chinchax import configlib
+from chinchax.errors import UserError
+from chinchax.train.config import RESUME_SAFE_KEYS, ExperimentConfig
+from chinchax.train.metrics import MetricsLogger, Progress, atomic_write_text, start_wandb, write_json
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN/inf."""
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def check_resume_compatible(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """Refuse to resume a run whose resolved config changed in a key that changes the experiment."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    old = _flatten(configlib.read_yaml(path))
+    new = _flatten(configlib.to_dict(cfg))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_SAFE_KEYS)
+    if changed:
+        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise UserError(
+            f"{run_dir} holds a run with a different config ({diffs}); resuming would mix two experiments. "
+            "Restore the old values, or use a new trainer.run_dir"
+        )
+
+
+def _default_data(cfg: ExperimentConfig, process_index: int, process_count: int):
+    from chinchax.data.pipeline import eval_batches, train_iterator
+    from chinchax.data.tokenizers import check_vocab_fits, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    check_vocab_fits(tokenizer, cfg.model.vocab_size)
+    kw = dict(global_batch_size=cfg.trainer.batch_size, variant=cfg.model.variant,
+              process_index=process_index, process_count=process_count)
+    return train_iterator(cfg.data, tokenizer, **kw), (lambda: eval_batches(cfg.data, tokenizer, **kw)), tokenizer
+
+
+def train(
+    cfg: ExperimentConfig,
+    *,
+    data: Callable[[int, int], tuple[Iterator, Callable[[], list] | None, Any]] | None = None,
+) -> dict:
+    """Run (or resume) training; returns the run.json dict. `data(process_index, process_count)` may
+    replace the grain pipeline with (train iterator, eval-batches factory or None, tokenizer or None)."""
+    from chinchax.train.distributed import maybe_initialize
+
+    maybe_initialize(cfg.trainer)  # before any other jax call
+
+    import jax
+
+    from chinchax.model.counting import count_params, flops_per_token
+    from chinchax.sharding import make_mesh
+    from chinchax.train import state as state_lib
+    from chinchax.train import step as step_lib
+    from chinchax.train.checkpoint import Checkpointer
+    from chinchax.train.evaluate import bits_per_byte, count_bytes, summarize, token_byte_lengths
+    from chinchax.train.mfu import total_peak_flops
+    from chinchax.train.optimizer import make_optimizer
+
+    t_start = time.time()
+    tc = cfg.trainer
+    primary = jax.process_index() == 0
+    run_dir = Path(tc.run_dir).absolute()
+    check_resume_compatible(run_dir, cfg)
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", configlib.dump_yaml(cfg))
+
+    mesh = make_mesh(tc.mesh)
+    data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if (tc.batch_size // tc.microbatches) % data_shards:
+        raise UserError(
+            f"a microbatch of trainer.batch_size / trainer.microbatches = {tc.batch_size // tc.microbatches} rows "
+            f"cannot be split over the {data_shards} data-parallel shards of trainer.mesh={list(mesh.shape.values())}; "
+            "make it a multiple"
+        )
+    total_steps = cfg.total_steps
+    seq_len = cfg.data.seq_len
+    tokens_per_step = tc.batch_size * seq_len
+
+    parts = state_lib.model_parts(cfg.model, mesh, tc.seed)
+    tx, schedule = make_optimizer(cfg.optimizer, total_steps, parts.decay_mask)
+    abstract, shardings = state_lib.abstract_state(cfg.model, tx, parts, mesh, tc.seed)
+
+    train_it, make_eval, tokenizer = (data or (lambda i, n: _default_data(cfg, i, n)))(
+        jax.process_index(), jax.process_count()
+    )
+    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=tc.max_to_keep)
+    restored = ckpt.restore_latest(abstract)
+    if restored is not None:
+        start_step, state, data_state = restored
+        train_it.set_state(data_state)
+        if primary:
+            print(f"[chinchax train] resuming {run_dir} from step {start_step}", flush=True)
+    else:
+        start_step = 0
+        state, _ = state_lib.init_train_state(cfg.model, tx, parts, mesh, tc.seed)
+
+    counts = count_params(cfg.model)
+    flops = flops_per_token(cfg.model, seq_len, cfg.data.encoder_length)
+    peak, peak_source = total_peak_flops(cfg.model.dtype, tc.peak_flops)
+    run_name = run_dir.name
+    wandb_run = start_wandb(tc.wandb_project, tc.wandb_mode, run_dir, run_name, configlib.to_dict(cfg)) if primary else None
+    logger = MetricsLogger(run_dir, resume_step=start_step, enabled=primary, wandb_run=wandb_run)
+    progress = Progress(total=total_steps, initial=start_step, enabled=primary and tc.progress_bar)
+
+    batch_sharding = step_lib.batch_sharding(mesh)
+    train_fn = None
+    eval_fn = None
+    eval_cache: list | None = None
+    byte_lengths = token_byte_lengths(tokenizer) if tokenizer is not None and cfg.data.objective == "causal_lm" else None
+
+    def to_global(batch: dict) -> dict:
+        return {
+            k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()
+        }
+
+    def cumulative(step: int) -> dict:
+        tokens = step * tokens_per_step
+        return {"tokens": tokens, "flops_6nd": flops.six_n * tokens,
+                "flops_6nd_non_embedding": flops.six_n_non_embedding * tokens, "flops_detailed": flops.detailed * tokens}
+
+    def run_eval(step: int) -> dict:
+        nonlocal eval_fn, eval_cache
+        if make_eval is None:
+            return {}
+        if eval_cache is None:
+            eval_cache = make_eval()
+        sums, weights, targets, tweights = [], [], [], []
+        for batch in eval_cache:
+            gb = to_global(batch)
+            if eval_fn is None:
+                eval_fn = step_lib.jit_eval_step(mesh, shardings["params"], gb.keys(), parts)
+            out = eval_fn(state["params"], gb)
+            out = jax.tree.map(_to_host, out)
+            sums.append(out["loss_sum_B"]); weights.append(out["weight_B"])
+            targets.append(batch["targets"]); tweights.append(batch["loss_weights"])
+        loss_sums, w = np.concatenate(sums), np.concatenate(weights)
+        mean, stderr = summarize(loss_sums, w)
+        row = {"step": step, "eval_loss": mean, "eval_loss_stderr": stderr}
+        # bytes are counted on this host's rows, then summed over hosts
+        if byte_lengths is not None:
+            n_bytes = float(_to_host(np.asarray([count_bytes(targets, tweights, byte_lengths)])).sum())
+            row["eval_bits_per_byte"] = bits_per_byte(float(loss_sums.sum()), n_bytes)
+        return row
+
+    last_loss = float("nan")
+    last_eval: dict = {}
+    mfu_values: list[float] = []
+    window_start, window_steps = time.perf_counter(), 0
+    pending = None  # (step number after the update, device metrics) of the last dispatched step
+
+    def handle(step: int, metrics_dev, *, force_log: bool = False) -> None:
+        nonlocal last_loss, window_start, window_steps
+        m = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
+        if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+            raise TrainingDiverged(
+                f"the loss became {m['loss']} (grad norm {m['grad_norm']}) at step {step}; stopping. The last "
+                f"good checkpoint is kept in {run_dir / 'checkpoints'}; lower optimizer.learning_rate, raise "
+                "optimizer.warmup_steps or set optimizer.clip_norm, then start a new run_dir"
+            )
+        last_loss = m["loss"]
+        window_steps += 1
+        if step % tc.log_every == 0 or force_log or step == total_steps:
+            now = time.perf_counter()
+            step_time = (now - window_start) / window_steps
+            tokens_per_s = tokens_per_step / step_time
+            mfu = flops.detailed * tokens_per_s / peak
+            if step > start_step + 1:  # the first window includes compilation
+                mfu_values.append(mfu)
+            logger.log({"step": step, "loss": m["loss"], "learning_rate": m["learning_rate"],
+                        "grad_norm": m["grad_norm"], "z_loss": m["z_loss"], **cumulative(step),
+                        "step_time_s": step_time, "tokens_per_s": tokens_per_s, "mfu": mfu})
+            progress.update(window_steps, m["loss"], tokens_per_s)
+            window_start, window_steps = now, 0
+
+    status = "done"
+    try:
+        for step in range(start_step, total_steps):
+            batch = to_global(next(train_it))
+            if train_fn is None:
+                train_fn = step_lib.jit_train_step(
+                    mesh, shardings, batch.keys(), parts=parts, tx=tx, schedule=schedule,
+                    microbatches=tc.microbatches, z_loss=cfg.optimizer.z_loss,
+                )
+            state, metrics = train_fn(state, batch)
+            if pending is not None:
+                handle(*pending)  # step t's metrics while step t+1 runs
+            pending = (step + 1, metrics)
+            done = step + 1
+            save_now = done == total_steps or (tc.checkpoint_every and done % tc.checkpoint_every == 0)
+            eval_now = done == total_steps or (tc.eval_every and done % tc.eval_every == 0)
+            if save_now or eval_now:
+                handle(*pending)  # synchronous here: never checkpoint a NaN state
+                pending = None
+            if eval_now:
+                last_eval = run_eval(done)
+                logger.log(last_eval)
+            if save_now:
+                ckpt.save(done, state, train_it.get_state())
+        if pending is not None:
+            handle(*pending)
+        if start_step >= total_steps:  # re-run of a finished run: recompute its summary, train nothing
+            rows = [r for r in logger.rows() if "loss" in r]
+            last_loss = rows[-1]["loss"] if rows else float("nan")
+            last_eval = run_eval(total_steps)
+    except TrainingDiverged:
+        status = "diverged"
+        raise
+    finally:
+        ckpt.close()  # waits for async saves, writes their manifests
+        progress.close()
+        final_step = int(jax.device_get(state["step"])) if status == "done" else None
+        if primary and status == "done":
+            result = {
+                "run": run_name, "status": status,
+                "n_params": counts.total, "n_params_embedding": counts.embedding,
+                "n_params_non_embedding": counts.non_embedding,
+                "n_tokens": final_step * tokens_per_step, "steps": final_step, "batch_size": tc.batch_size,
+                "seq_len": seq_len, **{k: v for k, v in cumulative(final_step).items() if k != "tokens"},
+                "final_train_loss": last_loss,
+                "eval_loss": last_eval.get("eval_loss"), "eval_loss_stderr": last_eval.get("eval_loss_stderr"),
+                "eval_bits_per_byte": last_eval.get("eval_bits_per_byte"),
+                "wall_time_s": time.time() - t_start,
+                "mfu": float(np.mean(mfu_values)) if mfu_values else None, "peak_flops": peak,
+                "peak_flops_source": peak_source,
+                "tokenizer_hash": getattr(tokenizer, "hash", None),
+                "n_devices": jax.device_count(), "mesh": dict(mesh.shape),
+                "config": configlib.to_dict(cfg),
+            }
+            write_json(run_dir / "run.json", result)
+        logger.close()
+    return result if primary else {}
+
+
+def _to_host(a) -> np.ndarray:
+    """A global array (possibly spread over hosts) or a local numpy array -> the whole of it, on every host."""
+    import jax
+
+    if jax.process_count() == 1:
+        return np.asarray(a)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+
+
+def with_overrides(cfg: ExperimentConfig, **trainer_changes) -> ExperimentConfig:
+    return cfg.replace(trainer=dataclasses.replace(cfg.trainer, **trainer_changes).validate())
