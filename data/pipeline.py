@@ -109,7 +109,8 @@ class Tokenize:
     eos_id: int
 
     def __call__(self, text: str) -> np.ndarray:
-        ids = self.tokenizer.encode(text)
+        encode_array = getattr(self.tokenizer, "encode_array", None)  # vectorised where the tokenizer has it
+        ids = encode_array(text) if encode_array is not None else self.tokenizer.encode(text)
         out = np.empty(len(ids) + 1, np.int32)
         out[:-1] = ids
         out[-1] = self.eos_id
