@@ -225,3 +225,18 @@ def _open_tfds(name: str, split: str, data_dir: str, *, text_field: str, prepare
     metadata = {"source_kind": "tfds", "dataset": builder.info.full_name, "data_dir": str(builder.data_dir)}
     return DocumentSource(builder.as_data_source(split=split), text_field=text_field, name=f"tfds:{name}",
                           split=split, metadata=metadata)
+
+
+def document_stats(source, tokenizer, *, max_docs: int | None = None, batch_docs: int = 256) -> dict:
+    """Documents, UTF-8 bytes, tokens and bytes per token of a source, streamed in batches of documents.
+
+    bits per byte = (loss in nats per token / ln 2) * tokens / bytes = bits per token / bytes_per_token.
+    """
+    n = len(source) if max_docs is None else min(max_docs, len(source))
+    num_bytes = num_tokens = 0
+    for start in range(0, n, batch_docs):
+        docs = [source[i] for i in range(start, min(start + batch_docs, n))]
+        num_bytes += sum(len(d.encode("utf-8")) for d in docs)
+        num_tokens += sum(len(ids) for ids in tokenizer.encode_batch(docs))
+    return {"documents": n, "bytes": num_bytes, "tokens": num_tokens,
+            "bytes_per_token": num_bytes / num_tokens if num_tokens else float("nan")}
