@@ -343,3 +343,14 @@ def test_tfds_not_prepared_and_offline_fails_fast(tmp_path, monkeypatch):
     assert not (tmp_path / "empty" / "tiny_shakespeare").exists()
     with pytest.raises(UserError, match="not prepared"):
         open_source("tfds:tiny_shakespeare", "train", tmp_path / "empty", prepare=False)
+
+
+def test_concurrent_openers_build_once(corpus, tmp_path):
+    """Two openers racing on a fresh data dir: the lock makes one build and the other reuse it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data_dir = tmp_path / "data"
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: open_source(f"text:{corpus}", "train", data_dir), range(2)))
+    assert results[0].metadata["manifest_hash"] == results[1].metadata["manifest_hash"]
+    assert sorted(results[0]) == sorted(results[1]) and len(built_dirs(data_dir)) == 1
