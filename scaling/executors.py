@@ -189,14 +189,49 @@ def _in_plan_order(plan: Plan, outcomes: Sequence[Outcome]) -> list[Outcome]:
     return sorted(outcomes, key=lambda o: order[o.run_id])
 
 
-def seed_branch(sweep: SweepDir, run: PlannedRun, plan: Plan) -> None:
-    """WSD branch: start the run from its trunk's checkpoint (see chinchax.scaling.plan)."""
+# The trainer's checkpoint layout (chinchax.train.checkpoint): <run_dir>/checkpoints/<step>/ with a manifest
+# written once the step is complete. Named here rather than imported, to keep jax/orbax out of the sweep.
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_MANIFEST = "chinchax_manifest.json"
+BRANCH_MARKER = "sweep_branch.json"
+
+
+def seed_branch(sweep: SweepDir, run: PlannedRun, plan: Plan) -> bool:
+    """WSD branch: copy the trunk's checkpoint at `branch_step` (train state + data-iterator position) and its
+    metrics up to there into the branch's run dir; `chinchax train` then resumes from it with the branch's
+    own config. Returns False (the run trains from scratch: same result, more FLOPs) if the trunk has no
+    such checkpoint, e.g. because it failed."""
+    import shutil
+
     if not run.branch_of:
-        return
-    raise UserError(
-        f"run {run.run_id} is a WSD branch of {run.branch_of}, but executing branches is not supported by this "
-        "trainer yet; plan the sweep with wsd.branch=false"
-    )
+        return False
+    d = sweep.run_dir(run.run_id)
+    if (d / CHECKPOINTS).is_dir() and any((d / CHECKPOINTS).iterdir()):
+        return True  # seeded before (or already training): the trainer resumes from what is there
+    trunk_dir = sweep.run_dir(run.branch_of)
+    source = trunk_dir / CHECKPOINTS / str(run.branch_step)
+    if not (source / CHECKPOINT_MANIFEST).is_file():
+        print(f"[sweep] {run.run_id}: trunk {run.branch_of} has no finished checkpoint at step "
+              f"{run.branch_step}; training the branch from scratch", file=sys.stderr)
+        return False
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{CHECKPOINTS}.seeding"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp / str(run.branch_step))
+    metrics = trunk_dir / "metrics.jsonl"
+    if metrics.is_file():
+        kept = [line for line in metrics.read_text().splitlines() if _step_of(line) <= run.branch_step]
+        write_atomic(d / "metrics.jsonl", "".join(line + "\n" for line in kept))
+    os.replace(tmp, d / CHECKPOINTS)  # all or nothing: a half-copied checkpoint is never seen
+    write_atomic(d / BRANCH_MARKER, json.dumps({"trunk": run.branch_of, "step": run.branch_step}))
+    return True
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line).get("step", float("inf"))
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")
 
 
 # --- ray --------------------------------------------------------------------------------------------

@@ -248,38 +248,87 @@ def _round_up(x: float, multiple: int) -> int:
     return max(multiple, int(math.ceil(x / multiple - 1e-9)) * multiple)
 
 
-def model_with_shape(model_cfg, rule: ShapeRule, d_model: int):
-    """The base ModelConfig resized to `d_model` by the shape rule (every other choice kept)."""
-    n_layers = min(rule.max_layers, max(rule.min_layers, round(d_model / rule.aspect_ratio)))
+def _resized(model_cfg, rule: ShapeRule, d_model: int, n_layers: int, d_ff: int):
     n_heads = d_model // rule.head_dim
     kv = model_cfg.n_kv_heads
     if kv is not None and n_heads % kv:
         kv = math.gcd(n_heads, kv)  # keep grouped-query attention valid at every width
     changes: dict[str, Any] = dict(
-        d_model=d_model,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=kv,
-        head_dim=None,
-        d_ff=_round_up(rule.ffn_ratio * d_model, 8),
+        d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=kv, head_dim=None, d_ff=d_ff
     )
     if model_cfg.variant == "encoder_decoder":
         changes["n_encoder_layers"] = None  # encoder as deep as the decoder
     return dataclasses.replace(model_cfg, **changes).validate()
 
 
+def model_with_shape(model_cfg, rule: ShapeRule, d_model: int):
+    """The base ModelConfig resized to `d_model` by the shape rule (every other choice kept)."""
+    n_layers = min(rule.max_layers, max(rule.min_layers, round(d_model / rule.aspect_ratio)))
+    return _resized(model_cfg, rule, d_model, n_layers, _round_up(rule.ffn_ratio * d_model, 8))
+
+
+class ParamCounter:
+    """Exact parameter counts of the resized family, without building every rung.
+
+    `chinchax.model.count_params` builds the abstract model (~0.1-1 s a call). For a fixed family, with
+    heads of a fixed size, every parameter tensor is a product of at most two of d_model, d_ff, n_layers
+    and constants (vocab, max_len, buckets), so N = c . (1, d, d^2, L, Ld, Ld^2, Lf, Ldf) exactly. We count
+    8 probe shapes with count_params, solve for c (total and embedding), then check the solution on 2 more
+    shapes; if that check ever fails (a component outside this form), every rung is counted directly."""
+
+    BASIS_SIZE = 8
+
+    def __init__(self, model_cfg, rule: ShapeRule):
+        import numpy as np
+
+        self.model_cfg, self.rule = model_cfg, rule
+        # Probe widths whose head count the base's n_kv_heads divides (so no probe needs the gcd fix-up).
+        s = (rule.d_model_multiple or rule.head_dim) * (model_cfg.n_kv_heads or 1)
+        probes = [(s, 1, 8), (2 * s, 1, 16), (3 * s, 1, 8), (s, 2, 24), (2 * s, 2, 8), (3 * s, 3, 32),
+                  (4 * s, 2, 16), (2 * s, 3, 40)]
+        checks = [(5 * s, 4, 48), (7 * s, 6, 64)]
+        X = np.array([self._features(*p) for p in probes], dtype=np.float64)
+        Y = np.array([self._exact(*p) for p in probes], dtype=np.float64)
+        self.coef = np.linalg.solve(X, Y)
+        self.exact_only = any(self._predict(*c) != self._exact(*c) for c in checks)
+
+    @staticmethod
+    def _features(d: int, n_layers: int, f: int) -> list[float]:
+        return [1.0, d, d * d, n_layers, n_layers * d, n_layers * d * d, n_layers * f, n_layers * d * f]
+
+    def _exact(self, d: int, n_layers: int, f: int) -> tuple[int, int]:
+        counts = _count_params(_resized(self.model_cfg, self.rule, d, n_layers, f))
+        return int(counts.total), int(counts.embedding)
+
+    def _predict(self, d: int, n_layers: int, f: int) -> tuple[int, int]:
+        import numpy as np
+
+        total, embedding = np.array(self._features(d, n_layers, f)) @ self.coef
+        return int(round(total)), int(round(embedding))
+
+    def __call__(self, m) -> tuple[int, int]:
+        """(total, embedding) parameters of the resized ModelConfig `m`."""
+        args = (m.d_model, m.n_layers, m.d_ff)
+        if self.exact_only or m.n_kv_heads != self.model_cfg.n_kv_heads:
+            return self._exact(*args)
+        return self._predict(*args)
+
+
+@functools.lru_cache(maxsize=64)
+def _counter(model_cfg, rule: ShapeRule) -> ParamCounter:
+    return ParamCounter(model_cfg, rule)
+
+
 def shape_ladder(model_cfg, rule: ShapeRule, n_max: float, convention: str = "total") -> list[Shape]:
     """Candidate shapes in increasing N, up to the first one at or beyond `n_max` (always >= 2 rungs)."""
     step = rule.d_model_multiple or rule.head_dim
+    counter = _counter(model_cfg, rule)
     ladder: list[Shape] = []
     d_model = step
     while d_model <= rule.max_d_model:
         m = model_with_shape(model_cfg, rule, d_model)
-        counts = _count_params(m)
-        shape = Shape(
-            m.d_model, m.n_layers, m.n_heads, m.d_ff, int(counts.total), int(counts.embedding),
-            int(counts.non_embedding),
-        )
+        total, embedding = counter(m)
+        shape = Shape(m.d_model, m.n_layers, m.n_heads, m.d_ff, total, embedding, total - embedding)
         if not ladder or shape.n(convention) > ladder[-1].n(convention):
             ladder.append(shape)
         if len(ladder) >= 2 and shape.n(convention) >= n_max:
@@ -518,10 +567,9 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
                 overrides += ["optimizer.schedule=wsd", f"optimizer.cooldown_fraction={cfg.wsd.cooldown_fraction}"]
             config = to_dict(_resolve(exp_path, overrides))
             config["trainer"].pop("run_dir", None)
-            run_hash = config_hash(config, budget)
             runs.append(
                 PlannedRun(
-                    run_id=f"{family}-c{budget:.0e}-{shape.tag}-{run_hash[:8]}".replace("+", ""),
+                    run_id=_run_id(family, budget, shape.tag, config),
                     family=family, budget=float(budget), d_model=shape.d_model, n_layers=shape.n_layers,
                     n_heads=shape.n_heads, d_ff=shape.d_ff, n_params=shape.n_total,
                     n_params_embedding=shape.n_embedding, n_params_non_embedding=shape.n_non_embedding,
@@ -540,22 +588,46 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
     return Plan(cfg.name, conv, str(exp_path), tuple(runs), tuple(dropped), independent, with_branching)
 
 
+def _run_id(family: str, budget: float, tag: str, config: Mapping) -> str:
+    return f"{family}-c{budget:.0e}-{tag}-{config_hash(config, budget)[:8]}".replace("+", "")
+
+
+MAX_TRUNK_CHECKPOINTS = 16  # checkpoints a WSD trunk keeps for its branches (disk vs exact branch points)
+
+
 def _add_branches(runs: list[PlannedRun], cfg: SweepConfig) -> list[PlannedRun]:
-    """Per (family, shape): the longest run is the trunk; each shorter run starts from the trunk's
-    checkpoint at the step where its own cooldown begins (the trunk is still at peak lr there)."""
+    """Per (family, shape): the longest run is the trunk; each shorter run starts from a trunk checkpoint
+    at or before the step where its own cooldown begins. Up to there the two schedules are the same
+    (same warmup, same peak lr, same data order), so the branch then trains exactly as it would alone.
+
+    The trunk saves every K steps and keeps them all, K = max(gcd of the cooldown starts, trunk steps / 16);
+    each branch starts from the last multiple of K before its cooldown."""
     groups: dict[tuple, list[PlannedRun]] = {}
     for r in runs:
         groups.setdefault((r.family, r.d_model, r.n_layers), []).append(r)
     out = {}
     for group in groups.values():
-        trunk = max(group, key=lambda r: (r.steps, r.run_id))
+        trunk = original = max(group, key=lambda r: (r.steps, r.run_id))
+        starts = {
+            r.run_id: r.steps - wsd_cooldown_steps(r.steps, cfg.wsd.cooldown_fraction)
+            for r in group if r is not original
+        }
+        every = max(math.gcd(*starts.values()) if starts else 1, -(-trunk.steps // MAX_TRUNK_CHECKPOINTS))
+        branch_steps = {k: (v // every) * every for k, v in starts.items()}
+        branch_steps = {k: v for k, v in branch_steps.items() if v > 0}
+        if branch_steps:
+            keep = trunk.steps // every + 2
+            config = json.loads(json.dumps(trunk.config))
+            config["trainer"].update(checkpoint_every=every, max_to_keep=keep)
+            trunk = dataclasses.replace(
+                trunk,
+                run_id=_run_id(trunk.family, trunk.budget, f"d{trunk.d_model}l{trunk.n_layers}", config),
+                config=config,
+                overrides=(*trunk.overrides, f"trainer.checkpoint_every={every}", f"trainer.max_to_keep={keep}"),
+            )
         for r in group:
-            if r is trunk:
-                out[r.run_id] = r
-                continue
-            start = r.steps - wsd_cooldown_steps(r.steps, cfg.wsd.cooldown_fraction)
-            if start <= r.warmup_steps:  # nothing shared beyond warmup: train it from scratch
-                out[r.run_id] = r
-                continue
-            out[r.run_id] = dataclasses.replace(r, branch_of=trunk.run_id, branch_step=start)
+            if r.run_id in branch_steps:
+                out[r.run_id] = dataclasses.replace(r, branch_of=trunk.run_id, branch_step=branch_steps[r.run_id])
+            else:
+                out[r.run_id] = trunk if r is original else r
     return [out[r.run_id] for r in runs]
