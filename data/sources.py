@@ -116,7 +116,6 @@ def _check_params(validation_fraction: float, max_doc_bytes: int) -> None:
 
 def _open_corpus(spec, split: str, data_dir: str, *, prepare: bool) -> DocumentSource:
     import tensorflow_datasets as tfds
-
     from chinchax.data import text_builder
 
     if split not in ("train", "validation"):
@@ -198,7 +197,7 @@ def prepare_tfds(name: str, data_dir: str):
             f"tfds:{name} is not prepared in {data_dir} and the network is unreachable. On a machine with "
             f"network run `chinchax data build tfds:{name} --data-dir DIR` (it writes ArrayRecord files), then "
             f"copy DIR/{builder.name} here or point --data-dir / data.data_dir (or CHINCHAX_DATA_DIR) at DIR "
-            f"(gs:// works)."
+            f"(a gs:// bucket works with gcsfs installed)."
         )
     builder.download_and_prepare()
     return builder

@@ -36,7 +36,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-
 from chinchax.errors import UserError
 
 NUM_SENTINELS = 100

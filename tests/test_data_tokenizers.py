@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
-
 from chinchax.data.tokenizers import (
     SENTINEL_PIECES,
     ByteTokenizer,
-    SentencePieceTokenizer,
     check_vocab_fits,
     load_tokenizer,
     train_sentencepiece,
