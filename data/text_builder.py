@@ -22,6 +22,10 @@ held out when the first 8 bytes of sha256(key), read as a fraction, fall below `
 does not depend on file order or on other files, so adding a file never moves existing documents between
 splits. If no document falls below the threshold, the one with the smallest hash is held out, so the
 validation split is never empty.
+
+Memory: the scan and the generators hold one document at a time. TFDS's writer buffers serialized
+examples in memory up to 1 GB before it spills them to temporary files, so building peaks at about
+1 GB + one document however large the corpus; reading is random access from disk.
 """
 
 from __future__ import annotations

@@ -353,3 +353,11 @@ def test_concurrent_openers_build_once(corpus, tmp_path):
         results = list(pool.map(lambda _: open_source(f"text:{corpus}", "train", data_dir), range(2)))
     assert results[0].metadata["manifest_hash"] == results[1].metadata["manifest_hash"]
     assert sorted(results[0]) == sorted(results[1]) and len(built_dirs(data_dir)) == 1
+
+
+def test_tfds_not_prepared_and_online_prepares_array_record(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "network_reachable", lambda timeout_s=3.0: True)
+    data_dir = str(tmp_path / "tfds")
+    src = open_source("tfds:chinchax_test_docs", "test", data_dir, text_field="body")
+    assert sorted(src) == sorted(f"body 5-{i} ü" for i in range(5))
+    assert list(Path(data_dir, "chinchax_test_docs", "1.2.0").glob("*.array_record-*"))
