@@ -43,7 +43,10 @@ class DataConfig:
     seed: int = 0  # shuffling and objective randomness of the TRAIN stream (eval never depends on it)
     shuffle: bool = True
     eval_batches: int = 8  # fixed number of validation batches, identical for every run of this config
-    worker_count: int = 0  # grain worker processes (0 = in the training process)
+    # grain worker processes (0 = in the training process). Each worker packs its own slice of the
+    # documents, so the stream (still deterministic and resumable) differs between worker counts; the
+    # workers are spawned, so a script that starts them needs `if __name__ == "__main__":`.
+    worker_count: int = 0
 
     @property
     def encoder_length(self) -> int:

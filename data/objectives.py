@@ -20,6 +20,7 @@ corrupted lengths are exact); masked LM follows BERT (80% mask token, 10% random
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,12 +52,12 @@ class SpecialTokens:
             sentinel_ids=tuple(int(i) for i in tokenizer.sentinel_ids),
         )
 
-    @property
+    @functools.cached_property
     def special_ids(self) -> np.ndarray:
         ids = [self.pad_id, self.eos_id, self.bos_id, self.unk_id, self.mask_id, *self.sentinel_ids]
         return np.unique(np.asarray(ids, dtype=np.int32))
 
-    @property
+    @functools.cached_property
     def regular_ids(self) -> np.ndarray:
         """Ids of ordinary tokens: what BERT's 10% random replacement draws from."""
         return np.setdiff1d(np.arange(self.vocab_size, dtype=np.int32), self.special_ids)

@@ -75,11 +75,15 @@ _MEMORY_SOURCES: dict[str, dict[str, Sequence[str]]] = {}
 
 
 def register_memory_source(name: str, splits: dict[str, Sequence[str]]) -> str:
-    """Make a list of documents per split available as `source: memory:NAME` (tests, notebooks)."""
+    """Make documents per split available as `source: memory:NAME` (tests, notebooks, benchmarks).
+
+    A split is any random-access sequence of `str` (a list, or an object with __len__/__getitem__ that
+    makes documents on demand); it is used as is, not copied.
+    """
     for split, docs in splits.items():
-        if not docs or not all(isinstance(d, str) for d in docs):
-            raise UserError(f"memory source {name!r}: split {split!r} must be a non-empty list of str documents")
-    _MEMORY_SOURCES[name] = {split: list(docs) for split, docs in splits.items()}
+        if len(docs) == 0 or not isinstance(docs[0], str):
+            raise UserError(f"memory source {name!r}: split {split!r} must be a non-empty sequence of str documents")
+    _MEMORY_SOURCES[name] = dict(splits)
     return f"memory:{name}"
 
 
