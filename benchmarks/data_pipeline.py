@@ -71,31 +71,27 @@ def measure_step(vocab_size: int, *, seq_len: int, batch_size: int, steps: int) 
     import jax
     import jax.numpy as jnp
     import optax
-    from flax import nnx
-
     from chinchax.model import ModelConfig, Transformer
+    from flax import nnx
 
     cfg = ModelConfig(
         name="bench-d512-l8", variant="decoder_only", vocab_size=vocab_size, d_model=512, n_layers=8, n_heads=8,
         d_ff=2048, max_len=seq_len, position="rope", dtype="float32",
     ).validate()
     model = Transformer(cfg, rngs=nnx.Rngs(params=0, dropout=1))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = optax.adamw(3e-4, weight_decay=0.1)
-    opt_state = tx.init(params)
+    optimizer = nnx.Optimizer(model, optax.adamw(3e-4, weight_decay=0.1), wrt=nnx.Param)
 
-    def loss_fn(p, rest, batch):
-        m = nnx.merge(graphdef, p, rest)
+    def loss_fn(m, batch):
         logits_BLV = m(batch["inputs"], segment_ids=batch["segment_ids"], positions=batch["positions"])
         ce_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, batch["targets"])
         w_BL = batch["loss_weights"]
         return (ce_BL * w_BL).sum() / jnp.maximum(w_BL.sum(), 1.0)
 
-    @jax.jit
-    def step(p, o, rest, batch):  # non-param variables (RNG state) enter as arguments, not closures
-        loss, grads = jax.value_and_grad(loss_fn)(p, rest, batch)
-        updates, o = tx.update(grads, o, p)
-        return optax.apply_updates(p, updates), o, loss
+    @nnx.jit
+    def step(m, opt, batch):
+        loss, grads = nnx.value_and_grad(loss_fn)(m, batch)
+        opt.update(m, grads)
+        return loss
 
     rng = np.random.default_rng(0)
     tokens = rng.integers(5, vocab_size, (batch_size, seq_len)).astype(np.int32)
@@ -105,18 +101,18 @@ def measure_step(vocab_size: int, *, seq_len: int, batch_size: int, steps: int) 
                                                                            tokens.shape).copy(),
     }
     t0 = time.perf_counter()
-    params, opt_state, loss = step(params, opt_state, rest, batch)
+    loss = step(model, optimizer, batch)
     jax.block_until_ready(loss)
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
-        params, opt_state, loss = step(params, opt_state, rest, batch)
+        loss = step(model, optimizer, batch)
     jax.block_until_ready(loss)
     step_s = (time.perf_counter() - t0) / steps
     return {
         "compile_s": compile_s, "step_s": step_s, "batch_size": batch_size, "seq_len": seq_len,
         "tokens_per_s": batch_size * seq_len / step_s,
-        "n_params": int(sum(x.size for x in jax.tree.leaves(params))), "device": str(jax.devices()[0]),
+        "n_params": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))), "device": str(jax.devices()[0]),
     }
 
 

@@ -24,9 +24,8 @@ import dataclasses
 
 import grain
 import numpy as np
-from grain import experimental as grain_exp
-
 from chinchax.data.objectives import pad_row
+from grain import experimental as grain_exp
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,7 +47,6 @@ from collections.abc import Sequence
 
 import grain
 import numpy as np
-
 from chinchax.data import objectives as obj
 from chinchax.data import packing as pk
 from chinchax.data.config import DataConfig

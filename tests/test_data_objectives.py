@@ -8,9 +8,8 @@ import math
 
 import numpy as np
 import pytest
-from scipy.special import comb
-
 from chinchax.data import objectives as obj
+from scipy.special import comb
 
 SPECIAL = obj.SpecialTokens(
     vocab_size=361, pad_id=0, eos_id=1, bos_id=2, unk_id=3, mask_id=4, sentinel_ids=tuple(range(5, 105))
@@ -72,7 +71,7 @@ def test_prefix_lm_split_is_uniform_over_each_document_and_loss_only_on_suffix()
         np.testing.assert_array_equal(loss, np.arange(n)[None] >= p[:, None])
         np.testing.assert_array_equal(prefix, np.arange(n)[None] <= p[:, None])
         counts[n] = np.bincount(p, minlength=n + 1)
-        for r, p_i in zip(rows[:200], p[:200]):
+        for r, p_i in zip(rows[:200], p[:200], strict=True):
             # prefix positions only ever see prefix tokens: their inputs are BOS, t_0 .. t_{p-1}
             inputs = r["inputs"][in_seg][r["prefix_mask"][in_seg]]
             np.testing.assert_array_equal(inputs, np.concatenate([[2], tokens[in_seg][:p_i]]))

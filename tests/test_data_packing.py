@@ -3,9 +3,8 @@
 import grain
 import numpy as np
 import pytest
-from grain import experimental as grain_exp
-
 from chinchax.data import packing as pk
+from grain import experimental as grain_exp
 
 
 def make_docs(lengths, seed=0):

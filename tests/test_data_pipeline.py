@@ -6,7 +6,6 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
 from chinchax.configlib import load_config
 from chinchax.data import pipeline as P
 from chinchax.data.config import DataConfig
@@ -50,7 +49,7 @@ def take(it, n):
 
 def assert_same(batches_a, batches_b):
     assert len(batches_a) == len(batches_b)
-    for a, b in zip(batches_a, batches_b):
+    for a, b in zip(batches_a, batches_b, strict=True):
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -67,7 +66,7 @@ def test_batches_follow_the_contract(objective, variant, packing):
         assert not batch["loss_weights"][~real].any() and batch["loss_weights"].sum() > 0
         assert np.all(batch["inputs"][~real] == 0) and np.all(batch["targets"][~real] == 0)
         assert batch["targets"].max() < TOK.vocab_size and batch["inputs"].min() >= 0
-        for row_seg, row_pos in zip(batch["segment_ids"], batch["positions"]):
+        for row_seg, row_pos in zip(batch["segment_ids"], batch["positions"], strict=True):
             for k in range(1, row_seg.max() + 1):
                 np.testing.assert_array_equal(row_pos[row_seg == k], np.arange((row_seg == k).sum()))
         if variant == "encoder_decoder":
@@ -79,7 +78,7 @@ def test_same_config_gives_the_same_stream_and_the_seed_changes_it():
     a = take(P.train_iterator(cfg, TOK, global_batch_size=4), 4)
     assert_same(a, take(P.train_iterator(cfg, TOK, global_batch_size=4), 4))
     b = take(P.train_iterator(cfg.replace(seed=1), TOK, global_batch_size=4), 4)
-    assert any(not np.array_equal(x["targets"], y["targets"]) for x, y in zip(a, b))
+    assert any(not np.array_equal(x["targets"], y["targets"]) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("objective,variant,packing", COMBOS)
@@ -144,7 +143,7 @@ def test_eval_batches_are_fixed_by_the_data_config_alone(caplog):
     assert_same(first, P.eval_batches(cfg, TOK, global_batch_size=4))
     assert_same(first, P.eval_batches(cfg.replace(seed=7), TOK, global_batch_size=4))  # not the train seed
     halves = [P.eval_batches(cfg, TOK, global_batch_size=4, process_index=i, process_count=2) for i in range(2)]
-    merged = [{k: np.concatenate([h0[k], h1[k]]) for k in h0} for h0, h1 in zip(*halves)]
+    merged = [{k: np.concatenate([h0[k], h1[k]]) for k in h0} for h0, h1 in zip(*halves, strict=True)]
     assert_same(first, merged)  # the global eval set does not depend on the number of hosts
     # validation text, not train text
     text = bytes((first[0]["encoder_inputs"][0][:8] - BYTE_OFFSET).astype(np.uint8))

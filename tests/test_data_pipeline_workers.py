@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from chinchax.data import pipeline as P
 from chinchax.data.config import DataConfig
 from chinchax.data.tokenizers import load_tokenizer
@@ -20,7 +19,7 @@ def test_worker_processes_resume_exactly():
     expected = [next(it) for _ in range(3)]
     resumed = P.train_iterator(cfg, tok, global_batch_size=4)
     resumed.set_state(state)
-    for a, b in zip(expected, [next(resumed) for _ in range(3)]):
+    for a, b in zip(expected, [next(resumed) for _ in range(3)], strict=True):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
     for i in (it, resumed):
