@@ -161,6 +161,13 @@ class Checkpointer:
         )
         self._unverified.append(step)
 
+    def poll(self) -> None:
+        """Write the manifests of saves that finished in the background, without waiting. Single-host
+        only (hosts could disagree on 'finished' and the manifest step has a barrier); with several
+        hosts manifests are written at the next save or at close."""
+        if self._unverified and jax.process_count() == 1 and not self._manager.is_saving_in_progress():
+            self._finish_pending()
+
     def wait_until_finished(self) -> None:
         self._finish_pending()
 

@@ -206,6 +206,7 @@ def train(
                         "step_time_s": step_time, "tokens_per_s": tokens_per_s, "mfu": mfu})
             progress.update(window_steps, m["loss"], tokens_per_s)
             window_start, window_steps = now, 0
+            ckpt.poll()
 
     status = "done"
     try:

@@ -1,0 +1,128 @@
+"""Speed of the train step: achieved FLOP/s (detailed count) against a plain `jnp.dot` of the same dtype.
+
+    python benchmarks/train_step.py                      # CPU preset: d512, 8 layers, seq 512, float32
+    python benchmarks/train_step.py --preset 350m        # GPU/TPU: 350M decoder, seq 2048, bfloat16
+    python benchmarks/train_step.py --preset 1.3b --batch 8 --remat dots
+    python benchmarks/train_step.py --d-model 768 --layers 12 --seq 1024 --dtype bfloat16 --steps 10
+
+Prints: compile time, step time, tokens/s, achieved FLOP/s (chinchax.model.counting `detailed`: forward +
+backward matmuls, causal attention halved), the peak of a plain `jnp.dot` measured in the same process and
+dtype, their ratio, and on accelerators the MFU against the data-sheet peak (chinchax.train.mfu). One
+process, random tokens, no data pipeline; the step is the trainer's own (sharded over all local devices
+with the mesh given by --mesh, default data-parallel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+PRESETS = {
+    # name: (d_model, n_layers, n_heads, d_ff, vocab, seq_len, batch, dtype)
+    "cpu": (512, 8, 8, 2048, 8192, 512, 4, "float32"),
+    "350m": (1024, 24, 16, 4096, 32768, 2048, 16, "bfloat16"),
+    "1.3b": (2048, 24, 16, 8192, 32768, 2048, 8, "bfloat16"),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    for name in ("d-model", "layers", "heads", "d-ff", "vocab", "seq", "batch"):
+        p.add_argument(f"--{name}", type=int, default=None)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+    p.add_argument("--remat", choices=("none", "full", "dots", "dots_no_batch"), default="none")
+    p.add_argument("--microbatches", type=int, default=1)
+    p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes; -1 = fill")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    return p.parse_args(argv)
+
+
+def peak_dot(dtype: str) -> tuple[float, int]:
+    """Best FLOP/s of a square `jnp.dot` over a few sizes (small ones underuse big chips, big ones are slow
+    on CPU): the practical peak of this device for this dtype."""
+    import jax
+
+    from chinchax.train.mfu import measure_matmul_peak
+
+    sizes = (512, 1024, 2048) if jax.devices()[0].platform == "cpu" else (4096, 8192)
+    return max((measure_matmul_peak(dtype, n=n, repeats=5), n) for n in sizes)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import jax
+    import numpy as np
+
+    from chinchax.model.config import ModelConfig
+    from chinchax.model.counting import count_params, flops_per_token
+    from chinchax.sharding import make_mesh
+    from chinchax.train.config import OptimizerConfig
+    from chinchax.train.mfu import table_peak
+    from chinchax.train.optimizer import make_optimizer
+    from chinchax.train.state import init_train_state, model_parts
+    from chinchax.train.step import batch_sharding, jit_train_step
+    from chinchax.train.synthetic import TokenArrayBatches
+
+    d, n_layers, heads, d_ff, vocab, seq, batch, dtype = PRESETS[args.preset]
+    d, n_layers, heads = args.d_model or d, args.layers or n_layers, args.heads or heads
+    d_ff, vocab, seq, batch = args.d_ff or d_ff, args.vocab or vocab, args.seq or seq, args.batch or batch
+    dtype = args.dtype or dtype
+    cfg = ModelConfig(
+        name=f"bench-{args.preset}", vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=heads, d_ff=d_ff,
+        max_len=seq, position="rope", norm="rmsnorm", activation="gelu", use_bias=False, dtype=dtype,
+        remat=args.remat,
+    ).validate()
+    mesh = make_mesh(tuple(int(x) for x in args.mesh.split(",")))
+    parts = model_parts(cfg, mesh, 0)
+    tx, schedule = make_optimizer(OptimizerConfig(warmup_steps=1), 1000, parts.decay_mask)
+    state, shardings = init_train_state(cfg, tx, parts, mesh, 0)
+    rng = np.random.default_rng(0)
+    batches = TokenArrayBatches(rng.integers(1, vocab, 1 << 20).astype(np.int32), global_batch_size=batch,
+                                seq_len=seq)
+    data = batch_sharding(mesh)
+    put = lambda b: {k: jax.device_put(v, data) for k, v in b.items()}  # noqa: E731
+    first = put(next(batches))
+    step = jit_train_step(mesh, shardings, first.keys(), parts=parts, tx=tx, schedule=schedule,
+                          microbatches=args.microbatches, z_loss=0.0)
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, first).compile()
+    compile_s = time.perf_counter() - t0
+    state, metrics = compiled(state, first)  # warm-up
+    jax.block_until_ready(metrics)
+    inputs = [put(next(batches)) for _ in range(args.steps)]
+    t0 = time.perf_counter()
+    for b in inputs:
+        state, metrics = compiled(state, b)
+    jax.block_until_ready((state, metrics))
+    step_s = (time.perf_counter() - t0) / args.steps
+
+    tokens = batch * seq
+    flops = flops_per_token(cfg, seq)
+    achieved = flops.detailed * tokens / step_s
+    peak, peak_n = peak_dot(dtype)
+    n_dev = len(jax.devices())
+    table = table_peak(jax.devices()[0].device_kind, dtype)
+    result = {
+        "preset": args.preset, "device": jax.devices()[0].device_kind, "n_devices": n_dev, "dtype": dtype,
+        "d_model": d, "n_layers": n_layers, "seq_len": seq, "batch": batch, "remat": args.remat,
+        "n_params": count_params(cfg).total, "compile_s": compile_s, "step_s": step_s,
+        "tokens_per_s": tokens / step_s, "achieved_flops_per_s": achieved,
+        "jnp_dot_peak_flops_per_s": peak * n_dev, "jnp_dot_size": peak_n,
+        "ratio_to_jnp_dot": achieved / (peak * n_dev),
+        "mfu_vs_datasheet": achieved / (table * n_dev) if table else None,
+        "loss": float(metrics["loss"]),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>26}: {v:,.4g}" if isinstance(v, float) else f"{k:>26}: {v}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
