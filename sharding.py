@@ -69,3 +69,24 @@ def logical_to_spec(names: Sequence[str | None]) -> jax.sharding.PartitionSpec:
 
 def single_device_mesh() -> jax.sharding.Mesh:
     return jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), MESH_AXES)
+
+
+def create_sharded(make_module, mesh: jax.sharding.Mesh):
+    """Build an nnx module with every parameter created directly in its shard (never whole on one device).
+
+    `make_module()` constructs the module (e.g. `lambda: Transformer(cfg, rngs=nnx.Rngs(0))`); its
+    parameters' logical axis names are mapped to `mesh` by LOGICAL_AXIS_RULES.
+    """
+    import flax.linen as nn
+    from flax import nnx
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        abstract = nnx.eval_shape(make_module)
+        graphdef, abstract_state = nnx.split(abstract)
+        shardings = nnx.get_named_sharding(abstract_state, mesh)
+
+        def init():
+            return nnx.split(make_module())[1]
+
+        state = jax.jit(init, out_shardings=shardings)()
+    return nnx.merge(graphdef, state)

@@ -1,0 +1,84 @@
+"""`chinchax model info PRESET_OR_YAML [key=value ...]`: parameter counts, shapes and FLOPs per token."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    model = subparsers.add_parser("model", help="inspect model configurations", description="Inspect model configurations.")
+    model_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
+    info = model_sub.add_parser(
+        "info",
+        help="parameter counts, shapes and FLOPs per token of a preset or YAML",
+        description="Print total, embedding and non-embedding parameter counts, every parameter's shape and "
+        "logical axes, and training FLOPs per token by each convention (6N with Kaplan's non-embedding N, "
+        "6N with total N, Kaplan's forward C = 2N + 2·n_layer·n_ctx·d_attn, and the detailed matmul count "
+        "used for MFU). Counts come from the real parameter tree, built abstractly (no memory).",
+        epilog="examples:  chinchax model info gpt2\n           chinchax model info llama2-7b n_layers=16 --json\n"
+        "           chinchax model info experiments/tiny.yaml model.d_model=128",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    info.add_argument("spec", help="a preset name (see `chinchax model presets`) or a YAML file")
+    info.add_argument("overrides", nargs="*", help="dotted overrides, e.g. d_model=512 or model.n_layers=6")
+    info.add_argument("--seq-len", type=int, default=None, help="context length for FLOPs (default: max_len)")
+    info.add_argument("--json", action="store_true", help="emit JSON instead of a table")
+    info.add_argument("--no-shapes", action="store_true", help="omit the per-parameter shape list")
+    info.set_defaults(handler=_info)
+
+    presets = model_sub.add_parser("presets", help="list the model presets", description="List the model presets.")
+    presets.set_defaults(handler=_presets)
+    model.set_defaults(handler=lambda args: model.print_help() or 0)
+
+
+def _presets(args) -> int:
+    from chinchax.configlib import load_model_config, preset_names
+    from chinchax.model.counting import count_params
+
+    for name in preset_names():
+        cfg = load_model_config(name)
+        print(f"{name:16s} {cfg.variant:16s} {count_params(cfg).total:>15,d} params")
+    return 0
+
+
+def _info(args) -> int:
+    from chinchax.configlib import load_model_config, to_dict
+    from chinchax.model.counting import count_params, describe_shapes, flops_per_token
+
+    cfg = load_model_config(args.spec, args.overrides)
+    counts = count_params(cfg)
+    seq_len = args.seq_len or cfg.max_len
+    flops = flops_per_token(cfg, seq_len)
+    shapes = [] if args.no_shapes else describe_shapes(cfg)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "config": to_dict(cfg),
+                    "n_params": counts.total,
+                    "n_params_embedding": counts.embedding,
+                    "n_params_non_embedding": counts.non_embedding,
+                    "seq_len": seq_len,
+                    "flops_per_token": flops.as_dict(),
+                    "shapes": {path: {"shape": list(shape), "axes": list(axes)} for path, shape, axes in shapes},
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"{cfg.name}: {cfg.variant}, {cfg.attention} attention, {cfg.position} positions, {cfg.activation} MLP")
+    print(f"  parameters      total {counts.total:>16,d}")
+    print(f"                  embedding {counts.embedding:>12,d}   (vocabulary and position tables)")
+    print(f"                  non-embedding {counts.non_embedding:>8,d}   (Kaplan's N)")
+    print(f"  training FLOPs per token at seq_len {seq_len}:")
+    print(f"    6N (total N, Chinchilla)        {flops.six_n:>14.4g}")
+    print(f"    6N (non-embedding N, Kaplan)    {flops.six_n_non_embedding:>14.4g}")
+    print(f"    Kaplan forward 2N+2·n_layer·n_ctx·d_attn {flops.kaplan_forward:>10.4g}   (forward only)")
+    print(f"    detailed matmuls, fwd+bwd (MFU) {flops.detailed:>14.4g}")
+    if shapes:
+        print("  shapes (layer parameters carry a leading `layers` axis):")
+        width = max(len(p) for p, _, _ in shapes)
+        for path, shape, axes in shapes:
+            print(f"    {path:{width}s}  {str(shape):24s} {axes}")
+    return 0
