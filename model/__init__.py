@@ -1,6 +1,25 @@
-"""The transformer family (Flax NNX). Imports nothing of chinchax but its own config."""
+"""The transformer family (Flax NNX). Imports nothing of chinchax but its own config.
+
+Heavy names (Transformer, counting) load on first use, so `chinchax --help` and config code stay fast.
+"""
 
 from chinchax.model.config import ModelConfig
-from chinchax.model.transformer import EMBEDDING_PARAM_NAMES, MODEL_INPUT_KEYS, Transformer
 
-__all__ = ["EMBEDDING_PARAM_NAMES", "MODEL_INPUT_KEYS", "ModelConfig", "Transformer"]
+_LAZY = {
+    "Transformer": "chinchax.model.transformer",
+    "MODEL_INPUT_KEYS": "chinchax.model.transformer",
+    "EMBEDDING_PARAM_NAMES": "chinchax.model.transformer",
+    "count_params": "chinchax.model.counting",
+    "flops_per_token": "chinchax.model.counting",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'chinchax.model' has no attribute {name!r}")
+
+
+__all__ = ["EMBEDDING_PARAM_NAMES", "MODEL_INPUT_KEYS", "ModelConfig", "Transformer", "count_params", "flops_per_token"]
