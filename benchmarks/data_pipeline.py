@@ -109,7 +109,13 @@ def measure_step(vocab_size: int, *, seq_len: int, batch_size: int, steps: int) 
         loss = step(model, optimizer, batch)
     jax.block_until_ready(loss)
     step_s = (time.perf_counter() - t0) / steps
+    from chinchax.model.counting import flops_per_token
+
+    flops = flops_per_token(cfg, seq_len).detailed
     return {
+        "flops_per_token_detailed": flops,
+        "achieved_flops_per_s": flops * batch_size * seq_len / step_s,
+        "load_average": os.getloadavg()[0],
         "compile_s": compile_s, "step_s": step_s, "batch_size": batch_size, "seq_len": seq_len,
         "tokens_per_s": batch_size * seq_len / step_s,
         "n_params": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))), "device": str(jax.devices()[0]),
@@ -130,15 +136,16 @@ def memory_probe(n_docs: int, batches: int) -> dict:
     for _ in range(batches):
         next(it)
     return {"n_docs": n_docs, "rss_before_mib": before, "rss_after_mib": _rss_mib(),
-            "rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "rss_peak_mib": _rss_mib("VmHWM:")}
 
 
-def _rss_mib() -> float:
-    """Current resident set size (Linux /proc; falls back to the peak elsewhere)."""
+def _rss_mib(field: str = "VmRSS:") -> float:
+    """Current (VmRSS) or peak (VmHWM) resident set of this process from Linux /proc. ru_maxrss is not
+    used on Linux: a child started from a big parent inherits the parent's maxrss."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -158,6 +165,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--skip-step", action="store_true", help="do not time the model step")
     parser.add_argument("--step-tokens-per-s", type=float, default=None, help="use this step rate instead")
+    parser.add_argument("--cpu-peak-flops", type=float, default=144e9,
+                        help="plain-matmul peak of this CPU (DESIGN.md: about 144 GFLOP/s on the 2 cores)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
@@ -188,7 +197,14 @@ def main(argv=None) -> int:
         print(f"train step [decoder d512 x 8 layers, seq {args.seq_len}, batch {args.step_batch_size}, float32, "
               f"{report['step']['n_params'] / 1e6:.1f}M params, {report['step']['device']}]: "
               f"{report['step']['step_s']:.2f} s/step, {step_rate:,.0f} tokens/s "
-              f"(compile {report['step']['compile_s']:.1f} s)", flush=True)
+              f"(compile {report['step']['compile_s']:.1f} s, {report['step']['achieved_flops_per_s'] / 1e9:.1f} "
+              f"GFLOP/s, load average {report['step']['load_average']:.1f})", flush=True)
+        # The step can only get faster than measured on a busy machine; bound it by the issue's target
+        # (50% of the ~144 GFLOP/s plain-matmul peak of DESIGN.md) so the ratio is not flattered by load.
+        target = 0.5 * args.cpu_peak_flops / report["step"]["flops_per_token_detailed"]
+        report["step"]["tokens_per_s_at_target_mfu"] = target
+        print(f"train step at 50% of a {args.cpu_peak_flops / 1e9:.0f} GFLOP/s peak: {target:,.0f} tokens/s "
+              f"-> ratio {report['pipeline']['row_tokens_per_s'] / target:,.1f}x", flush=True)
     else:
         step_rate, how = None, None
     if step_rate:

@@ -189,13 +189,12 @@ def resolve_variant(cfg: DataConfig, variant: str | None) -> str:
 
 def span_corruption_raw_length(cfg: DataConfig, variant: str) -> int:
     """Window length before corruption, so the corrupted example fits the row(s) exactly (T5)."""
-    if variant == "decoder_only":
-        raw = obj.span_corruption_raw_length(cfg.seq_len, None, cfg.noise_density, cfg.mean_noise_span_length)
-    else:
-        raw = obj.span_corruption_raw_length(
-            cfg.encoder_length, cfg.seq_len, cfg.noise_density, cfg.mean_noise_span_length
-        )
-    return raw
+    lengths = (cfg.seq_len, None) if variant == "decoder_only" else (cfg.encoder_length, cfg.seq_len)
+    try:
+        return obj.span_corruption_raw_length(*lengths, cfg.noise_density, cfg.mean_noise_span_length)
+    except ValueError:
+        raise UserError(f"data.seq_len={cfg.seq_len} (encoder {cfg.encoder_length}) is too short for span "
+                        "corruption: a corrupted window needs at least 3 input and 3 target tokens") from None
 
 
 def _check(cfg: DataConfig, variant: str, special: obj.SpecialTokens) -> None:

@@ -162,6 +162,9 @@ def test_bad_combinations_are_user_errors():
         P.train_iterator(cfg_for(), TOK, global_batch_size=4, process_count=3)
     with pytest.raises(UserError, match="never registered"):
         P.train_iterator(DataConfig(source="memory:nope"), TOK, global_batch_size=4)
+    with pytest.raises(UserError, match="too short for span corruption"):
+        P.train_iterator(cfg_for("span_corruption").replace(seq_len=5), TOK, global_batch_size=4,
+                         variant="decoder_only")
     with pytest.raises(UserError, match="sentinel ids"):
         P.train_iterator(cfg_for("span_corruption").replace(seq_len=2048, mean_noise_span_length=1.0), TOK,
                          global_batch_size=4)
