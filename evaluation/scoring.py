@@ -126,6 +126,10 @@ class Scorer:
         for i, (context, continuation) in enumerate(pairs):
             if len(continuation) == 0:
                 raise UserError(f"pair {i} has an empty continuation; there is nothing to score")
+            top = max([*context, *continuation])
+            if top >= self.cfg.vocab_size:
+                raise UserError(f"pair {i} holds token id {top} but the model's vocab_size is {self.cfg.vocab_size}; "
+                                "the tokenizer does not match the model")
             if self.cfg.variant == "encoder_only":
                 made = self._masked_rows(context, continuation)
             elif self.cfg.variant == "encoder_decoder":
