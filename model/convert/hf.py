@@ -1,0 +1,282 @@
+"""Convert between Hugging Face `transformers` checkpoints and chinchax (GPT-2, BERT, T5, LLaMA, BLOOM, BART).
+
+    hf_cfg, state_dict = read_hf_checkpoint("path/to/hf_dir")         # config.json + safetensors / .bin
+    cfg = config_from_hf(hf_cfg)                                       # a validated ModelConfig
+    params, unused = params_from_hf(cfg, hf_cfg.model_type, state_dict)  # nnx pure dict (numpy float32)
+    model = model_from_params(cfg, params)                             # a ready chinchax Transformer
+    state_dict = params_to_hf(cfg, "gpt2", params)                    # and back (tied copies included)
+
+`convert_hf_checkpoint(hf_dir, out_dir)` does it all and writes `out_dir/model.yaml` (the resolved
+model config, loadable with `chinchax.configlib.load_config(ModelConfig, ...)`), `out_dir/params`
+(an orbax checkpoint of the params pure dict, the layout of the trainer's `state["params"]`) and
+`out_dir/conversion.json`. The per-family rules live in `hf_families.py`.
+torch and transformers (the `dev` extra) are needed only to read HF files, not to use the results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from chinchax.errors import UserError
+from chinchax.model.config import ModelConfig
+from chinchax.model.convert import rules as rules_lib
+from chinchax.model.convert.hf_families import FAMILIES, Family
+
+
+def family(model_type: str) -> Family:
+    if model_type not in FAMILIES:
+        raise UserError(
+            f"HF model_type {model_type!r} has no converter; supported: {', '.join(sorted(FAMILIES))}"
+        )
+    return FAMILIES[model_type]
+
+
+def config_from_hf(hf_config, **changes) -> ModelConfig:
+    """A validated `ModelConfig` from a `transformers` config object; `changes` override fields
+    the checkpoint does not fix (e.g. `max_len` for T5 and BLOOM, dropout)."""
+    cfg = family(hf_config.model_type).config(hf_config)
+    name = Path(str(getattr(hf_config, "_name_or_path", "") or "")).name or f"hf-{hf_config.model_type}"
+    return dataclasses.replace(cfg, name=name, **changes).validate()
+
+
+# --- params -------------------------------------------------------------------------------------------
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Dotted parameter path -> shape, from the real (abstract) parameter tree."""
+    from chinchax.model.counting import abstract_params
+
+    return {".".join(map(str, path)): tuple(v.get_value().shape) for path, v in _flat_state(abstract_params(cfg))}
+
+
+def _flat_state(state):
+    from flax import nnx
+
+    return nnx.to_flat_state(state)
+
+
+def flatten(params: Mapping) -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}.{k}": v for k, v in flatten(value).items()})
+        else:
+            out[str(key)] = value
+    return out
+
+
+def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+    out: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _to_numpy(state_dict: Mapping) -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in state_dict.items():
+        if hasattr(value, "detach"):  # a torch tensor (bfloat16 has no numpy dtype: go through float32)
+            import torch
+
+            value = value.detach().to(torch.float32).cpu().numpy()
+        out[key] = np.asarray(value)
+    return out
+
+
+def _with_base_prefix(fam: Family, state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Checkpoints of the bare base model (hub `gpt2`, `bigscience/bloom-560m`) lack the task model's
+    prefix (`transformer.`): add it so one set of rules reads both."""
+    prefix = fam.base_prefix
+    if not prefix or any(k.startswith(prefix) for k in state_dict):
+        return state_dict
+    return {(k if k.startswith(("lm_head.", "cls.", "final_logits_bias")) else prefix + k): v for k, v in state_dict.items()}
+
+
+def params_from_hf(
+    cfg: ModelConfig, model_type: str, state_dict: Mapping, *, source: str = "state_dict", strict: bool = True
+) -> tuple[dict, list[str]]:
+    """(params, unused): the nnx pure dict of float32 numpy arrays, and the HF keys left unread.
+
+    Keys that hold nothing of the converted model (GPT-2's causal-mask buffers, BERT's pooler) are
+    unused but allowed; any other unused key means a wrong mapping, so `strict` raises on it."""
+    fam = family(model_type)
+    sd = _with_base_prefix(fam, _to_numpy(state_dict))
+    flat, unused = rules_lib.hf_to_cx(fam.weights(cfg), sd, param_shapes(cfg), source)
+    unexpected = [k for k in unused if not any(re.search(p, k) for p in fam.ignore)]
+    if strict and unexpected:
+        raise UserError(f"{source}: weights {unexpected[:5]} (of {len(unexpected)}) have no place in the chinchax model")
+    return unflatten(flat), unused
+
+
+def params_to_hf(cfg: ModelConfig, model_type: str, params: Mapping) -> dict[str, np.ndarray]:
+    """An HF state_dict (float32 numpy) with every key the HF task model's `state_dict()` has."""
+    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    return rules_lib.cx_to_hf(family(model_type).weights(cfg), flat)
+
+
+def model_from_params(cfg: ModelConfig, params: Mapping, *, seed: int = 0):
+    """A `Transformer` holding `params` (nothing but the tiny dropout RNG state is initialised)."""
+    import jax
+    from flax import nnx
+
+    from chinchax.model.transformer import Transformer
+
+    def make():
+        return Transformer(cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+
+    graphdef, abstract, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    # The non-parameter state (RNG keys and counters) made for real; jit drops the unused param init.
+    rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
+    expected = {".".join(map(str, p)): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(abstract)}
+    given = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
+    if given != expected:
+        diff = sorted(set(given.items()) ^ set(expected.items()))[:6]
+        raise UserError(f"the params do not fit {cfg.name}'s parameter tree; differences (path, shape): {diff}")
+    return nnx.merge(graphdef, params_state(abstract, params), rest)
+
+
+def params_state(template, params: Mapping):
+    """An `nnx.State` of `nnx.Param`s like `template` (abstract or not) holding the pure dict `params`.
+    (`nnx.replace_by_pure_dict` would leave bare arrays where the Params were.)"""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    flat = flatten(params)
+    return nnx.from_flat_state(
+        [(path, var.replace(jnp.asarray(flat[".".join(map(str, path))], jnp.float32))) for path, var in nnx.to_flat_state(template)]
+    )
+
+
+# --- files --------------------------------------------------------------------------------------------
+
+
+def read_hf_checkpoint(hf_dir: str | os.PathLike):
+    """(transformers config, state_dict of numpy arrays) from a local HF directory: config.json and
+    model.safetensors, sharded safetensors (with an index), or pytorch_model.bin. Never downloads."""
+    hf_dir = Path(hf_dir)
+    if not (hf_dir / "config.json").is_file():
+        raise UserError(f"{hf_dir} has no config.json; pass the directory a HF model was saved to (save_pretrained)")
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        raise UserError(f"reading HF checkpoints needs torch and transformers (pip install 'chinchax[dev]'): {e}") from None
+    hf_config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
+    files = _weight_files(hf_dir)
+    state_dict = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state_dict.update(load_file(f))
+        else:
+            state_dict.update(torch.load(f, map_location="cpu", weights_only=True))
+    return hf_config, _to_numpy(state_dict)
+
+
+def _weight_files(hf_dir: Path) -> list[Path]:
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):  # fmt: skip
+        if (hf_dir / single).is_file():
+            return [hf_dir / single]
+        if (hf_dir / index).is_file():
+            weight_map = json.loads((hf_dir / index).read_text())["weight_map"]
+            return [hf_dir / name for name in sorted(set(weight_map.values()))]
+    raise UserError(f"{hf_dir} has no model.safetensors, pytorch_model.bin or a sharded index of either")
+
+
+def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> ModelConfig:
+    """HF directory -> `out_dir` with model.yaml, params/ (orbax) and conversion.json, written to a
+    temporary sibling first and renamed into place, so a failed conversion leaves nothing behind."""
+    import orbax.checkpoint as ocp
+    import yaml
+
+    from chinchax.configlib import load_config
+
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"output directory {out_dir} exists and is not empty; choose a new one")
+    hf_config, state_dict = read_hf_checkpoint(hf_dir)
+    base = dataclasses.asdict(config_from_hf(hf_config))
+    cfg = load_config(ModelConfig, base, list(overrides)) if overrides else ModelConfig(**base).validate()
+    params, unused = params_from_hf(cfg, hf_config.model_type, state_dict, source=str(hf_dir))
+    del state_dict
+
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        (tmp / "model.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / "params", params)
+        checkpointer.wait_until_finished()
+        n_params = int(sum(np.size(v) for v in flatten(params).values()))
+        info = {"source": str(Path(hf_dir).absolute()), "model_type": hf_config.model_type,
+                "architectures": getattr(hf_config, "architectures", None), "n_params": n_params,
+                "unused_hf_keys": unused}  # fmt: skip
+        (tmp / "conversion.json").write_text(json.dumps(info, indent=2) + "\n")
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return cfg
+
+
+def load_converted(out_dir: str | os.PathLike) -> tuple[ModelConfig, dict]:
+    """(cfg, params) from a directory written by `convert_hf_checkpoint`."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from chinchax.configlib import load_config
+
+    out_dir = Path(out_dir).absolute()
+    if not (out_dir / "model.yaml").is_file() or not (out_dir / "params").is_dir():
+        raise UserError(f"{out_dir} is not a converted checkpoint (needs model.yaml and params/)")
+    cfg = load_config(ModelConfig, out_dir / "model.yaml")
+    target = unflatten({k: jax.ShapeDtypeStruct(s, np.float32) for k, s in param_shapes(cfg).items()})
+    params = ocp.StandardCheckpointer().restore(out_dir / "params", target)
+    return cfg, jax.tree.map(np.asarray, params)
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+
+
+def register_convert(subparsers) -> None:
+    """Adds `convert` to the `chinchax model` subcommands (called from chinchax.model.cli)."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a local Hugging Face checkpoint into a chinchax model directory",
+        description="Convert a Hugging Face checkpoint on disk (config.json + model.safetensors or "
+        f"pytorch_model.bin; families: {', '.join(sorted(FAMILIES))}) into OUT_DIR: model.yaml (the "
+        "chinchax model config), params/ (orbax checkpoint of the parameters) and conversion.json. "
+        "Needs torch and transformers; nothing is downloaded.",
+    )
+    parser.add_argument("hf_dir", help="directory a HF model was saved to with save_pretrained")
+    parser.add_argument("out_dir", help="new (or empty) directory for the chinchax model")
+    parser.add_argument(
+        "overrides", nargs="*", help="model config changes the weights do not fix, e.g. max_len=4096 dropout=0.0"
+    )
+    parser.set_defaults(handler=_convert_handler)
+
+
+def _convert_handler(args) -> int:
+    from chinchax.model.counting import count_params
+
+    cfg = convert_hf_checkpoint(args.hf_dir, args.out_dir, args.overrides)
+    counts = count_params(cfg)
+    print(f"converted {args.hf_dir} -> {args.out_dir}: {cfg.variant} '{cfg.name}', {counts.total:,} parameters")
+    return 0
