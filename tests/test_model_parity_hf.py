@@ -23,6 +23,7 @@ from chinchax.model.convert.hf import (  # noqa: E402
     config_from_hf,
     flatten,
     model_from_params,
+    param_shapes,
     params_from_hf,
     params_state,
     params_to_hf,
@@ -123,8 +124,18 @@ def _inputs(name: str, seed: int = 0):
     tokens, mask = _padded(rng, L)
     if name in ENCODER_DECODER:
         enc_tokens, enc_mask = _padded(rng, S)
-        hf = {"input_ids": enc_tokens, "attention_mask": enc_mask, "decoder_input_ids": tokens, "decoder_attention_mask": mask}
-        cx = {"inputs": tokens, "segment_ids": mask, "encoder_inputs": enc_tokens, "encoder_segment_ids": enc_mask}
+        hf = {
+            "input_ids": enc_tokens,
+            "attention_mask": enc_mask,
+            "decoder_input_ids": tokens,
+            "decoder_attention_mask": mask,
+        }
+        cx = {
+            "inputs": tokens,
+            "segment_ids": mask,
+            "encoder_inputs": enc_tokens,
+            "encoder_segment_ids": enc_mask,
+        }
     else:
         hf = {"input_ids": tokens, "attention_mask": mask}
         cx = {"inputs": tokens, "segment_ids": mask}
@@ -192,19 +203,34 @@ def test_conversion_round_trips_exactly(name, hf_models):
     for key, value in state_dict.items():
         np.testing.assert_array_equal(back[key], value, err_msg=key)
 
-    # chinchax (built from a seed) -> HF -> chinchax, bit for bit; and the same seed builds the same model.
-    def build(seed):
-        return nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(params=seed, dropout=0)), nnx.Param))
-
-    built, again, other = flatten(build(7)), flatten(build(7)), flatten(build(8))
-    assert built.keys() == again.keys() == other.keys()
-    for key in built:
-        np.testing.assert_array_equal(np.asarray(built[key]), np.asarray(again[key]), err_msg=key)
-    assert any(not np.array_equal(built[k], other[k]) for k in built)  # the seed does matter
-
-    restored, unused = params_from_hf(cfg, model_type, params_to_hf(cfg, model_type, unflatten(built)))
+    # chinchax -> HF -> chinchax, bit for bit, from random values in every parameter (no norm scale at 1).
+    rng = np.random.default_rng(3)
+    random_params = {
+        k: rng.standard_normal(shape).astype(np.float32) for k, shape in param_shapes(cfg).items()
+    }
+    restored, unused = params_from_hf(
+        cfg, model_type, params_to_hf(cfg, model_type, unflatten(random_params))
+    )
     assert unused == []
     restored = flatten(restored)
-    assert restored.keys() == built.keys()
-    for key in built:
-        np.testing.assert_array_equal(restored[key], np.asarray(built[key]), err_msg=key)
+    assert restored.keys() == random_params.keys()
+    for key, value in random_params.items():
+        np.testing.assert_array_equal(restored[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("preset", ["tiny-bart", "tiny-llama"])
+def test_same_seed_builds_the_same_model(preset):
+    from chinchax.configlib import load_model_config
+
+    cfg = load_model_config(preset)
+
+    def build(seed):
+        return flatten(
+            nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(params=seed, dropout=0)), nnx.Param))
+        )
+
+    first, again, other = build(7), build(7), build(8)
+    assert first.keys() == again.keys() == other.keys() == param_shapes(cfg).keys()
+    for key in first:
+        np.testing.assert_array_equal(np.asarray(first[key]), np.asarray(again[key]), err_msg=key)
+    assert not np.array_equal(first["embedding_VD"], other["embedding_VD"])  # the seed does matter

@@ -54,7 +54,9 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Dotted parameter path -> shape, from the real (abstract) parameter tree."""
     from chinchax.model.counting import abstract_params
 
-    return {".".join(map(str, path)): tuple(v.get_value().shape) for path, v in _flat_state(abstract_params(cfg))}
+    return {
+        ".".join(map(str, path)): tuple(v.get_value().shape) for path, v in _flat_state(abstract_params(cfg))
+    }
 
 
 def _flat_state(state):
@@ -101,7 +103,10 @@ def _with_base_prefix(fam: Family, state_dict: dict[str, np.ndarray]) -> dict[st
     prefix = fam.base_prefix
     if not prefix or any(k.startswith(prefix) for k in state_dict):
         return state_dict
-    return {(k if k.startswith(("lm_head.", "cls.", "final_logits_bias")) else prefix + k): v for k, v in state_dict.items()}
+    return {
+        (k if k.startswith(("lm_head.", "cls.", "final_logits_bias")) else prefix + k): v
+        for k, v in state_dict.items()
+    }
 
 
 def params_from_hf(
@@ -116,7 +121,9 @@ def params_from_hf(
     flat, unused = rules_lib.hf_to_cx(fam.weights(cfg), sd, param_shapes(cfg), source)
     unexpected = [k for k in unused if not any(re.search(p, k) for p in fam.ignore)]
     if strict and unexpected:
-        raise UserError(f"{source}: weights {unexpected[:5]} (of {len(unexpected)}) have no place in the chinchax model")
+        raise UserError(
+            f"{source}: weights {unexpected[:5]} (of {len(unexpected)}) have no place in the chinchax model"
+        )
     return unflatten(flat), unused
 
 
@@ -143,7 +150,9 @@ def model_from_params(cfg: ModelConfig, params: Mapping, *, seed: int = 0):
     given = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
     if given != expected:
         diff = sorted(set(given.items()) ^ set(expected.items()))[:6]
-        raise UserError(f"the params do not fit {cfg.name}'s parameter tree; differences (path, shape): {diff}")
+        raise UserError(
+            f"the params do not fit {cfg.name}'s parameter tree; differences (path, shape): {diff}"
+        )
     return nnx.merge(graphdef, params_state(abstract, params), rest)
 
 
@@ -155,7 +164,10 @@ def params_state(template, params: Mapping):
 
     flat = flatten(params)
     return nnx.from_flat_state(
-        [(path, var.replace(jnp.asarray(flat[".".join(map(str, path))], jnp.float32))) for path, var in nnx.to_flat_state(template)]
+        [
+            (path, var.replace(jnp.asarray(flat[".".join(map(str, path))], jnp.float32)))
+            for path, var in nnx.to_flat_state(template)
+        ]
     )
 
 
@@ -163,27 +175,44 @@ def params_state(template, params: Mapping):
 
 
 def read_hf_checkpoint(hf_dir: str | os.PathLike):
-    """(transformers config, state_dict of numpy arrays) from a local HF directory: config.json and
-    model.safetensors, sharded safetensors (with an index), or pytorch_model.bin. Never downloads."""
+    """(transformers config, state_dict of numpy arrays) from a local HF directory. Never downloads."""
+    return read_hf_config(hf_dir), read_hf_weights(hf_dir)
+
+
+def read_hf_config(hf_dir: str | os.PathLike):
     hf_dir = Path(hf_dir)
     if not (hf_dir / "config.json").is_file():
-        raise UserError(f"{hf_dir} has no config.json; pass the directory a HF model was saved to (save_pretrained)")
+        raise UserError(
+            f"{hf_dir} has no config.json; pass the directory a HF model was saved to (save_pretrained)"
+        )
     try:
-        import torch
         import transformers
     except ImportError as e:
-        raise UserError(f"reading HF checkpoints needs torch and transformers (pip install 'chinchax[dev]'): {e}") from None
-    hf_config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
-    files = _weight_files(hf_dir)
+        raise UserError(
+            f"reading HF checkpoints needs torch and transformers (pip install 'chinchax[dev]'): {e}"
+        ) from None
+    try:
+        return transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
+    except (ValueError, KeyError, OSError) as e:  # unknown model_type, malformed JSON
+        raise UserError(f"{hf_dir / 'config.json'} cannot be read as a transformers config: {e}") from None
+
+
+def read_hf_weights(hf_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The state_dict (numpy; bfloat16/float16 widened to float32) from model.safetensors, sharded
+    safetensors with their index, or pytorch_model.bin (sharded or not)."""
+    try:
+        import torch
+    except ImportError as e:
+        raise UserError(f"reading HF checkpoints needs torch (pip install 'chinchax[dev]'): {e}") from None
     state_dict = {}
-    for f in files:
+    for f in _weight_files(Path(hf_dir)):
         if f.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state_dict.update(load_file(f))
+            state_dict.update(_to_numpy(load_file(f)))
         else:
-            state_dict.update(torch.load(f, map_location="cpu", weights_only=True))
-    return hf_config, _to_numpy(state_dict)
+            state_dict.update(_to_numpy(torch.load(f, map_location="cpu", weights_only=True)))
+    return state_dict
 
 
 def _weight_files(hf_dir: Path) -> list[Path]:
@@ -197,7 +226,9 @@ def _weight_files(hf_dir: Path) -> list[Path]:
     raise UserError(f"{hf_dir} has no model.safetensors, pytorch_model.bin or a sharded index of either")
 
 
-def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> ModelConfig:
+def convert_hf_checkpoint(
+    hf_dir: str | os.PathLike, out_dir: str | os.PathLike, overrides: Sequence[str] = ()
+) -> ModelConfig:
     """HF directory -> `out_dir` with model.yaml, params/ (orbax) and conversion.json, written to a
     temporary sibling first and renamed into place, so a failed conversion leaves nothing behind."""
     import orbax.checkpoint as ocp
@@ -208,11 +239,11 @@ def convert_hf_checkpoint(hf_dir: str | os.PathLike, out_dir: str | os.PathLike,
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"output directory {out_dir} exists and is not empty; choose a new one")
-    hf_config, state_dict = read_hf_checkpoint(hf_dir)
+    # Config first: an unsupported model or a bad override fails before gigabytes of weights are read.
+    hf_config = read_hf_config(hf_dir)
     base = dataclasses.asdict(config_from_hf(hf_config))
     cfg = load_config(ModelConfig, base, list(overrides)) if overrides else ModelConfig(**base).validate()
-    params, unused = params_from_hf(cfg, hf_config.model_type, state_dict, source=str(hf_dir))
-    del state_dict
+    params, unused = params_from_hf(cfg, hf_config.model_type, read_hf_weights(hf_dir), source=str(hf_dir))
 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -268,7 +299,9 @@ def register_convert(subparsers) -> None:
     parser.add_argument("hf_dir", help="directory a HF model was saved to with save_pretrained")
     parser.add_argument("out_dir", help="new (or empty) directory for the chinchax model")
     parser.add_argument(
-        "overrides", nargs="*", help="model config changes the weights do not fix, e.g. max_len=4096 dropout=0.0"
+        "overrides",
+        nargs="*",
+        help="model config changes the weights do not fix, e.g. max_len=4096 dropout=0.0",
     )
     parser.set_defaults(handler=_convert_handler)
 
@@ -278,5 +311,7 @@ def _convert_handler(args) -> int:
 
     cfg = convert_hf_checkpoint(args.hf_dir, args.out_dir, args.overrides)
     counts = count_params(cfg)
-    print(f"converted {args.hf_dir} -> {args.out_dir}: {cfg.variant} '{cfg.name}', {counts.total:,} parameters")
+    print(
+        f"converted {args.hf_dir} -> {args.out_dir}: {cfg.variant} '{cfg.name}', {counts.total:,} parameters"
+    )
     return 0

@@ -13,7 +13,17 @@ from dataclasses import dataclass
 
 from chinchax.errors import UserError
 from chinchax.model.config import ModelConfig
-from chinchax.model.convert.rules import WeightMap, conv1d, copy, flat, fused_concat, fused_interleaved, linear, norm, stacked
+from chinchax.model.convert.rules import (
+    WeightMap,
+    conv1d,
+    copy,
+    flat,
+    fused_concat,
+    fused_interleaved,
+    linear,
+    norm,
+    stacked,
+)
 
 # HF activation names -> (plain, gated) chinchax activation. HF's "gelu" is exact; "gelu_new" and
 # "gelu_pytorch_tanh" are the tanh approximation.
@@ -37,13 +47,17 @@ def _activation(family: str, name: str, *, gated: bool) -> str:
 
 def _require(family: str, ok: bool, what: str) -> None:
     if not ok:
-        raise UserError(f"{family}: {what} is not supported by chinchax's model; this checkpoint cannot be converted")
+        raise UserError(
+            f"{family}: {what} is not supported by chinchax's model; this checkpoint cannot be converted"
+        )
 
 
-def _attention(prefix: str, names: tuple[str, str, str, str], *, bias: bool, suffix=("weight", "bias")) -> list:
+def _attention(
+    prefix: str, names: tuple[str, str, str, str], *, bias: bool, suffix=("weight", "bias")
+) -> list:
     """q, k, v, o as four torch Linears named `names` under `prefix`."""
     out = []
-    for cx, hf in zip(("q_DHK", "k_DGK", "v_DGK"), names[:3]):
+    for cx, hf in zip(("q_DHK", "k_DGK", "v_DGK"), names[:3], strict=True):
         out.append(linear(f"{prefix}.{cx}", f"{hf}.{suffix[0]}"))
         if bias:
             out.append(flat(f"{prefix}.{cx[0]}_bias_{cx[-2:]}", f"{hf}.{suffix[1]}"))
@@ -102,8 +116,16 @@ def gpt2_weights(cfg: ModelConfig) -> WeightMap:
 
 
 def bert_config(hf) -> ModelConfig:
-    _require("bert", not hf.is_decoder and not hf.add_cross_attention, "a BERT decoder (is_decoder/add_cross_attention)")
-    _require("bert", getattr(hf, "position_embedding_type", "absolute") == "absolute", "relative position embeddings")
+    _require(
+        "bert",
+        not hf.is_decoder and not hf.add_cross_attention,
+        "a BERT decoder (is_decoder/add_cross_attention)",
+    )
+    _require(
+        "bert",
+        getattr(hf, "position_embedding_type", "absolute") == "absolute",
+        "relative position embeddings",
+    )
     return ModelConfig(
         variant="encoder_only", attention="bidirectional", vocab_size=hf.vocab_size, d_model=hf.hidden_size,
         n_layers=hf.num_hidden_layers, n_heads=hf.num_attention_heads, d_ff=hf.intermediate_size,
@@ -242,7 +264,9 @@ def llama_weights(cfg: ModelConfig) -> WeightMap:
 
 
 def bloom_config(hf) -> ModelConfig:
-    _require("bloom", not hf.apply_residual_connection_post_layernorm, "apply_residual_connection_post_layernorm")
+    _require(
+        "bloom", not hf.apply_residual_connection_post_layernorm, "apply_residual_connection_post_layernorm"
+    )
     return ModelConfig(
         variant="decoder_only", attention="causal", vocab_size=hf.vocab_size, d_model=hf.hidden_size,
         n_layers=hf.n_layer, n_heads=hf.n_head, d_ff=4 * hf.hidden_size,
@@ -277,7 +301,9 @@ def bloom_weights(cfg: ModelConfig) -> WeightMap:
 
 
 def bart_config(hf) -> ModelConfig:
-    same = hf.encoder_attention_heads == hf.decoder_attention_heads and hf.encoder_ffn_dim == hf.decoder_ffn_dim
+    same = (
+        hf.encoder_attention_heads == hf.decoder_attention_heads and hf.encoder_ffn_dim == hf.decoder_ffn_dim
+    )
     _require("bart", same, "different encoder and decoder widths (attention heads or ffn dim)")
     return ModelConfig(
         variant="encoder_decoder", attention="causal", vocab_size=hf.vocab_size, d_model=hf.d_model,
@@ -300,7 +326,10 @@ def bart_weights(cfg: ModelConfig) -> WeightMap:
         ]  # fmt: skip
         if stack == "decoder":
             names = tuple(f"encoder_attn.{n}" for n in ("q_proj", "k_proj", "v_proj", "out_proj"))
-            layer += [*_attention("cross_attention", names, bias=True), *norm("cross_attention_norm", "encoder_attn_layer_norm")]
+            layer += [
+                *_attention("cross_attention", names, bias=True),
+                *norm("cross_attention_norm", "encoder_attn_layer_norm"),
+            ]
         return [
             copy(f"{stack}.position_embedding_PD", f"model.{stack}.embed_positions.weight"),
             *norm(f"{stack}.embed_norm", f"model.{stack}.layernorm_embedding"),
@@ -314,7 +343,10 @@ def bart_weights(cfg: ModelConfig) -> WeightMap:
         *stack_rules("encoder", cfg.encoder_layers),
         *stack_rules("decoder", cfg.n_layers),
     ]
-    ties = {k: "model.shared.weight" for k in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight")}
+    ties = {
+        k: "model.shared.weight"
+        for k in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight")
+    }
     return WeightMap(rules, ties=ties)
 
 

@@ -80,7 +80,9 @@ def conv1d(cx: str, hf: str, n_in: int = 1) -> Rule:
     )
 
 
-def norm(cx: str, hf: str, *, bias: bool = True, scale_name: str = "weight", bias_name: str = "bias") -> list[Rule]:
+def norm(
+    cx: str, hf: str, *, bias: bool = True, scale_name: str = "weight", bias_name: str = "bias"
+) -> list[Rule]:
     rules = [copy(f"{cx}.scale", f"{hf}.{scale_name}")]
     if bias:
         rules.append(copy(f"{cx}.bias", f"{hf}.{bias_name}"))
@@ -93,7 +95,7 @@ def fused_concat(cx: Sequence[str], hf: str, *, kernel: bool) -> Rule:
 
     def to_cx(a, s):
         parts = np.split(a[0], n, axis=1 if kernel else 0)
-        return [p.reshape(shape) for p, shape in zip(parts, s)]
+        return [p.reshape(shape) for p, shape in zip(parts, s, strict=True)]
 
     def to_hf(x):
         if kernel:
@@ -132,7 +134,9 @@ def stacked(cx_prefix: str, hf_prefix: str, n_layers: int, layer_rules: Sequence
         n_hf = len(r.hf)
 
         def to_cx(a, s, r=r, n_hf=n_hf):
-            per_layer = [r.to_cx(a[i * n_hf : (i + 1) * n_hf], [shape[1:] for shape in s]) for i in range(n_layers)]
+            per_layer = [
+                r.to_cx(a[i * n_hf : (i + 1) * n_hf], [shape[1:] for shape in s]) for i in range(n_layers)
+            ]
             return [np.stack([layer[j] for layer in per_layer]) for j in range(len(r.cx))]
 
         def to_hf(x, r=r):
@@ -146,11 +150,18 @@ def stacked(cx_prefix: str, hf_prefix: str, n_layers: int, layer_rules: Sequence
 
 
 def hf_to_cx(
-    mapping: WeightMap, state_dict: Mapping[str, np.ndarray], cx_shapes: Mapping[str, tuple[int, ...]], source: str
+    mapping: WeightMap,
+    state_dict: Mapping[str, np.ndarray],
+    cx_shapes: Mapping[str, tuple[int, ...]],
+    source: str,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Flat chinchax params (float32) from an HF state_dict; also the HF keys no rule read."""
     for target, src in mapping.ties.items():
-        if target in state_dict and src in state_dict and not np.array_equal(state_dict[target], state_dict[src]):
+        if (
+            target in state_dict
+            and src in state_dict
+            and not np.array_equal(state_dict[target], state_dict[src])
+        ):
             raise UserError(
                 f"{source}: {target} differs from {src}, but the config ties them; set tie_word_embeddings "
                 "(T5: tie_word_embeddings=false for v1.1) in config.json to match the weights"
@@ -165,7 +176,9 @@ def hf_to_cx(
                 used.add(read)
                 arrays.append(np.asarray(state_dict[read], dtype=np.float32))
             elif not rule.optional:
-                raise UserError(f"{source}: weight {key!r} is missing; is this checkpoint of the family its config names?")
+                raise UserError(
+                    f"{source}: weight {key!r} is missing; is this checkpoint of the family its config names?"
+                )
         targets = [cx_shapes[p] for p in rule.cx]
         if len(arrays) < len(rule.hf):  # an optional buffer that is absent: zeros
             out = [np.zeros(shape, np.float32) for shape in targets]
@@ -174,7 +187,7 @@ def hf_to_cx(
                 out = rule.to_cx(arrays, targets)
             except ValueError as e:
                 raise UserError(f"{source}: weights {rule.hf[:2]} do not fit the config ({e})") from None
-        for path, value, shape in zip(rule.cx, out, targets):
+        for path, value, shape in zip(rule.cx, out, targets, strict=True):
             if tuple(value.shape) != tuple(shape):
                 raise UserError(
                     f"{source}: {rule.hf[0]} gives {path} shape {value.shape}, the config expects {shape}"
@@ -193,7 +206,9 @@ def cx_to_hf(mapping: WeightMap, params: Mapping[str, np.ndarray]) -> dict[str, 
         raise ValueError(f"no HF weight for chinchax parameters {unknown}")
     sd: dict[str, np.ndarray] = {}
     for rule in mapping.rules:
-        for key, value in zip(rule.hf, rule.to_hf([np.asarray(params[p], np.float32) for p in rule.cx])):
+        for key, value in zip(
+            rule.hf, rule.to_hf([np.asarray(params[p], np.float32) for p in rule.cx]), strict=True
+        ):
             sd[key] = value
     for target, src in mapping.ties.items():
         sd[target] = sd[src]
