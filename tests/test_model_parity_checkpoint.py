@@ -168,3 +168,14 @@ def test_bad_inputs_are_user_errors(tmp_path):
     wrong_shape = {**state_dict, "transformer.wpe.weight": np.zeros((8, 32), np.float32)}
     with pytest.raises(UserError, match="wpe"):
         params_from_hf(cfg, "gpt2", wrong_shape)
+
+
+def test_sharded_bfloat16_checkpoint(tmp_path):
+    hf_model = _llama().to(torch.bfloat16)
+    hf_model.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()  # really sharded
+    cfg = convert_hf_checkpoint(tmp_path / "hf", tmp_path / "out")
+    _, params = load_converted(tmp_path / "out")
+    expected, _ = params_from_hf(cfg, "llama", {k: v.float() for k, v in hf_model.state_dict().items()})
+    _assert_same_params(params, expected)  # bfloat16 widened exactly to the float32 parameters
+    assert all(np.asarray(v).dtype == np.float32 for v in flatten(params).values())
