@@ -37,11 +37,13 @@ def register(subparsers) -> None:
             "target given an input, computed the natural way for the model's variant. --task: a JSONL task "
             "(context/choices/label or prompt/references) or tfds:super_glue/copa, tfds:hellaswag, tfds:piqa "
             "when prepared; multiple choice by log-likelihood (acc, acc_norm), generation by ROUGE and BLEU. "
-            "Results are merged into RUN_DIR/eval.json."
+            "Results are merged into RUN_DIR/eval.json. Several run directories are evaluated one after the "
+            "other on the same examples (a run that cannot be loaded is reported and skipped)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ev.add_argument("run_dir", help="a run directory written by `chinchax train`")
+    ev.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                    help="run directories written by `chinchax train` (several: e.g. every run of a sweep)")
     ev.add_argument("--task", action="append", default=[], help="JSONL file or tfds:NAME (repeatable)")
     ev.add_argument("--shots", type=int, default=0, help="k-shot examples from the task's train split")
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each task")
@@ -80,29 +82,41 @@ def _generate(args) -> int:
 
 
 def _eval(args) -> int:
+    import sys
+
     from chinchax.errors import UserError
     from chinchax.evaluation import results as results_lib
     from chinchax.evaluation.run_loading import load_run
+    from chinchax.evaluation.tasks import load_task
 
     if not (args.task or args.loss or args.conditional):
         raise UserError("nothing to evaluate: pass --loss, --conditional and/or --task FILE.jsonl|tfds:NAME")
     if args.shots < 0:
         raise UserError(f"--shots={args.shots} must be >= 0")
-    run = load_run(args.run_dir)
-    measured = {}
-    if args.loss:
-        measured["validation"] = _validation(run)
-    if args.conditional:
-        measured["conditional"] = _conditional(run, args)
-    for spec in args.task:
-        key, metrics = _task(run, spec, args)
-        measured[key] = metrics
-    for key, metrics in measured.items():
-        results_lib.record(run.run_dir, run.step, key, metrics)
-        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items() if k != "samples"}
-        print(f"{key}: {json.dumps(shown)}")
-    print(f"-> {run.run_dir / results_lib.EVAL_FILE} (step {run.step})")
-    return 0
+    tasks = [load_task(spec, data_dir=args.data_dir) for spec in args.task]  # bad specs fail before any run
+    failed = []
+    for run_dir in args.run_dirs:
+        try:
+            run = load_run(run_dir)
+        except UserError as e:
+            if len(args.run_dirs) == 1:
+                raise
+            print(f"chinchax eval: skipping {run_dir}: {e}", file=sys.stderr)
+            failed.append(run_dir)
+            continue
+        measured = {}
+        if args.loss:
+            measured["validation"] = _validation(run)
+        if args.conditional:
+            measured["conditional"] = _conditional(run, args)
+        for task in tasks:
+            measured[f"{task.name}/{args.shots}shot"] = _task(run, task, args)
+        for key, metrics in measured.items():
+            results_lib.record(run.run_dir, run.step, key, metrics)
+            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items() if k != "samples"}
+            print(f"{run.run_dir.name} {key}: {json.dumps(shown)}")
+        print(f"-> {run.run_dir / results_lib.EVAL_FILE} (step {run.step})")
+    return 2 if failed else 0
 
 
 def _validation(run) -> dict:
@@ -136,13 +150,11 @@ def _conditional(run, args) -> dict:
     return {**out, "input_len": args.input_len, "target_len": args.target_len, "split": run.config.data.eval_split}
 
 
-def _task(run, spec: str, args) -> tuple[str, dict]:
+def _task(run, task, args) -> dict:
     from chinchax.evaluation.generation_tasks import evaluate_generation
     from chinchax.evaluation.multiple_choice import evaluate_multiple_choice
-    from chinchax.evaluation.tasks import load_task
     from chinchax.model.decoding import SamplingConfig
 
-    task = load_task(spec, data_dir=args.data_dir)
     if task.kind == "multiple_choice":
         metrics = evaluate_multiple_choice(
             _scorer(run, args.batch_size), run.tokenizer, task, shots=args.shots, seed=args.seed, limit=args.limit
@@ -152,4 +164,4 @@ def _task(run, spec: str, args) -> tuple[str, dict]:
             run.model, run.tokenizer, task, SamplingConfig(max_new_tokens=args.max_new_tokens),
             shots=args.shots, seed=args.seed, limit=args.limit,
         )
-    return f"{task.name}/{args.shots}shot", metrics
+    return metrics

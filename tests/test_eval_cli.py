@@ -82,8 +82,9 @@ def test_eval_cli_writes_losses_and_task_results_into_eval_json(run_dir, tmp_pat
     assert data["results"]["conditional"]["pairs"] == 4
     mc = data["results"]["yesno/1shot"]
     assert mc["examples"] == 4 and mc["acc"] in (0.0, 0.25, 0.5, 0.75, 1.0) and mc["shots"] == 1
-    # a second call merges into the same file
-    assert main(["eval", str(path), "--task", str(task), "--limit", "2"]) == 0
+    # a second call merges into the same file; a run directory that cannot be loaded is skipped and reported
+    assert main(["eval", str(tmp_path / "missing_run"), str(path), "--task", str(task), "--limit", "2"]) == 2
+    assert "skipping" in capsys.readouterr().err
     data = json.loads((path / "eval.json").read_text())
     assert set(data["results"]) == {"validation", "conditional", "yesno/1shot", "yesno/0shot"}
     assert data["results"]["yesno/0shot"]["examples"] == 2
@@ -94,3 +95,5 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     assert main(["eval", str(tmp_path)]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path), "--task", str(tmp_path / "nope.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
