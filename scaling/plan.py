@@ -263,7 +263,7 @@ def _resized(model_cfg, rule: ShapeRule, d_model: int, n_layers: int, d_ff: int)
 
 def model_with_shape(model_cfg, rule: ShapeRule, d_model: int):
     """The base ModelConfig resized to `d_model` by the shape rule (every other choice kept)."""
-    n_layers = min(rule.max_layers, max(rule.min_layers, round(d_model / rule.aspect_ratio)))
+    n_layers = min(rule.max_layers, max(rule.min_layers, int(d_model / rule.aspect_ratio + 0.5)))
     return _resized(model_cfg, rule, d_model, n_layers, _round_up(rule.ffn_ratio * d_model, 8))
 
 
@@ -363,23 +363,34 @@ def _nearest(ladder: Sequence[Shape], n_target: float, convention: str) -> int:
 
 
 def sizes_for_budget(ladder: Sequence[Shape], budget: float, sizes: SizeRule, convention: str) -> list[Shape]:
-    """Distinct rungs for one budget: log-spaced across the span around N*, or the explicit list."""
+    """Distinct rungs for one budget: `per_budget` sizes around N*, or the explicit list.
+
+    Around N*, sizes come from ONE geometric grid shared by all budgets (ratio r = span^(1/(per_budget-1)),
+    points r^k): each budget takes the `per_budget` consecutive grid points centred on its N*. Neighbouring
+    budgets therefore reuse model sizes (as Chinchilla's fixed model set did), which is what lets WSD
+    branching share stable phases. Grid points are snapped to the nearest rung; if snapping merges some,
+    the nearest unused rungs fill in."""
     if sizes.mode == "explicit":
         picked = {_nearest(ladder, n, convention) for n in sizes.n_params}
         return [ladder[i] for i in sorted(picked)]
     n_star = math.sqrt(budget / (6.0 * sizes.tokens_per_param))
-    lo = _nearest(ladder, n_star / math.sqrt(sizes.span), convention)
-    hi = _nearest(ladder, n_star * math.sqrt(sizes.span), convention)
     k = min(sizes.per_budget, len(ladder))
-    while hi - lo + 1 < k:  # the span covers too few rungs: widen it evenly, within the ladder
-        if lo > 0 and (hi == len(ladder) - 1 or (hi - lo) % 2 == 0):
-            lo -= 1
-        else:
-            hi += 1
     if k == 1:
         return [ladder[_nearest(ladder, n_star, convention)]]
-    idx = sorted({lo + round(j * (hi - lo) / (k - 1)) for j in range(k)})
-    return [ladder[i] for i in idx]
+    log_ratio = math.log(sizes.span) / (k - 1)
+    first = round(math.log(n_star) / log_ratio - (k - 1) / 2)
+    picked = sorted({_nearest(ladder, math.exp((first + j) * log_ratio), convention) for j in range(k)})
+    below, above = picked[0] - 1, picked[-1] + 1
+    while len(picked) < k:  # fill in alternately below and above, within the ladder
+        if above < len(ladder) and (len(picked) % 2 or below < 0):
+            picked.append(above)
+            above += 1
+        elif below >= 0:
+            picked.append(below)
+            below -= 1
+        else:
+            break
+    return [ladder[i] for i in sorted(picked)]
 
 
 # --- the plan -------------------------------------------------------------------------------------
@@ -589,7 +600,7 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
 
 
 def _run_id(family: str, budget: float, tag: str, config: Mapping) -> str:
-    return f"{family}-c{budget:.0e}-{tag}-{config_hash(config, budget)[:8]}".replace("+", "")
+    return f"{family}-c{budget:.2g}-{tag}-{config_hash(config, budget)[:8]}".replace("+", "")
 
 
 MAX_TRUNK_CHECKPOINTS = 16  # checkpoints a WSD trunk keeps for its branches (disk vs exact branch points)

@@ -1,0 +1,121 @@
+"""Collecting a sweep: results.csv / curves.csv from run.json + metrics.jsonl, and the sweep CLI."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from chinchax.cli import main
+from chinchax.scaling import executors
+from chinchax.scaling.results import RESULT_COLUMNS, SweepDir, collect, write_atomic
+
+_spec = importlib.util.spec_from_file_location("sweep_fakes", Path(__file__).with_name("test_scaling_sweep_fakes.py"))
+fakes = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fakes)
+
+
+def _read(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_collect_writes_the_table_fit_reads(tmp_path, monkeypatch):
+    s = SweepDir(tmp_path / "sweep")
+    plan = fakes.fake_plan(4)
+    s.write_plan(plan)
+    monkeypatch.setenv("FAKE_FAIL", "r3")
+    executors.run_local(plan, s, max_retries=0, train_command=fakes.fake_train_command(tmp_path), progress=False)
+    # A resumed run logs some steps twice and may leave a line cut by the kill: keep the last, skip the cut.
+    with (s.run_dir("r0") / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 2, "loss": 99.0, "tokens": 64, "flops_6nd": 1.0, "flops_6nd_non_embedding": 1.0}\n')
+        f.write('{"step": 3, "loss": 1.0, "tok')
+    rows, curves = collect(s, plan)
+    table = _read(s.root / "results.csv")
+    assert [r["run"] for r in table] == ["r0", "r1", "r2"]  # r3 failed: not in the table
+    assert list(table[0])[: len(RESULT_COLUMNS)] == list(RESULT_COLUMNS)
+    for row, run in zip(table, plan.runs, strict=False):
+        run_json = json.loads((s.run_dir(run.run_id) / "run.json").read_text())
+        assert float(row["loss"]) == pytest.approx(run_json["eval_loss"])  # eval loss, not train loss
+        assert float(row["flops"]) == pytest.approx(run_json["flops_6nd"])  # the plan's N convention (total)
+        assert int(row["n_params"]) == run_json["n_params"]
+        assert int(row["n_tokens"]) == run_json["n_tokens"]
+        assert float(row["budget"]) == run.budget and int(row["d_model"]) == run.d_model
+    curve = _read(s.root / "curves.csv")
+    r0 = [c for c in curve if c["run"] == "r0"]
+    assert [int(c["step"]) for c in r0] == list(range(1, plan.runs[0].steps + 1))
+    assert float(r0[1]["loss"]) == 99.0  # step 2 as logged last
+    assert {c["run"] for c in curve} == {"r0", "r1", "r2"}
+    assert all(float(c["flops"]) > 0 and int(c["n_tokens"]) > 0 for c in curve)
+
+
+def test_collect_non_embedding_convention(tmp_path):
+    import dataclasses
+
+    s = SweepDir(tmp_path / "sweep")
+    plan = dataclasses.replace(fakes.fake_plan(2), n_convention="non_embedding")
+    s.write_plan(plan)
+    executors.run_local(plan, s, train_command=fakes.fake_train_command(tmp_path), progress=False)
+    rows, _ = collect(s)
+    for row in rows:
+        run_json = json.loads((s.run_dir(row["run"]) / "run.json").read_text())
+        assert row["flops"] == run_json["flops_6nd_non_embedding"]
+
+
+def test_chinchax_fit_reads_results_csv(tmp_path):
+    table_mod = pytest.importorskip("chinchax.scaling.table")
+    s = SweepDir(tmp_path / "sweep")
+    plan = fakes.fake_plan(4)
+    s.write_plan(plan)
+    executors.run_local(plan, s, train_command=fakes.fake_train_command(tmp_path), progress=False)
+    collect(s, plan)
+    frame = table_mod.load_table(s.root / "results.csv")
+    assert len(frame) == 4
+    assert {"n_params", "n_tokens", "loss", "flops"} <= set(frame.columns)
+
+
+def test_write_atomic_leaves_nothing_half_written(tmp_path):
+    target = tmp_path / "x.json"
+    write_atomic(target, "old")
+
+    with pytest.raises(TypeError):
+        write_atomic(target, 12345)  # fails while writing
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_sweep_cli_plan_run_status_collect(tmp_path, capsys):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        "model: {preset: tiny-gpt2, vocab_size: 384, max_len: 32}\n"
+        "data: {seq_len: 32}\n"
+        "trainer: {steps: 10, batch_size: 4}\n"
+    )
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        "name: cli\nexperiment: base.yaml\nbudgets: [1e10, 3e10]\n"
+        "shape: {aspect_ratio: 16, head_dim: 16}\nsizes: {per_budget: 3, span: 6, min_steps: 5}\n"
+    )
+    out = tmp_path / "out"
+    assert main(["sweep", "plan", str(sweep), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    plan = json.loads((out / "plan.json").read_text())
+    assert len(plan["runs"]) == 6 and all(r["run_id"] in printed for r in plan["runs"])
+    assert main(["sweep", "status", str(out)]) == 0
+    assert "planned 6" in capsys.readouterr().out
+    fake = shlex.join(fakes.fake_train_command(tmp_path))
+    assert main(["sweep", "run", str(sweep), "--out", str(out), "--train-command", fake]) == 0
+    assert "done 6" in capsys.readouterr().out
+    assert main(["sweep", "collect", str(sweep), "--out", str(out)]) == 0
+    assert "6 of 6 runs finished" in capsys.readouterr().out
+    assert len(_read(out / "results.csv")) == 6
+    # Bad input names the problem.
+    assert main(["sweep", "plan", str(sweep), "budgets=[]", "--out", str(out)]) == 2
+    assert "no budgets" in capsys.readouterr().err
+    assert main(["sweep", "status", str(tmp_path / "nowhere")]) == 2
+    assert main(["sweep", "run", str(sweep), "--out", str(tmp_path / "out2"), "--executor", "tpu", "--dry-run"]) == 0
+    assert "gcloud compute tpus queued-resources create" in capsys.readouterr().out
