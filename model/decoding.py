@@ -185,8 +185,9 @@ def encode_for_decoding(model, cache: dict, encoder_inputs_BS, encoder_segment_i
     }
 
 
-def forward_chunk(model, cache: dict, tokens_BL, *, index, pads_B, prefix_end=0):
+def forward_chunk(model, cache: dict, tokens_BL, *, index, pads_B, prefix_end=0, last_only: bool = False):
     """Logits [B, L, V] of L new tokens written at cache slots index..index+L-1, and the updated cache.
+    `last_only`: logits of the last new token only, [B, 1, V] (a prefill needs no more: saves P x V).
 
     `pads_B`: left padding of each row (its first real token sits at slot pads_B). Slots in
     [pads_B, prefix_end) form a bidirectional prefix (prefix-LM decoders; 0 = none; may be traced).
@@ -255,6 +256,8 @@ def forward_chunk(model, cache: dict, tokens_BL, *, index, pads_B, prefix_end=0)
 
     cross_kv = (cache["cross_k"], cache["cross_v"]) if cross else (None, None)
     x_BLD, (k, v) = _scan_layers(stack.blocks, layer, x_BLD, cache["k"], cache["v"], *cross_kv)
+    if last_only:
+        x_BLD = x_BLD[:, -1:]
     if cfg.final_norm:
         x_BLD = stack.final_norm(x_BLD)
     cache = {**cache, "k": nn.with_logical_constraint(k, CACHE_AXES), "v": nn.with_logical_constraint(v, CACHE_AXES)}
@@ -287,9 +290,9 @@ def _generate(
     if encoder_inputs_BS is not None:
         cache = encode_for_decoding(model, cache, encoder_inputs_BS, encoder_segment_ids_BS)
     step = partial(forward_chunk, model, pads_B=pads_B, prefix_end=jnp.where(prefix, P, 0))
-    logits_BPV, cache = step(cache, tokens_BP, index=0)
+    logits_B1V, cache = step(cache, tokens_BP, index=0, last_only=True)
     stop_T, key = sampling["stop_tokens"], sampling["key"]
-    V = logits_BPV.shape[-1]
+    V = logits_B1V.shape[-1]
 
     def cond(carry):
         return (carry["i"] < N) & ~jnp.all(carry["done"])
@@ -312,6 +315,7 @@ def _generate(
         }
         if return_logits:
             out["step_logits"] = carry["step_logits"].at[:, i].set(carry["logits"])
+        # (the last iteration's forward is not needed; skipping it would cost a lax.cond per step)
         logits_B1V, out["cache"] = step(carry["cache"], token_B[:, None], index=P + i)
         out["logits"] = logits_B1V[:, 0]
         return out
@@ -322,7 +326,7 @@ def _generate(
         "lengths": jnp.zeros((B,), jnp.int32),
         "done": jnp.zeros((B,), bool),
         "cache": cache,
-        "logits": logits_BPV[:, -1],
+        "logits": logits_B1V[:, 0],
     }
     if return_logits:
         carry["step_logits"] = jnp.zeros((B, N, V), jnp.float32)
@@ -409,6 +413,11 @@ def generate(
         if len(encoder_inputs) != len(prompts):
             raise UserError(f"{len(encoder_inputs)} encoder inputs for {len(prompts)} prompts; give one per prompt")
         encoder_BS, segments_BS = right_pad(encoder_inputs, pad_id)
+        if mcfg.position == "learned" and encoder_BS.shape[1] > mcfg.max_len:
+            raise UserError(
+                f"an encoder input of {encoder_BS.shape[1]} tokens is longer than the model's learned position "
+                f"table (model.max_len={mcfg.max_len}); shorten it"
+            )
     prefix = mcfg.attention == "prefix" if prefix is None else prefix
     graphdef, state = nnx.split(model)
     tokens, lengths, logits = _generate(
