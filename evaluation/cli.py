@@ -72,7 +72,7 @@ def _generate(args) -> int:
     ).validate()
     prompts, encoder_inputs = model_prompts(run.model, tok, args.prompt)
     result = generate(run.model, prompts, sampling, encoder_inputs=encoder_inputs, pad_id=tok.pad_id)
-    for prompt, tokens in zip(args.prompt, result.as_lists()):
+    for prompt, tokens in zip(args.prompt, result.as_lists(), strict=True):
         text = tok.decode(tokens)
         if args.json:
             print(json.dumps({"prompt": prompt, "completion": text, "tokens": tokens}))

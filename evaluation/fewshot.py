@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
 from chinchax.errors import UserError
 from chinchax.evaluation.tasks import MultipleChoice, Task
 

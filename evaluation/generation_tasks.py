@@ -50,5 +50,5 @@ def evaluate_generation(model, tokenizer, task: Task, sampling: SamplingConfig, 
     out = {"task": task.name, "kind": task.kind, "shots": shots, "examples": len(examples),
            **rouge(predictions, references), **bleu(predictions, references)}
     out["samples"] = [{"prompt": e.prompt, "prediction": p, "references": list(e.references)}
-                      for e, p in zip(examples[:5], predictions[:5])]
+                      for e, p in zip(examples[:5], predictions[:5], strict=True)]
     return out

@@ -10,7 +10,6 @@ Metrics (each with its standard error over examples):
 from __future__ import annotations
 
 import numpy as np
-
 from chinchax.errors import UserError
 from chinchax.evaluation import fewshot
 from chinchax.evaluation.metrics import mean_and_stderr
@@ -25,7 +24,7 @@ def evaluate_multiple_choice(scorer: Scorer, tokenizer, task: Task, *, shots: in
     examples = list(task.examples)[:limit] if limit else list(task.examples)
     contexts = fewshot.prompts(Task(task.name, task.kind, examples, task.shots, task.shots_are_examples), shots, seed)
     pairs, owner = [], []
-    for i, (example, context) in enumerate(zip(examples, contexts)):
+    for i, (example, context) in enumerate(zip(examples, contexts, strict=True)):
         context_ids = tokenizer.encode(context)
         for choice in example.choices:
             choice_ids = tokenizer.encode(choice)

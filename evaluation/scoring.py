@@ -27,10 +27,9 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-
 from chinchax.errors import UserError
 from chinchax.model import MODEL_INPUT_KEYS
+from flax import nnx
 
 LENGTH_BUCKET = 32
 
@@ -187,4 +186,4 @@ class Scorer:
                 logprob[owner[i]] += float(out["logprob_B"][j])
                 n_tokens[owner[i]] += int(round(float(out["n_B"][j])))
                 greedy[owner[i]] &= bool(out["greedy_B"][j])
-        return [Score(float(lp), int(n), bool(g)) for lp, n, g in zip(logprob, n_tokens, greedy)]
+        return [Score(float(lp), int(n), bool(g)) for lp, n, g in zip(logprob, n_tokens, greedy, strict=True)]

@@ -32,10 +32,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-
 from chinchax.errors import UserError
 from chinchax.model.attention import alibi_bias, attend, rope
+from flax import nnx
 
 CACHE_AXES = ("layers", "batch", "length", "kv_heads", "kv")
 
@@ -72,7 +71,7 @@ class GenerationResult:
     step_logits: np.ndarray | None = None  # [B, N, V] float32 logits each token was drawn from (if asked)
 
     def as_lists(self) -> list[list[int]]:
-        return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths)]
+        return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths, strict=True)]
 
 
 # --- sampling -------------------------------------------------------------------------------------------

@@ -10,14 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
-
 from chinchax.configlib import load_model_config
 from chinchax.data import objectives
 from chinchax.errors import UserError
 from chinchax.evaluation.losses import conditional_loss, conditional_pairs, validation_loss
 from chinchax.evaluation.scoring import Scorer
 from chinchax.model import Transformer
+from flax import nnx
 
 SMALL = ["vocab_size=64", "d_model=32", "n_layers=2", "n_heads=4", "d_ff=64", "head_dim=8", "max_len=32"]
 BOS, MASK = 2, 4
@@ -145,7 +144,7 @@ def test_validation_loss_matches_a_direct_computation():
         segments[0, 14:] = 0  # padding
         positions = np.concatenate([np.arange(12), np.arange(4)])[None].repeat(4, 0)
         tokens[segments == 0] = 0
-        rows = [objectives.causal_lm(t, s, p, bos_id=BOS) for t, s, p in zip(tokens, segments, positions * (segments > 0))]
+        rows = [objectives.causal_lm(t, s, p, bos_id=BOS) for t, s, p in zip(tokens, segments, positions * (segments > 0), strict=True)]
         batches.append({k: np.stack([row[k] for row in rows]) for k in rows[0]})
     byte_lengths = np.ones(64, np.int64)
     byte_lengths[:5] = 0

@@ -7,8 +7,6 @@ import math
 
 import numpy as np
 import pytest
-from flax import nnx
-
 from chinchax.configlib import load_model_config
 from chinchax.data.tokenizers import ByteTokenizer
 from chinchax.errors import UserError
@@ -19,6 +17,7 @@ from chinchax.evaluation.multiple_choice import evaluate_multiple_choice
 from chinchax.evaluation.scoring import Score, Scorer
 from chinchax.model import Transformer
 from chinchax.model.decoding import SamplingConfig
+from flax import nnx
 
 TOK = ByteTokenizer()
 
@@ -163,7 +162,7 @@ def test_rouge_and_bleu_agree_with_the_libraries():
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     out = rouge(preds, refs)
     for t in ("rouge1", "rouge2", "rougeL"):
-        best = [max(scorer.score(r, p)[t].fmeasure for r in rs) * 100 for p, rs in zip(preds, refs)]
+        best = [max(scorer.score(r, p)[t].fmeasure for r in rs) * 100 for p, rs in zip(preds, refs, strict=True)]
         assert out[t] == pytest.approx(np.mean(best))
     expected = sacrebleu.corpus_bleu(preds, [[refs[0][0], refs[1][0]], [refs[0][1], refs[1][0]]]).score
     assert bleu(preds, refs)["bleu"] == pytest.approx(expected)

@@ -13,12 +13,11 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
-
 from chinchax.configlib import load_model_config
 from chinchax.errors import UserError
 from chinchax.model import Transformer
 from chinchax.model.decoding import SamplingConfig, generate
+from flax import nnx
 
 SMALL = ["vocab_size=64", "d_model=32", "n_layers=2", "n_heads=4", "d_ff=64", "head_dim=8", "max_len=32"]
 MODELS = {
@@ -55,7 +54,7 @@ def full_forward_step_logits(name: str, tokens_BN: np.ndarray) -> np.ndarray:
     model = model_for(name)
     enc_dec = model.cfg.variant == "encoder_decoder"
     prompts = [[2]] * 3 if enc_dec else PROMPTS
-    seqs = [p + t.tolist() for p, t in zip(prompts, tokens_BN)]
+    seqs = [p + t.tolist() for p, t in zip(prompts, tokens_BN, strict=True)]
     width = max(map(len, seqs))
     inputs = np.zeros((3, width), np.int32)
     for b, s in enumerate(seqs):
