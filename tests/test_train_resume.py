@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from chinchax.train.checkpoint import load_numpy_state
 from chinchax.train.metrics import TIMING_FIELDS, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,8 +36,7 @@ def _env():
 
 
 def _final_params(run_dir: Path, step: int):
-    tree = ocp.PyTreeCheckpointer().restore(run_dir / "checkpoints" / str(step) / "state")
-    return tree["params"]
+    return load_numpy_state(run_dir / "checkpoints" / str(step))["params"]
 
 
 def _without_timing(rows):
@@ -105,7 +104,7 @@ def test_rerun_with_a_changed_config_is_refused(tmp_path):
         **configlib.to_dict(cfg)["trainer"], "log_every": 7, "checkpoint_every": 3})))
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from chinchax import configlib
     from chinchax.train.config import ExperimentConfig
     from chinchax.train.synthetic import TokenArrayBatches, random_tokens
@@ -113,7 +112,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
     cfg = configlib.load_config(ExperimentConfig, REPO / "experiments" / "tiny.yaml",
                                 [f"trainer.run_dir={tmp_path}", *TINY, "trainer.checkpoint_every=2",
-                                 "trainer.log_every=100"])
+                                 "trainer.log_every=1", "trainer.wandb_project=chinchax-test"])
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)  # no key: wandb must run offline, not fail
 
     class PoisonAtStep5(TokenArrayBatches):
         def __next__(self):
@@ -132,3 +133,5 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert steps == [2, 4]  # step 6 (after the NaN update) was never saved
     assert (tmp_path / "checkpoints" / "4" / "chinchax_manifest.json").is_file()
     assert not (tmp_path / "run.json").exists()
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]  # step 5 never logged
+    assert list((tmp_path / "wandb").glob("offline-run-*"))  # wandb logged the same rows, offline

@@ -243,3 +243,17 @@ def _broadcast_problem(problem: str | None) -> str | None:
 
     bad = multihost_utils.broadcast_one_to_all(np.array(problem is not None))
     return (problem or "damaged on the primary host") if bool(bad) else None
+
+
+def load_numpy_state(step_dir: str | Path) -> Any:
+    """The train state of a finished step as host numpy arrays, whatever mesh or hosts wrote it
+    (for inspection, tests and export; the trainer restores onto its mesh with `restore_latest`)."""
+    import numpy as np
+
+    path = Path(step_dir).absolute() / "state"
+    checkpointer = ocp.PyTreeCheckpointer()
+    metadata = checkpointer.metadata(path)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))

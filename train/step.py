@@ -96,7 +96,7 @@ def train_step(state: dict, batch: dict, *, parts: ModelParts, tx, schedule, mic
 
     denom = jnp.maximum(w_sum, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_state = {"step": step + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state}
     metrics = {

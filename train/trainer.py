@@ -229,7 +229,8 @@ def train(
                 pending = None
             if eval_now:
                 last_eval = run_eval(done)
-                logger.log(last_eval)
+                if last_eval:
+                    logger.log(last_eval)
             if save_now:
                 ckpt.save(done, state, train_it.get_state())
         if pending is not None:
