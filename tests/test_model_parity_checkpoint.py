@@ -179,3 +179,28 @@ def test_sharded_bfloat16_checkpoint(tmp_path):
     expected, _ = params_from_hf(cfg, "llama", {k: v.float() for k, v in hf_model.state_dict().items()})
     _assert_same_params(params, expected)  # bfloat16 widened exactly to the float32 parameters
     assert all(np.asarray(v).dtype == np.float32 for v in flatten(params).values())
+
+
+def test_cli_convert_then_export_gives_back_the_same_files(tmp_path):
+    from safetensors.numpy import load_file
+
+    hf_model = _llama()
+    hf_model.save_pretrained(tmp_path / "hf")
+    parser = argparse.ArgumentParser()
+    register_convert(parser.add_subparsers())
+    for argv in (
+        ["convert", str(tmp_path / "hf"), str(tmp_path / "cx")],
+        ["export-hf", str(tmp_path / "cx"), str(tmp_path / "back")],
+    ):
+        args = parser.parse_args(argv)
+        assert args.handler(args) == 0
+    original, back = (
+        load_file(tmp_path / "hf" / "model.safetensors"),
+        load_file(tmp_path / "back" / "model.safetensors"),
+    )
+    assert sorted(back) == sorted(original)
+    for key in original:
+        np.testing.assert_array_equal(back[key], original[key], err_msg=key)
+    reloaded = T.AutoConfig.from_pretrained(tmp_path / "back")
+    assert reloaded.architectures == ["LlamaForCausalLM"]
+    assert config_from_hf(reloaded) == config_from_hf(hf_model.config).replace(name="back")

@@ -287,7 +287,8 @@ def load_converted(out_dir: str | os.PathLike) -> tuple[ModelConfig, dict]:
 
 
 def register_convert(subparsers) -> None:
-    """Adds `convert` to the `chinchax model` subcommands (called from chinchax.model.cli)."""
+    """Adds `convert` (HF -> chinchax) and `export-hf` (chinchax -> HF) to the `chinchax model`
+    subcommands (called from chinchax.model.cli)."""
     parser = subparsers.add_parser(
         "convert",
         help="convert a local Hugging Face checkpoint into a chinchax model directory",
@@ -305,6 +306,18 @@ def register_convert(subparsers) -> None:
     )
     parser.set_defaults(handler=_convert_handler)
 
+    export = subparsers.add_parser(
+        "export-hf",
+        help="write a converted chinchax model as a Hugging Face checkpoint",
+        description="Write MODEL_DIR (model.yaml + params/, as `chinchax model convert` makes them) as a "
+        "Hugging Face directory (config.json + model.safetensors) that transformers' from_pretrained "
+        "loads. The family defaults to the one recorded in MODEL_DIR/conversion.json.",
+    )
+    export.add_argument("model_dir", help="directory with model.yaml and params/")
+    export.add_argument("out_dir", help="new (or empty) directory for the HF checkpoint")
+    export.add_argument("--family", choices=sorted(FAMILIES), help="HF model_type to write")
+    export.set_defaults(handler=_export_handler)
+
 
 def _convert_handler(args) -> int:
     from chinchax.model.counting import count_params
@@ -314,4 +327,21 @@ def _convert_handler(args) -> int:
     print(
         f"converted {args.hf_dir} -> {args.out_dir}: {cfg.variant} '{cfg.name}', {counts.total:,} parameters"
     )
+    return 0
+
+
+def _export_handler(args) -> int:
+    from chinchax.model.convert.hf_export import export_hf_checkpoint
+
+    model_type = args.family
+    record = Path(args.model_dir) / "conversion.json"
+    if model_type is None and record.is_file():
+        model_type = json.loads(record.read_text()).get("model_type")
+    if model_type is None:
+        raise UserError(
+            f"{args.model_dir} records no HF family; pass --family ({', '.join(sorted(FAMILIES))})"
+        )
+    cfg, params = load_converted(args.model_dir)
+    export_hf_checkpoint(cfg, params, model_type, args.out_dir)
+    print(f"exported '{cfg.name}' -> {args.out_dir} as HF {model_type}")
     return 0
