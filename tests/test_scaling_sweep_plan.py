@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,3 +234,18 @@ def test_bad_sweeps_are_refused_clearly(write, override, message):
 def test_sizes_rule_validates():
     with pytest.raises(UserError, match="sizes.n_params"):
         dataclasses.replace(SizeRule(), mode="explicit").validate()
+
+
+@pytest.mark.parametrize("name", ["demo_sweep.yaml", "chinchilla_ladder.yaml", "arch_objective.yaml"])
+def test_shipped_sweeps_load_and_resolve(name):
+    from importlib import resources
+
+    from chinchax.scaling.plan import _resolve, experiment_path
+
+    path = Path(str(resources.files("chinchax.experiments").joinpath(name)))
+    cfg, base_dir = load_sweep(path)
+    exp = experiment_path(cfg.experiment, base_dir)
+    for family_overrides in (cfg.families or {"base": []}).values():
+        resolved = _resolve(exp, [*cfg.overrides, *family_overrides, "optimizer.warmup_steps=0"])
+        assert resolved.model.vocab_size >= 361  # every shipped sweep fits the byte/32k tokenizers
+    assert len(cfg.budgets) >= 2
