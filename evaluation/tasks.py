@@ -8,7 +8,8 @@ A task spec is either
 - `tfds:NAME`: a TFDS dataset prepared in `data_dir` (array_record format, read with `tfds.data_source`,
   no TensorFlow): super_glue/copa, hellaswag, piqa, each turned into (context, choices, label) the way
   lm-evaluation-harness phrases them. Nothing is downloaded here: an unprepared dataset is an error that
-  says how to prepare it (`chinchax data build tfds:NAME`).
+  says how to prepare it (once, with network: `tfds.builder(NAME, data_dir=...).download_and_prepare(
+  file_format="array_record")`; builders that need TensorFlow must be prepared where it is installed).
 """
 
 from __future__ import annotations
@@ -165,11 +166,17 @@ def load_tfds_task(name: str, data_dir: str | None = None) -> Task:
         builder = tfds.builder(name, data_dir=data_dir)
         prepared = builder.is_prepared()
     except Exception as e:  # noqa: BLE001 - tfds raises many kinds for a missing dataset
-        raise UserError(f"TFDS dataset {name!r} cannot be opened in {data_dir}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"TFDS dataset {name!r} is not prepared in {data_dir} and this tensorflow-datasets install cannot "
+            f"build it ({first[:200]}); prepare it where TensorFlow is available (array_record format) and "
+            "copy it there, or pass --data-dir"
+        ) from None
     if not prepared:
         raise UserError(
             f"TFDS dataset {name!r} is not prepared in {data_dir}; prepare it once with network access "
-            f"(`chinchax data build tfds:{name}`, array_record format), or pass --data-dir"
+            f"(tfds.builder({name!r}, data_dir=...).download_and_prepare(file_format='array_record')), "
+            "or pass --data-dir"
         )
     try:
         examples = [adapter(r) for r in builder.as_data_source(split=split)]
