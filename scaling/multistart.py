@@ -141,7 +141,8 @@ def minimize_multistart(
         raise ValueError(f"weights has shape {weights.shape}; expected ({n_problems}, {n_runs})")
     # Three compiled chunk sizes: the big one while many problems are active, smaller ones for the
     # slow tail (each extra size costs a compile, which is seconds on a busy 2-core machine).
-    sizes = (chunk, chunk // 4, chunk // 16)
+    chunk = min(chunk, max(16, 1 << (n_problems - 1).bit_length()))
+    sizes = tuple(s for s in (chunk, chunk // 4, chunk // 16) if s >= 16) or (chunk,)
     with jax.enable_x64(True):
         init, rnd, evaluate = _round_fn(objective, memory)
         data64 = {k: np.asarray(v, dtype=np.float64) for k, v in data.items()}
