@@ -68,6 +68,7 @@ def _hf_models():
 
 
 ENCODER_DECODER = {"t5", "t5_v1_1", "bart"}
+DECODER_ONLY = {"gpt2", "llama", "bloom"}
 
 # One parameter per family whose effect on the logits the control checks (what parity rests on).
 DISTINCTIVE = {
@@ -147,16 +148,29 @@ def _inputs(name: str, seed: int = 0):
     return hf, cx, mask.astype(bool)
 
 
-def _compiled_forward(model: nnx.Module, cx_inputs):
-    """logits(params) for one batch, compiled once: the control re-runs it with changed params."""
+def _compiled_forward(model: nnx.Module, cx_inputs, *, with_full_row: bool):
+    """params -> (logits of the padded batch, logits of its full first row with no segment ids at all),
+    compiled once (the control re-runs it). Without segment ids a causal stack takes the fused
+    `is_causal` path instead of a mask: the path of unpacked, unpadded training batches."""
     model.eval()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    unmasked = {k: v[:1] for k, v in cx_inputs.items() if k not in ("segment_ids", "encoder_segment_ids")}
+    if not with_full_row:  # half the compile time; the fused causal path is the decoders' (ALiBi included)
+        unmasked = None
 
-    def forward(params, rest, batch):
-        return nnx.merge(graphdef, params, rest)(**batch)
+    def forward(params, rest, batch, unmasked):
+        model = nnx.merge(graphdef, params, rest)
+        return model(**batch), None if unmasked is None else model(**unmasked)
 
-    compiled = jax.jit(forward).lower(params, rest, cx_inputs).compile(compiler_options=FAST_COMPILE)
-    return lambda pure_params: np.asarray(compiled(params_state(params, pure_params), rest, cx_inputs))
+    compiled = (
+        jax.jit(forward).lower(params, rest, cx_inputs, unmasked).compile(compiler_options=FAST_COMPILE)
+    )
+
+    def run(pure_params):
+        padded, full_row = compiled(params_state(params, pure_params), rest, cx_inputs, unmasked)
+        return np.asarray(padded), None if full_row is None else np.asarray(full_row)[0]
+
+    return run
 
 
 @pytest.mark.parametrize("name", list(_hf_models()))
@@ -171,10 +185,13 @@ def test_logits_match_hugging_face(name, hf_models):
     assert not compared.all()  # padding is really there
     with torch.no_grad():
         expected = hf_model(**hf_inputs).logits.numpy()
-    forward = _compiled_forward(model, cx_inputs)
-    logits = forward(params)
+    forward = _compiled_forward(model, cx_inputs, with_full_row=name in DECODER_ONLY)
+    logits, full_row = forward(params)
     assert logits.shape == expected.shape == (B, L, V)
     np.testing.assert_allclose(logits[compared], expected[compared], rtol=0, atol=1e-4)
+    if name in DECODER_ONLY:  # the first row has no padding: with no segment ids it must agree too
+        assert compared[0].all()
+        np.testing.assert_allclose(full_row, expected[0], rtol=0, atol=1e-4)
     assert np.abs(expected[compared]).max() > 0.5  # logits far from zero: the comparison has teeth
 
     # Control: change the family's distinctive parameter and the logits must move.
@@ -185,7 +202,7 @@ def test_logits_match_hugging_face(name, hf_models):
     # (a uniform one would vanish in the next LayerNorm).
     noise = np.random.default_rng(1).normal(0.0, 0.5, value.shape).astype(np.float32)
     changed = {**flat, path: np.roll(value, 1, axis=-2) if value.ndim > 1 else value + noise}
-    moved = np.abs(forward(unflatten(changed))[compared] - expected[compared]).max()
+    moved = np.abs(forward(unflatten(changed))[0][compared] - expected[compared]).max()
     assert moved > 1e-2, f"{path} does not influence the logits ({moved})"
 
 
