@@ -27,6 +27,10 @@ def register(subparsers) -> None:
     info.add_argument("--no-shapes", action="store_true", help="omit the per-parameter shape list")
     info.set_defaults(handler=_info)
 
+    from chinchax.model.convert.hf import register_convert
+
+    register_convert(model_sub)  # `model convert HF_DIR OUT_DIR`, `model export-hf MODEL_DIR OUT_DIR`
+
     presets = model_sub.add_parser("presets", help="list the model presets", description="List the model presets.")
     presets.set_defaults(handler=_presets)
     model.set_defaults(handler=lambda args: model.print_help() or 0)
