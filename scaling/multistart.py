@@ -81,9 +81,10 @@ def _round_fn(objective: Objective, memory: int):
             new_th = jnp.where(improved, cand_CP[pick], th)
             new_value, new_grad = jax.value_and_grad(f)(new_th)
             grad_max = jnp.max(jnp.abs(new_grad))
-            # SciPy L-BFGS-B's stopping rule (factr/pgtol): a relative decrease below ftol, with
-            # the scale floored at 1, or a small largest gradient component; or no progress at all.
-            scale = jnp.maximum(jnp.maximum(jnp.abs(value), jnp.abs(new_value)), 1.0)
+            # Stop on a relative decrease below ftol, a small largest gradient component, or no
+            # progress. Unlike SciPy's factr rule the scale is NOT floored at 1: a Huber objective
+            # with delta = 1e-3 is ~1e-4, and a floor of 1 stops resampled fits at their start.
+            scale = jnp.maximum(jnp.maximum(jnp.abs(value), jnp.abs(new_value)), 1e-300)
             small_step = (value - new_value) <= ftol * scale
             done = (grad_max <= gtol) | small_step | ~improved
             return new_th, st, new_value, new_grad, done, it + 1
@@ -112,8 +113,8 @@ def minimize_multistart(
     weights: np.ndarray | None = None,
     *,
     max_iter: int = 500,
-    gtol: float = 1e-5,
-    ftol: float = 2.220446049250313e-09,
+    gtol: float = 1e-10,
+    ftol: float = 1e-10,
     round_steps: int = 10,
     chunk: int = 512,
     memory: int = 10,
