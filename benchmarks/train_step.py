@@ -44,7 +44,6 @@ def peak_dot(dtype: str) -> tuple[float, int]:
     """Best FLOP/s of a square `jnp.dot` over a few sizes (small ones underuse big chips, big ones are slow
     on CPU): the practical peak of this device for this dtype."""
     import jax
-
     from chinchax.train.mfu import measure_matmul_peak
 
     sizes = (512, 1024, 2048) if jax.devices()[0].platform == "cpu" else (4096, 8192)
@@ -55,7 +54,6 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import jax
     import numpy as np
-
     from chinchax.model.config import ModelConfig
     from chinchax.model.counting import count_params, flops_per_token
     from chinchax.sharding import make_mesh
@@ -71,8 +69,18 @@ def main(argv=None) -> dict:
     d_ff, vocab, seq, batch = args.d_ff or d_ff, args.vocab or vocab, args.seq or seq, args.batch or batch
     dtype = args.dtype or dtype
     cfg = ModelConfig(
-        name=f"bench-{args.preset}", vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=heads, d_ff=d_ff,
-        max_len=seq, position="rope", norm="rmsnorm", activation="gelu", use_bias=False, dtype=dtype,
+        name=f"bench-{args.preset}",
+        vocab_size=vocab,
+        d_model=d,
+        n_layers=n_layers,
+        n_heads=heads,
+        d_ff=d_ff,
+        max_len=seq,
+        position="rope",
+        norm="rmsnorm",
+        activation="gelu",
+        use_bias=False,
+        dtype=dtype,
         remat=args.remat,
     ).validate()
     mesh = make_mesh(tuple(int(x) for x in args.mesh.split(",")))
@@ -80,13 +88,22 @@ def main(argv=None) -> dict:
     tx, schedule = make_optimizer(OptimizerConfig(warmup_steps=1), 1000, parts.decay_mask)
     state, shardings = init_train_state(cfg, tx, parts, mesh, 0)
     rng = np.random.default_rng(0)
-    batches = TokenArrayBatches(rng.integers(1, vocab, 1 << 20).astype(np.int32), global_batch_size=batch,
-                                seq_len=seq)
+    batches = TokenArrayBatches(
+        rng.integers(1, vocab, 1 << 20).astype(np.int32), global_batch_size=batch, seq_len=seq
+    )
     data = batch_sharding(mesh)
     put = lambda b: {k: jax.device_put(v, data) for k, v in b.items()}  # noqa: E731
     first = put(next(batches))
-    step = jit_train_step(mesh, shardings, first.keys(), parts=parts, tx=tx, schedule=schedule,
-                          microbatches=args.microbatches, z_loss=0.0)
+    step = jit_train_step(
+        mesh,
+        shardings,
+        first.keys(),
+        parts=parts,
+        tx=tx,
+        schedule=schedule,
+        microbatches=args.microbatches,
+        z_loss=0.0,
+    )
 
     t0 = time.perf_counter()
     compiled = step.lower(state, first).compile()
@@ -107,11 +124,22 @@ def main(argv=None) -> dict:
     n_dev = len(jax.devices())
     table = table_peak(jax.devices()[0].device_kind, dtype)
     result = {
-        "preset": args.preset, "device": jax.devices()[0].device_kind, "n_devices": n_dev, "dtype": dtype,
-        "d_model": d, "n_layers": n_layers, "seq_len": seq, "batch": batch, "remat": args.remat,
-        "n_params": count_params(cfg).total, "compile_s": compile_s, "step_s": step_s,
-        "tokens_per_s": tokens / step_s, "achieved_flops_per_s": achieved,
-        "jnp_dot_peak_flops_per_s": peak * n_dev, "jnp_dot_size": peak_n,
+        "preset": args.preset,
+        "device": jax.devices()[0].device_kind,
+        "n_devices": n_dev,
+        "dtype": dtype,
+        "d_model": d,
+        "n_layers": n_layers,
+        "seq_len": seq,
+        "batch": batch,
+        "remat": args.remat,
+        "n_params": count_params(cfg).total,
+        "compile_s": compile_s,
+        "step_s": step_s,
+        "tokens_per_s": tokens / step_s,
+        "achieved_flops_per_s": achieved,
+        "jnp_dot_peak_flops_per_s": peak * n_dev,
+        "jnp_dot_size": peak_n,
         "ratio_to_jnp_dot": achieved / (peak * n_dev),
         "mfu_vs_datasheet": achieved / (table * n_dev) if table else None,
         "loss": float(metrics["loss"]),

@@ -5,13 +5,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
-
 from chinchax.train.checkpoint import MANIFEST, Checkpointer, verify
 
 
 def _state(step):
-    return {"step": jnp.asarray(step, jnp.int32), "w": jnp.full((64, 32), float(step)), "b": jnp.arange(7.0) + step}
+    return {
+        "step": jnp.asarray(step, jnp.int32),
+        "w": jnp.full((64, 32), float(step)),
+        "b": jnp.arange(7.0) + step,
+    }
 
 
 def _abstract():

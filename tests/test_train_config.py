@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from chinchax.configlib import load_config
 from chinchax.errors import UserError
 from chinchax.train.config import ExperimentConfig, TrainerConfig

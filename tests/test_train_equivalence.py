@@ -92,11 +92,12 @@ def results(tmp_path_factory):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
     ckpt_dir = tmp_path_factory.mktemp("ckpt")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(ckpt_dir)], capture_output=True, text=True, env=env,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(ckpt_dir)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULTS"))
-    return json.loads(line[len("RESULTS"):])
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULTS"))
+    return json.loads(line[len("RESULTS") :])
 
 
 def _assert_same_training(a, b):
@@ -112,7 +113,9 @@ def _assert_same_training(a, b):
 
 def test_sharded_2x2x2_equals_single_device(results):
     single, sharded = results["single"], results["sharded"]
-    assert len(sharded["param_specs"]) > 1 and any("fsdp" in s for s in sharded["param_specs"])  # really sharded
+    assert len(sharded["param_specs"]) > 1 and any(
+        "fsdp" in s for s in sharded["param_specs"]
+    )  # really sharded
     assert single["losses"][-1] < single["losses"][0]  # it trains
     _assert_same_training(single, sharded)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from chinchax.train.checkpoint import load_numpy_state
 from chinchax.train.metrics import TIMING_FIELDS, read_jsonl
 
@@ -47,8 +46,17 @@ def _launch(run_dir, n):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
     port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(run_dir), str(n), str(i), port], cwd=REPO,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SCRIPT, str(run_dir), str(n), str(i), port],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
     for p in procs:
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
@@ -70,7 +78,9 @@ def test_two_processes_train_like_one(tmp_path):
     assert run_two["n_devices"] == run_one["n_devices"] == 4 and run_two["steps"] == 6
     # both hosts' iterator states were checkpointed
     assert sorted(p.name for p in (two / "checkpoints" / "6" / "data").glob("process_*")) == [
-        "process_0-of-2.json", "process_1-of-2.json"]
+        "process_0-of-2.json",
+        "process_1-of-2.json",
+    ]
     p1 = load_numpy_state(one / "checkpoints" / "6")["params"]
     p2 = load_numpy_state(two / "checkpoints" / "6")["params"]
     for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), strict=True):

@@ -4,7 +4,6 @@
 from pathlib import Path
 
 import pytest
-
 from chinchax.configlib import load_config
 from chinchax.train.config import ExperimentConfig
 from chinchax.train.metrics import read_jsonl
@@ -22,14 +21,31 @@ CASES = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective, model", CASES, ids=[f"{o}-{m[0].split('=')[1]}{'-prefix' if len(m) > 1 else ''}"
-                                                         for o, m in CASES])
+@pytest.mark.parametrize(
+    "objective, model",
+    CASES,
+    ids=[f"{o}-{m[0].split('=')[1]}{'-prefix' if len(m) > 1 else ''}" for o, m in CASES],
+)
 def test_objective_trains_variant(tmp_path, objective, model):
-    overrides = [*model, "model.vocab_size=384", "model.d_model=32", "model.n_heads=4", "model.d_ff=64",
-                 "model.max_len=64", f"data.objective={objective}", "data.seq_len=32", "data.eval_batches=1",
-                 "trainer.batch_size=8", "trainer.steps=12", "trainer.log_every=1", "trainer.checkpoint_every=0",
-                 "trainer.progress_bar=false", "optimizer.learning_rate=1e-2", "optimizer.warmup_steps=2",
-                 f"trainer.run_dir={tmp_path}"]
+    overrides = [
+        *model,
+        "model.vocab_size=384",
+        "model.d_model=32",
+        "model.n_heads=4",
+        "model.d_ff=64",
+        "model.max_len=64",
+        f"data.objective={objective}",
+        "data.seq_len=32",
+        "data.eval_batches=1",
+        "trainer.batch_size=8",
+        "trainer.steps=12",
+        "trainer.log_every=1",
+        "trainer.checkpoint_every=0",
+        "trainer.progress_bar=false",
+        "optimizer.learning_rate=1e-2",
+        "optimizer.warmup_steps=2",
+        f"trainer.run_dir={tmp_path}",
+    ]
     cfg = load_config(ExperimentConfig, REPO / "experiments" / "tiny.yaml", overrides)
     result = train(cfg)
     losses = [r["loss"] for r in read_jsonl(tmp_path / "metrics.jsonl") if "loss" in r]

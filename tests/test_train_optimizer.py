@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-
 from chinchax.errors import UserError
 from chinchax.train.config import OptimizerConfig
 from chinchax.train.optimizer import make_schedule
@@ -44,7 +43,11 @@ def test_wsd_is_stable_then_cools_down_over_the_last_fraction(shape):
     assert lr[81] < PEAK
     np.testing.assert_allclose(lr[100], 0.1 * PEAK, rtol=1e-5)
     progress = 10 / 20  # step 90
-    frac = {"linear": 1 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress)), "sqrt": 1 - math.sqrt(progress)}
+    frac = {
+        "linear": 1 - progress,
+        "cosine": 0.5 * (1 + math.cos(math.pi * progress)),
+        "sqrt": 1 - math.sqrt(progress),
+    }
     np.testing.assert_allclose(lr[90], 0.1 * PEAK + 0.9 * PEAK * frac[shape], rtol=1e-5)
 
 
@@ -58,16 +61,19 @@ def test_bad_optimizer_values_are_rejected_with_the_key():
 
 
 def test_weight_decay_mask_decays_matrices_only():
-    from flax import nnx
-
     from chinchax.configlib import load_model_config
     from chinchax.model import Transformer
     from chinchax.train.state import decay_mask_from_variables
+    from flax import nnx
 
-    cfg = load_model_config("tiny-t5", ["tie_embeddings=false", "scale_tied_logits=false"])  # relative bias table, untied head
+    cfg = load_model_config(
+        "tiny-t5", ["tie_embeddings=false", "scale_tied_logits=false"]
+    )  # relative bias table, untied head
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     mask = dict(nnx.to_flat_state(nnx.State(decay_mask_from_variables(nnx.state(model, nnx.Param)))))
-    flat = {"/".join(map(str, k)): bool(v.get_value() if hasattr(v, "get_value") else v) for k, v in mask.items()}
+    flat = {
+        "/".join(map(str, k)): bool(v.get_value() if hasattr(v, "get_value") else v) for k, v in mask.items()
+    }
     decayed = {k for k, v in flat.items() if v}
     assert "embedding_VD" not in decayed and "unembedding_DV" in decayed
     assert not any("table_RH" in k or "norm" in k or "bias" in k for k in decayed)

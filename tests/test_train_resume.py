@@ -11,22 +11,39 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from chinchax.train.checkpoint import load_numpy_state
 from chinchax.train.metrics import TIMING_FIELDS, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.d_ff=64", "model.max_len=32",
-    "data.seq_len=32", "data.eval_batches=2", "trainer.batch_size=4", "trainer.steps=12",
-    "trainer.checkpoint_every=4", "trainer.log_every=1", "trainer.eval_every=6", "trainer.progress_bar=false",
+    "model.d_model=32",
+    "model.n_layers=2",
+    "model.n_heads=4",
+    "model.d_ff=64",
+    "model.max_len=32",
+    "data.seq_len=32",
+    "data.eval_batches=2",
+    "trainer.batch_size=4",
+    "trainer.steps=12",
+    "trainer.checkpoint_every=4",
+    "trainer.log_every=1",
+    "trainer.eval_every=6",
+    "trainer.progress_bar=false",
     "optimizer.warmup_steps=2",
 ]
 
 
 def _cmd(run_dir, *extra):
-    return [sys.executable, "-m", "chinchax.cli", "train", str(REPO / "experiments" / "tiny.yaml"),
-            f"trainer.run_dir={run_dir}", *TINY, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "chinchax.cli",
+        "train",
+        str(REPO / "experiments" / "tiny.yaml"),
+        f"trainer.run_dir={run_dir}",
+        *TINY,
+        *extra,
+    ]
 
 
 def _env():
@@ -75,8 +92,18 @@ def test_kill_9_then_rerun_equals_uninterrupted(tmp_path):
     a, b = _final_params(ref, 12), _final_params(victim, 12)
     for x, y in zip(_leaves(a), _leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
-    ref_json, victim_json = json.loads((ref / "run.json").read_text()), json.loads((victim / "run.json").read_text())
-    for key in ("final_train_loss", "eval_loss", "eval_bits_per_byte", "n_tokens", "flops_6nd", "flops_detailed"):
+    ref_json, victim_json = (
+        json.loads((ref / "run.json").read_text()),
+        json.loads((victim / "run.json").read_text()),
+    )
+    for key in (
+        "final_train_loss",
+        "eval_loss",
+        "eval_bits_per_byte",
+        "n_tokens",
+        "flops_6nd",
+        "flops_detailed",
+    ):
         assert ref_json[key] == victim_json[key], key
 
 
@@ -92,16 +119,26 @@ def test_rerun_with_a_changed_config_is_refused(tmp_path):
     from chinchax import configlib
     from chinchax.train.config import ExperimentConfig
 
-    cfg = configlib.load_config(ExperimentConfig, REPO / "experiments" / "tiny.yaml", [f"trainer.run_dir={run_dir}", *TINY])
+    cfg = configlib.load_config(
+        ExperimentConfig, REPO / "experiments" / "tiny.yaml", [f"trainer.run_dir={run_dir}", *TINY]
+    )
     (run_dir / "config.yaml").write_text(configlib.dump_yaml(cfg))
-    out = subprocess.run(_cmd(run_dir, "optimizer.learning_rate=0.5"), env=_env(), capture_output=True, text=True)
+    out = subprocess.run(
+        _cmd(run_dir, "optimizer.learning_rate=0.5"), env=_env(), capture_output=True, text=True
+    )
     assert out.returncode == 2
     assert "optimizer.learning_rate" in out.stderr and "new trainer.run_dir" in out.stderr
     # Resume-safe keys (logging, checkpoint cadence, mesh) may change.
     from chinchax.train.trainer import check_resume_compatible
 
-    check_resume_compatible(run_dir, cfg.replace(trainer=cfg.trainer.__class__(**{
-        **configlib.to_dict(cfg)["trainer"], "log_every": 7, "checkpoint_every": 3})))
+    check_resume_compatible(
+        run_dir,
+        cfg.replace(
+            trainer=cfg.trainer.__class__(
+                **{**configlib.to_dict(cfg)["trainer"], "log_every": 7, "checkpoint_every": 3}
+            )
+        ),
+    )
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -110,9 +147,17 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     from chinchax.train.synthetic import TokenArrayBatches, random_tokens
     from chinchax.train.trainer import TrainingDiverged, train
 
-    cfg = configlib.load_config(ExperimentConfig, REPO / "experiments" / "tiny.yaml",
-                                [f"trainer.run_dir={tmp_path}", *TINY, "trainer.checkpoint_every=2",
-                                 "trainer.log_every=1", "trainer.wandb_project=chinchax-test"])
+    cfg = configlib.load_config(
+        ExperimentConfig,
+        REPO / "experiments" / "tiny.yaml",
+        [
+            f"trainer.run_dir={tmp_path}",
+            *TINY,
+            "trainer.checkpoint_every=2",
+            "trainer.log_every=1",
+            "trainer.wandb_project=chinchax-test",
+        ],
+    )
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)  # no key: wandb must run offline, not fail
 
@@ -124,8 +169,13 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
             return batch
 
     def data(i, n):
-        return PoisonAtStep5(random_tokens(5000, 361), global_batch_size=4, seq_len=32, process_index=i,
-                             process_count=n), None, None
+        return (
+            PoisonAtStep5(
+                random_tokens(5000, 361), global_batch_size=4, seq_len=32, process_index=i, process_count=n
+            ),
+            None,
+            None,
+        )
 
     with pytest.raises(TrainingDiverged, match="at step 5"):
         train(cfg, data=data)

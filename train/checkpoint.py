@@ -157,7 +157,8 @@ class Checkpointer:
     def save(self, step: int, state: Any, data_state: Any) -> None:
         self._finish_pending()  # orbax would wait for the previous save here anyway
         self._manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=IteratorStateSave(data_state))
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=IteratorStateSave(data_state)),
         )
         self._unverified.append(step)
 
@@ -189,7 +190,9 @@ class Checkpointer:
         keep, drop = good[-self.max_to_keep :], good[: -self.max_to_keep]
         damaged = [s for s in keep if verify(self._step_dir(s), full=False)]
         if damaged:
-            _say(f"steps {damaged} no longer match their manifests; keeping older steps {drop} instead of deleting")
+            _say(
+                f"steps {damaged} no longer match their manifests; keeping older steps {drop} instead of deleting"
+            )
             return
         for step in drop:
             self._manager.delete(step)

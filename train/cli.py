@@ -37,6 +37,8 @@ def _handle(args) -> int:
     if result:
         loss = result["eval_loss"] if result.get("eval_loss") is not None else result["final_train_loss"]
         mfu = f"{result['mfu']:.1%}" if result.get("mfu") is not None else "n/a"
-        print(f"done: {result['steps']} steps, {result['n_tokens']:,} tokens, loss {loss:.4f}, MFU {mfu} "
-              f"-> {cfg.trainer.run_dir}/run.json")
+        print(
+            f"done: {result['steps']} steps, {result['n_tokens']:,} tokens, loss {loss:.4f}, MFU {mfu} "
+            f"-> {cfg.trainer.run_dir}/run.json"
+        )
     return 0

@@ -54,7 +54,9 @@ class OptimizerConfig:
         if self.clip_norm is not None and self.clip_norm <= 0:
             raise UserError(f"optimizer.clip_norm={self.clip_norm} must be > 0, or null to turn clipping off")
         if self.schedule not in SCHEDULES:
-            raise UserError(f"optimizer.schedule={self.schedule!r} is not valid; choose one of {', '.join(SCHEDULES)}")
+            raise UserError(
+                f"optimizer.schedule={self.schedule!r} is not valid; choose one of {', '.join(SCHEDULES)}"
+            )
         if self.cooldown_shape not in COOLDOWN_SHAPES:
             raise UserError(
                 f"optimizer.cooldown_shape={self.cooldown_shape!r} is not valid; choose one of "
@@ -86,7 +88,9 @@ class TrainerConfig:
     progress_bar: bool = True
     wandb_project: str | None = None  # None = no wandb
     wandb_mode: str = "auto"  # auto: online if a key is configured (WANDB_API_KEY / WANDB_MODE), else offline
-    peak_flops: float | None = None  # per-device peak FLOP/s for MFU; None = table (accelerators) / measured (CPU)
+    peak_flops: float | None = (
+        None  # per-device peak FLOP/s for MFU; None = table (accelerators) / measured (CPU)
+    )
     # Multi-host. On TPU pods jax.distributed.initialize() finds everything itself; elsewhere give these
     # (or the env vars CHINCHAX_COORDINATOR, CHINCHAX_NUM_PROCESSES, CHINCHAX_PROCESS_ID).
     coordinator_address: str | None = None

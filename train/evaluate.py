@@ -55,7 +55,7 @@ def summarize(loss_sums: np.ndarray, weights: np.ndarray) -> tuple[float, float]
 
 def count_bytes(targets: list[np.ndarray], weights: list[np.ndarray], byte_lengths: np.ndarray) -> float:
     """UTF-8 bytes of the predicted (weighted) target tokens."""
-    return sum(float((byte_lengths[t] * (w > 0)).sum()) for t, w in zip(targets, weights))
+    return sum(float((byte_lengths[t] * (w > 0)).sum()) for t, w in zip(targets, weights, strict=True))
 
 
 def bits_per_byte(total_nats: float, n_bytes: float) -> float | None:

@@ -74,8 +74,10 @@ class MetricsLogger:
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
-                               step=row["step"])
+            self.wandb_run.log(
+                {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
+                step=row["step"],
+            )
 
     def close(self) -> None:
         if self.enabled:
@@ -94,7 +96,13 @@ def start_wandb(project: str | None, mode: str, run_dir: Path, run_name: str, co
     if mode == "auto":
         mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     return wandb.init(
-        project=project, name=run_name, id=run_name, resume="allow", mode=mode, dir=str(run_dir), config=config
+        project=project,
+        name=run_name,
+        id=run_name,
+        resume="allow",
+        mode=mode,
+        dir=str(run_dir),
+        config=config,
     )
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import optax
-
 from chinchax.train.config import OptimizerConfig
+
 
 def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
     peak, warmup = cfg.learning_rate, cfg.warmup_steps

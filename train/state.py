@@ -22,12 +22,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
-
 from chinchax.model import Transformer
 from chinchax.model.config import ModelConfig
 from chinchax.sharding import LOGICAL_AXIS_RULES
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 # Lookup tables (token, position, token-type embeddings; T5's relative-position bias table): no weight
 # decay. The untied output projection `unembedding_DV` is an ordinary matrix and IS decayed.
@@ -75,7 +74,9 @@ def decay_mask_from_variables(abs_params) -> Any:
         leaf = _path_str(path[-1:])
         return len(matrix_axes) >= 2 and "bias" not in leaf and leaf not in NO_DECAY_TABLES
 
-    tree = jax.tree_util.tree_map_with_path(decayed, abs_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    tree = jax.tree_util.tree_map_with_path(
+        decayed, abs_params, is_leaf=lambda x: isinstance(x, nnx.Variable)
+    )
     return nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree
 
 
@@ -103,7 +104,10 @@ def state_shardings(abs_state, param_specs, mesh) -> Any:
     is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
     specs = jax.tree_util.tree_flatten_with_path(param_specs, is_leaf=is_spec)[0]
     shapes = jax.tree_util.tree_leaves(abs_state["params"])
-    lookup = {tuple(_path_str([p]) for p in path): (spec, a.shape) for (path, spec), a in zip(specs, shapes)}
+    lookup = {
+        tuple(_path_str([p]) for p in path): (spec, a.shape)
+        for (path, spec), a in zip(specs, shapes, strict=True)
+    }
     depths = sorted({len(k) for k in lookup}, reverse=True)
 
     def sharding_for(path, leaf):

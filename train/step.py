@@ -16,11 +16,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
-
 from chinchax.model import MODEL_INPUT_KEYS
 from chinchax.sharding import LOGICAL_AXIS_RULES, logical_to_spec
 from chinchax.train.state import ModelParts
+from jax.sharding import NamedSharding, PartitionSpec
 
 BATCH_SPEC_NAMES = ("batch",)
 
@@ -70,7 +69,9 @@ def _fold(keys, n):
     return jax.tree.map(fold, keys)
 
 
-def train_step(state: dict, batch: dict, *, parts: ModelParts, tx, schedule, microbatches: int, z_loss: float):
+def train_step(
+    state: dict, batch: dict, *, parts: ModelParts, tx, schedule, microbatches: int, z_loss: float
+):
     params, step = state["params"], state["step"]
     step_keys = _fold(parts.rng_keys(), step)
     grad_fn = jax.value_and_grad(functools.partial(_objective, parts=parts, z_loss=z_loss), has_aux=True)

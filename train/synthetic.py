@@ -12,10 +12,20 @@ import numpy as np
 
 
 class TokenArrayBatches:
-    def __init__(self, tokens: np.ndarray, *, global_batch_size: int, seq_len: int, seed: int = 0,
-                 process_index: int = 0, process_count: int = 1):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        *,
+        global_batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
         if global_batch_size % process_count:
-            raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
+            raise ValueError(
+                f"global batch {global_batch_size} is not divisible by {process_count} processes"
+            )
         if len(tokens) <= seq_len + 1:
             raise ValueError(f"{len(tokens)} tokens cannot fill one row of {seq_len + 1}")
         self.tokens = np.asarray(tokens, np.int32)

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from chinchax import configlib
 from chinchax.errors import UserError
 from chinchax.train.config import RESUME_SAFE_KEYS, ExperimentConfig
@@ -63,9 +62,17 @@ def _default_data(cfg: ExperimentConfig, process_index: int, process_count: int)
 
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     check_vocab_fits(tokenizer, cfg.model.vocab_size)
-    kw = dict(global_batch_size=cfg.trainer.batch_size, variant=cfg.model.variant,
-              process_index=process_index, process_count=process_count)
-    return train_iterator(cfg.data, tokenizer, **kw), (lambda: eval_batches(cfg.data, tokenizer, **kw)), tokenizer
+    kw = dict(
+        global_batch_size=cfg.trainer.batch_size,
+        variant=cfg.model.variant,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    return (
+        train_iterator(cfg.data, tokenizer, **kw),
+        (lambda: eval_batches(cfg.data, tokenizer, **kw)),
+        tokenizer,
+    )
 
 
 def train(
@@ -80,7 +87,6 @@ def train(
     maybe_initialize(cfg.trainer)  # before any other jax call
 
     import jax
-
     from chinchax.model.counting import count_params, flops_per_token
     from chinchax.sharding import make_mesh
     from chinchax.train import state as state_lib
@@ -133,7 +139,11 @@ def train(
     flops = flops_per_token(cfg.model, seq_len, cfg.data.encoder_length)
     peak, peak_source = total_peak_flops(cfg.model.dtype, tc.peak_flops)
     run_name = run_dir.name
-    wandb_run = start_wandb(tc.wandb_project, tc.wandb_mode, run_dir, run_name, configlib.to_dict(cfg)) if primary else None
+    wandb_run = (
+        start_wandb(tc.wandb_project, tc.wandb_mode, run_dir, run_name, configlib.to_dict(cfg))
+        if primary
+        else None
+    )
     logger = MetricsLogger(run_dir, resume_step=start_step, enabled=primary, wandb_run=wandb_run)
     progress = Progress(total=total_steps, initial=start_step, enabled=primary and tc.progress_bar)
 
@@ -141,7 +151,9 @@ def train(
     train_fn = None
     eval_fn = None
     eval_cache: list | None = None
-    byte_lengths = token_byte_lengths(tokenizer) if tokenizer is not None and cfg.data.objective == "causal_lm" else None
+    byte_lengths = (
+        token_byte_lengths(tokenizer) if tokenizer is not None and cfg.data.objective == "causal_lm" else None
+    )
 
     def to_global(batch: dict) -> dict:
         return {
@@ -150,8 +162,12 @@ def train(
 
     def cumulative(step: int) -> dict:
         tokens = step * tokens_per_step
-        return {"tokens": tokens, "flops_6nd": flops.six_n * tokens,
-                "flops_6nd_non_embedding": flops.six_n_non_embedding * tokens, "flops_detailed": flops.detailed * tokens}
+        return {
+            "tokens": tokens,
+            "flops_6nd": flops.six_n * tokens,
+            "flops_6nd_non_embedding": flops.six_n_non_embedding * tokens,
+            "flops_detailed": flops.detailed * tokens,
+        }
 
     def run_eval(step: int) -> dict:
         nonlocal eval_fn, eval_cache
@@ -166,8 +182,10 @@ def train(
                 eval_fn = step_lib.jit_eval_step(mesh, shardings["params"], gb.keys(), parts)
             out = eval_fn(state["params"], gb)
             out = jax.tree.map(_to_host, out)
-            sums.append(out["loss_sum_B"]); weights.append(out["weight_B"])
-            targets.append(batch["targets"]); tweights.append(batch["loss_weights"])
+            sums.append(out["loss_sum_B"])
+            weights.append(out["weight_B"])
+            targets.append(batch["targets"])
+            tweights.append(batch["loss_weights"])
         loss_sums, w = np.concatenate(sums), np.concatenate(weights)
         mean, stderr = summarize(loss_sums, w)
         row = {"step": step, "eval_loss": mean, "eval_loss_stderr": stderr}
@@ -201,9 +219,19 @@ def train(
             mfu = flops.detailed * tokens_per_s / peak
             if step > start_step + 1:  # the first window includes compilation
                 mfu_values.append(mfu)
-            logger.log({"step": step, "loss": m["loss"], "learning_rate": m["learning_rate"],
-                        "grad_norm": m["grad_norm"], "z_loss": m["z_loss"], **cumulative(step),
-                        "step_time_s": step_time, "tokens_per_s": tokens_per_s, "mfu": mfu})
+            logger.log(
+                {
+                    "step": step,
+                    "loss": m["loss"],
+                    "learning_rate": m["learning_rate"],
+                    "grad_norm": m["grad_norm"],
+                    "z_loss": m["z_loss"],
+                    **cumulative(step),
+                    "step_time_s": step_time,
+                    "tokens_per_s": tokens_per_s,
+                    "mfu": mfu,
+                }
+            )
             progress.update(window_steps, m["loss"], tokens_per_s)
             window_start, window_steps = now, 0
             ckpt.poll()
@@ -214,8 +242,14 @@ def train(
             batch = to_global(next(train_it))
             if train_fn is None:
                 train_fn = step_lib.jit_train_step(
-                    mesh, shardings, batch.keys(), parts=parts, tx=tx, schedule=schedule,
-                    microbatches=tc.microbatches, z_loss=cfg.optimizer.z_loss,
+                    mesh,
+                    shardings,
+                    batch.keys(),
+                    parts=parts,
+                    tx=tx,
+                    schedule=schedule,
+                    microbatches=tc.microbatches,
+                    z_loss=cfg.optimizer.z_loss,
                 )
             state, metrics = train_fn(state, batch)
             if pending is not None:
@@ -248,19 +282,27 @@ def train(
         final_step = int(jax.device_get(state["step"])) if status == "done" else None
         if primary and status == "done":
             result = {
-                "run": run_name, "status": status,
-                "n_params": counts.total, "n_params_embedding": counts.embedding,
+                "run": run_name,
+                "status": status,
+                "n_params": counts.total,
+                "n_params_embedding": counts.embedding,
                 "n_params_non_embedding": counts.non_embedding,
-                "n_tokens": final_step * tokens_per_step, "steps": final_step, "batch_size": tc.batch_size,
-                "seq_len": seq_len, **{k: v for k, v in cumulative(final_step).items() if k != "tokens"},
+                "n_tokens": final_step * tokens_per_step,
+                "steps": final_step,
+                "batch_size": tc.batch_size,
+                "seq_len": seq_len,
+                **{k: v for k, v in cumulative(final_step).items() if k != "tokens"},
                 "final_train_loss": last_loss,
-                "eval_loss": last_eval.get("eval_loss"), "eval_loss_stderr": last_eval.get("eval_loss_stderr"),
+                "eval_loss": last_eval.get("eval_loss"),
+                "eval_loss_stderr": last_eval.get("eval_loss_stderr"),
                 "eval_bits_per_byte": last_eval.get("eval_bits_per_byte"),
                 "wall_time_s": time.time() - t_start,
-                "mfu": float(np.mean(mfu_values)) if mfu_values else None, "peak_flops": peak,
+                "mfu": float(np.mean(mfu_values)) if mfu_values else None,
+                "peak_flops": peak,
                 "peak_flops_source": peak_source,
                 "tokenizer_hash": getattr(tokenizer, "hash", None),
-                "n_devices": jax.device_count(), "mesh": dict(mesh.shape),
+                "n_devices": jax.device_count(),
+                "mesh": dict(mesh.shape),
                 "config": configlib.to_dict(cfg),
             }
             write_json(run_dir / "run.json", result)
