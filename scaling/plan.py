@@ -314,6 +314,9 @@ class ParamCounter:
         return self._predict(*args)
 
 
+DIRECT_COUNTS = 8  # rungs counted with count_params before switching to the probed formula
+
+
 @functools.lru_cache(maxsize=64)
 def _counter(model_cfg, rule: ShapeRule) -> ParamCounter:
     return ParamCounter(model_cfg, rule)
@@ -322,12 +325,15 @@ def _counter(model_cfg, rule: ShapeRule) -> ParamCounter:
 def shape_ladder(model_cfg, rule: ShapeRule, n_max: float, convention: str = "total") -> list[Shape]:
     """Candidate shapes in increasing N, up to the first one at or beyond `n_max` (always >= 2 rungs)."""
     step = rule.d_model_multiple or rule.head_dim
-    counter = _counter(model_cfg, rule)
     ladder: list[Shape] = []
     d_model = step
     while d_model <= rule.max_d_model:
         m = model_with_shape(model_cfg, rule, d_model)
-        total, embedding = counter(m)
+        if d_model // step <= DIRECT_COUNTS:  # a short ladder is cheaper to count rung by rung
+            counts = _count_params(m)
+            total, embedding = int(counts.total), int(counts.embedding)
+        else:
+            total, embedding = _counter(model_cfg, rule)(m)
         shape = Shape(m.d_model, m.n_layers, m.n_heads, m.d_ff, total, embedding, total - embedding)
         if not ladder or shape.n(convention) > ladder[-1].n(convention):
             ladder.append(shape)

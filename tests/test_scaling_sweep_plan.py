@@ -102,7 +102,7 @@ def test_counts_are_exact_and_match_the_resolved_config(write):
         assert (model.d_model, model.n_layers, model.n_heads, model.d_ff) == (r.d_model, r.n_layers, r.n_heads, r.d_ff)
 
 
-@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-t5"])
+@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-llama", "tiny-t5"])
 def test_param_counter_is_exact_for_other_families(preset):
     """The 8-term count formula holds for gated MLPs, GQA, RoPE, an encoder-decoder with relative bias."""
     base = load_config(ModelConfig, {"preset": preset})
