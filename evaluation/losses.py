@@ -17,10 +17,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
 from chinchax.evaluation.scoring import Scorer
 from chinchax.model import MODEL_INPUT_KEYS
 from chinchax.train.evaluate import bits_per_byte, count_bytes, summarize
-from flax import nnx
 
 
 @partial(jax.jit, static_argnames=("graphdef",))

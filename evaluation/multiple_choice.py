@@ -10,6 +10,7 @@ Metrics (each with its standard error over examples):
 from __future__ import annotations
 
 import numpy as np
+
 from chinchax.errors import UserError
 from chinchax.evaluation import fewshot
 from chinchax.evaluation.metrics import mean_and_stderr

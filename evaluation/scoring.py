@@ -27,9 +27,10 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
 from chinchax.errors import UserError
 from chinchax.model import MODEL_INPUT_KEYS
-from flax import nnx
 
 LENGTH_BUCKET = 32
 

@@ -158,6 +158,7 @@ def load_tfds_task(name: str, data_dir: str | None = None) -> Task:
     if name not in TFDS_TASKS:
         raise UserError(f"unknown TFDS task {name!r}; known: {', '.join(sorted(TFDS_TASKS))} (or pass a JSONL file)")
     import tensorflow_datasets as tfds
+
     from chinchax.data.sources import default_data_dir
 
     adapter, split, shot_split = TFDS_TASKS[name]

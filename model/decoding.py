@@ -32,9 +32,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
 from chinchax.errors import UserError
 from chinchax.model.attention import alibi_bias, attend, rope
-from flax import nnx
 
 CACHE_AXES = ("layers", "batch", "length", "kv_heads", "kv")
 

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+
 from chinchax import configlib
 from chinchax.cli import main
 from chinchax.data.pipeline import register_memory_source

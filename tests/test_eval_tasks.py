@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from flax import nnx
+
 from chinchax.configlib import load_model_config
 from chinchax.data.tokenizers import ByteTokenizer
 from chinchax.errors import UserError
@@ -17,7 +19,6 @@ from chinchax.evaluation.multiple_choice import evaluate_multiple_choice
 from chinchax.evaluation.scoring import Score, Scorer
 from chinchax.model import Transformer
 from chinchax.model.decoding import SamplingConfig
-from flax import nnx
 
 TOK = ByteTokenizer()
 
@@ -182,3 +183,33 @@ def test_tfds_adapters_phrase_tasks_like_lm_eval():
     assert hs.context == "Baking: She mixes. the dough." and hs.choices == (" It rises.", " It sings.")
     piqa = tasks.TFDS_TASKS["piqa"][0]({"goal": b"Open a jar", "sol1": b"twist", "sol2": b"shout", "label": 1})
     assert piqa == tasks.MultipleChoice("Question: Open a jar\nAnswer:", (" twist", " shout"), 1)
+
+
+def test_tfds_task_is_read_from_a_prepared_array_record_dataset(tmp_path, monkeypatch):
+    """The real read path (builder lookup, as_data_source, bytes features) on a dataset prepared here, with
+    PIQA's features and adapter (registered under a test name: nothing is downloaded)."""
+    import tensorflow_datasets as tfds
+
+    class ChinchaxEvalPiqaLike(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "goal": tfds.features.Text(), "sol1": tfds.features.Text(), "sol2": tfds.features.Text(),
+                "label": tfds.features.ClassLabel(num_classes=2)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples("train", 4), "validation": self._generate_examples("val", 3)}
+
+        def _generate_examples(self, split, n):
+            for i in range(n):
+                yield i, {"goal": f"{split} goal {i} ü", "sol1": f"a{i}", "sol2": f"b{i}", "label": i % 2}
+
+    data_dir = str(tmp_path / "tfds")
+    ChinchaxEvalPiqaLike(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    monkeypatch.setitem(tasks.TFDS_TASKS, "chinchax_eval_piqa_like", tasks.TFDS_TASKS["piqa"])
+    task = tasks.load_task("tfds:chinchax_eval_piqa_like", data_dir=data_dir)
+    assert task.kind == "multiple_choice" and len(task.examples) == 3 and len(task.shots) == 4
+    assert sorted(task.examples, key=lambda e: e.context)[0] == tasks.MultipleChoice(
+        "Question: val goal 0 ü\nAnswer:", (" a0", " b0"), 0)
+    assert all(e.context.startswith("Question: train goal") for e in task.shots)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from chinchax.errors import UserError
 from chinchax.model.decoding import SamplingConfig, sample_logits
 
