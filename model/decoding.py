@@ -11,11 +11,13 @@ How it works
   like the parameters: `k`, `v` of shape [layers, B, S, G, K] with logical axes
   (`layers`, `batch`, `length`, `kv_heads`, `kv`), S = P + max_new_tokens. An encoder-decoder also caches the
   cross-attention keys/values of the encoder output once, `cross_k`/`cross_v` [layers, B, S_enc, G, K].
-- One function (`forward_chunk`) runs L new tokens against the cache: the prompt (prefill, L = P) and then
-  one token per step (L = 1) inside a `lax.while_loop`, all under one `jax.jit`. A prefix-LM decoder sees
-  its prompt bidirectionally (it was trained with the input as a bidirectional prefix) and the rest causally.
+- One function (`forward_chunk`) runs L new tokens against the cache: the prompt (prefill, L = P, logits of
+  its last position only) and then one token per step (L = 1) inside a `lax.while_loop`, all under one
+  `jax.jit`. A prefix-LM decoder sees its prompt bidirectionally (it was trained with the input as a
+  bidirectional prefix) and the rest causally.
 - Sampling: greedy (temperature 0), temperature, top-k, top-p (nucleus); filters apply in the order
-  temperature -> top-k -> top-p (as HF transformers does); seeded with a JAX key folded per step.
+  temperature -> top-k -> top-p (as HF transformers does); seeded with a JAX key folded per step. Sampling
+  settings, seed and stop tokens are traced arrays: changing them never recompiles (shapes do).
 
 This file mirrors `Stack.__call__`/`Block.__call__`/`Attention.__call__` of `transformer.py`/`attention.py`
 step by step (their tests: cached == uncached to float precision for every position encoding).
