@@ -1,11 +1,14 @@
 """A trained model from a run directory: its resolved config.yaml and newest verified checkpoint.
 
-Uses the trainer's own pieces (chinchax.train.state / checkpoint), so a run restores exactly as the
-trainer would resume it (manifest-verified, falling back past damaged steps), onto this host's devices.
+Uses the trainer's own pieces (chinchax.train.state / checkpoint): the newest step that matches its manifest
+is restored (unverified or damaged steps are announced and skipped, as the trainer's resume does), onto this
+host's devices. Unlike the trainer's resume, evaluation is strictly read-only: it never moves a damaged step
+aside (a run may still be training and about to write that step's manifest).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,6 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     from chinchax.data.tokenizers import load_tokenizer
     from chinchax.sharding import make_mesh
     from chinchax.train import state as state_lib
-    from chinchax.train.checkpoint import Checkpointer
     from chinchax.train.config import ExperimentConfig
     from chinchax.train.optimizer import make_optimizer
 
@@ -43,14 +45,41 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     parts = state_lib.model_parts(cfg.model, mesh, seed)
     tx, _ = make_optimizer(cfg.optimizer, cfg.total_steps, parts.decay_mask)
     abstract, _ = state_lib.abstract_state(cfg.model, tx, parts, mesh, seed)
-    checkpointer = Checkpointer(run_dir / "checkpoints", max_to_keep=cfg.trainer.max_to_keep, use_async=False)
-    try:
-        restored = checkpointer.restore_latest(abstract)
-    finally:
-        checkpointer.close()
+    restored = _restore_newest_verified(run_dir / "checkpoints", abstract)
     if restored is None:
-        raise UserError(f"{run_dir}/checkpoints holds no verified checkpoint to evaluate")
+        raise UserError(f"{run_dir}/checkpoints holds no verified checkpoint to evaluate (yet)")
     step, state, _ = restored
     model = parts.merge(state["params"])
     model.eval()
     return LoadedRun(run_dir, cfg, model, load_tokenizer(cfg.data.tokenizer), int(step))
+
+
+def _restore_newest_verified(directory: Path, abstract_state):
+    import orbax.checkpoint as ocp
+
+    from chinchax.train.checkpoint import IteratorStateHandler, IteratorStateRestore, verify
+
+    manager = ocp.CheckpointManager(
+        directory.absolute(),
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_names=("state", "data"),
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": IteratorStateHandler()},
+    )
+    try:
+        for step in sorted(manager.all_steps(), reverse=True):
+            problem = verify(directory / str(step))
+            if problem is None:
+                try:
+                    restored = manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(abstract_state), data=IteratorStateRestore()
+                        ),
+                    )
+                    return step, restored["state"], restored["data"]
+                except Exception as e:  # noqa: BLE001 - a manifest-consistent step orbax still cannot read
+                    problem = f"orbax could not restore it: {type(e).__name__}: {e}"
+            print(f"[chinchax eval] skipping checkpoint step {step} of {directory}: {problem}", file=sys.stderr)
+    finally:
+        manager.close()
+    return None

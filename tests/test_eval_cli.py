@@ -97,3 +97,22 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert "nothing to evaluate" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), "--task", str(tmp_path / "nope.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_loading_skips_an_unverified_newer_step_and_leaves_it_in_place(run_dir, tmp_path, capsys):
+    """A run still training may hold a finished step whose manifest is not written yet: evaluation uses the
+    newest verified step and never moves or deletes anything."""
+    import shutil
+
+    from chinchax.evaluation.run_loading import load_run
+    from chinchax.train.checkpoint import MANIFEST
+
+    path, _, _ = run_dir
+    copy = tmp_path / "run"
+    shutil.copytree(path, copy)
+    shutil.copytree(copy / "checkpoints" / "3", copy / "checkpoints" / "5")
+    (copy / "checkpoints" / "5" / MANIFEST).unlink()
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    assert load_run(copy).step == 3
+    assert "skipping checkpoint step 5" in capsys.readouterr().err
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
