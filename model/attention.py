@@ -192,6 +192,10 @@ def attend(q_BLHK, k_BSGK, v_BSGK, *, mask_B1LS, bias_BHLS, scale, is_causal, dr
     kernels have no dropout.
     """
     if dropout.rate == 0.0 or dropout.deterministic:
+        if _use_cudnn(q_BLHK, bias_BHLS, mask_B1LS):
+            return jax.nn.dot_product_attention(
+                q_BLHK, k_BSGK, v_BSGK, scale=scale, is_causal=is_causal, implementation="cudnn"
+            )
         return jax.nn.dot_product_attention(
             q_BLHK, k_BSGK, v_BSGK, bias=bias_BHLS, mask=mask_B1LS, scale=scale, is_causal=is_causal
         )
@@ -212,3 +216,17 @@ def attend(q_BLHK, k_BSGK, v_BSGK, *, mask_B1LS, bias_BHLS, scale, is_causal, dr
     probs_BGRLS = probs_BHLS.reshape(B, G, H // G, L, -1).astype(v_BSGK.dtype)
     out_BLGRK = jnp.einsum("BGRLS,BSGK->BLGRK", probs_BGRLS, v_BSGK)
     return out_BLGRK.reshape(B, L, H, K)
+
+
+def _use_cudnn(q_BLHK, bias_BHLS, mask_B1LS) -> bool:
+    """cuDNN flash attention: on GPU, half precision, head size a multiple of 8 up to 128, no mask or bias
+    arrays (pure causal or full attention). `implementation=None` would pick XLA's unfused attention,
+    which stores the [B, H, L, S] probabilities of every layer for the backward pass."""
+    return (
+        jax.default_backend() == "gpu"
+        and q_BLHK.dtype in (jnp.bfloat16, jnp.float16)
+        and q_BLHK.shape[-1] % 8 == 0
+        and q_BLHK.shape[-1] <= 128
+        and bias_BHLS is None
+        and mask_B1LS is None
+    )
