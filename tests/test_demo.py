@@ -1,0 +1,66 @@
+"""`chinchax demo --quick` end to end: corpus, sweep with the real trainer, fits, plots, report (CI runs it)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from chinchax.cli import main
+
+
+def test_demo_help_is_fast_and_lists_quick():
+    t = time.time()
+    out = subprocess.run([sys.executable, "-m", "chinchax.cli", "demo", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--quick" in out.stdout and "--out" in out.stdout
+    assert time.time() - t < 60
+
+
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    t = time.time()
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    first_wall = time.time() - t
+    printed = capsys.readouterr().out
+
+    # results.csv: one row per planned run, the columns `chinchax fit` reads, losses that make sense.
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    plan = json.loads((out / "sweep_quick" / "plan.json").read_text())
+    assert len(rows) == len(plan["runs"]) == 6
+    budgets = sorted({float(r["budget"]) for r in rows})
+    assert len(budgets) == 2
+    for r in rows:
+        assert 0.5 < float(r["loss"]) < 6.0  # nats per byte-token: below uniform (ln 361 = 5.9)
+        assert abs(float(r["flops"]) / float(r["budget"]) - 1) < 0.1
+    assert sum(1 for _ in (out / "curves.csv").open()) > 6
+
+    # Fits: approaches 2 and 3 as JSON with bootstrap intervals.
+    fits = {p.name: json.loads(p.read_text()) for p in out.glob("fit_*.json")}
+    assert {"fit_approach2.json", "fit_approach3.json"} <= set(fits)
+
+    # The report embeds every plot it names, and the plots exist.
+    report = (out / "report.md").read_text()
+    for section in ("## Compute-optimal allocation", "## Fitted laws", "## How much to trust this", "## Runs"):
+        assert section in report
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(images) >= 2
+    for name in images:
+        assert (out / name).stat().st_size > 5000
+    assert "within a factor" in report  # the honest interval statement
+    # The compute-optimal table is printed: a header and one line per (budget, approach), with intervals.
+    assert "N_opt [95% interval]" in printed
+    table_lines = [line for line in printed.splitlines() if re.match(r"\d(\.\d+)?e\+\d\d", line)]
+    assert len(table_lines) == 4 * 2  # (2 budgets + 10x + 100x the largest) x approaches 2 and 3
+    assert all(any(line.startswith(f"{b:.3g}") for line in table_lines) for b in budgets)
+
+    # Re-running resumes: every run is skipped, only the fits and the report are redone.
+    t = time.time()
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert time.time() - t < first_wall
+    assert json.loads((out / "summary.json").read_text())["runs"] == 6
+    assert Path(out / "report.md").exists()
