@@ -231,3 +231,36 @@ def test_tpu_needs_a_gcs_run_root(sweep):
     s, plan, _ = sweep
     with pytest.raises(UserError, match="gs://"):
         executors.run_tpu(plan, s, TpuSettings(run_root="/local/dir"), echo=lambda _: None)
+
+
+def test_wsd_branch_is_seeded_from_its_trunk_checkpoint(tmp_path, capsys):
+    import dataclasses
+
+    plan = fakes.fake_plan(2)
+    trunk, branch = plan.runs[1], dataclasses.replace(plan.runs[0], branch_of="r1", branch_step=6)
+    plan = dataclasses.replace(plan, runs=(branch, trunk))
+    s = SweepDir(tmp_path / "sweep")
+    s.write_plan(plan)
+    # No trunk checkpoint (e.g. the trunk failed): the branch trains from scratch, and says so.
+    assert executors.seed_branch(s, branch, plan) is False
+    assert "training the branch from scratch" in capsys.readouterr().err
+    # A finished trunk with checkpoints at steps 6 and 12 and metrics for steps 1..12.
+    t = s.run_dir("r1")
+    for step in (6, 12):
+        (t / "checkpoints" / str(step) / "state").mkdir(parents=True)
+        (t / "checkpoints" / str(step) / "state" / "data.bin").write_bytes(bytes([step]) * 10)
+        (t / "checkpoints" / str(step) / executors.CHECKPOINT_MANIFEST).write_text("{}")
+    (t / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 1.0 / i}) + "\n" for i in range(1, 13)))
+    assert executors.seed_branch(s, branch, plan) is True
+    b = s.run_dir("r0")
+    assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["6"]  # only the branch point
+    assert (b / "checkpoints" / "6" / "state" / "data.bin").read_bytes() == bytes([6]) * 10
+    assert [json.loads(line)["step"] for line in (b / "metrics.jsonl").read_text().splitlines()] == list(range(1, 7))
+    assert json.loads((b / executors.BRANCH_MARKER).read_text()) == {"trunk": "r1", "step": 6}
+    assert s.state("r0") == "interrupted"  # i.e. the next launch resumes from the seeded checkpoint
+    # Seeding again (a re-run) leaves what is there alone.
+    (b / "checkpoints" / "6" / "state" / "data.bin").write_bytes(b"trained further")
+    assert executors.seed_branch(s, branch, plan) is True
+    assert (b / "checkpoints" / "6" / "state" / "data.bin").read_bytes() == b"trained further"
+    # The executor launches trunks before branches.
+    assert [r.run_id for r in executors.runs_to_launch(plan, s)] == ["r1", "r0"]
