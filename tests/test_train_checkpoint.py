@@ -5,6 +5,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from chinchax.train.checkpoint import MANIFEST, Checkpointer, verify
 
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from chinchax.configlib import load_config
 from chinchax.errors import UserError
 from chinchax.train.config import ExperimentConfig, TrainerConfig

@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+
 from chinchax.train.checkpoint import load_numpy_state
 from chinchax.train.metrics import TIMING_FIELDS, read_jsonl
 

@@ -4,6 +4,7 @@
 from pathlib import Path
 
 import pytest
+
 from chinchax.configlib import load_config
 from chinchax.train.config import ExperimentConfig
 from chinchax.train.metrics import read_jsonl

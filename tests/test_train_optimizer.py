@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+
 from chinchax.errors import UserError
 from chinchax.train.config import OptimizerConfig
 from chinchax.train.optimizer import make_schedule
@@ -61,10 +62,11 @@ def test_bad_optimizer_values_are_rejected_with_the_key():
 
 
 def test_weight_decay_mask_decays_matrices_only():
+    from flax import nnx
+
     from chinchax.configlib import load_model_config
     from chinchax.model import Transformer
     from chinchax.train.state import decay_mask_from_variables
-    from flax import nnx
 
     cfg = load_model_config(
         "tiny-t5", ["tie_embeddings=false", "scale_tied_logits=false"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import optax
+
 from chinchax.train.config import OptimizerConfig
 
 

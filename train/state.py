@@ -22,11 +22,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
 from chinchax.model import Transformer
 from chinchax.model.config import ModelConfig
 from chinchax.sharding import LOGICAL_AXIS_RULES
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 # Lookup tables (token, position, token-type embeddings; T5's relative-position bias table): no weight
 # decay. The untied output projection `unembedding_DV` is an ordinary matrix and IS decayed.

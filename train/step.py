@@ -16,10 +16,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
 from chinchax.model import MODEL_INPUT_KEYS
 from chinchax.sharding import LOGICAL_AXIS_RULES, logical_to_spec
 from chinchax.train.state import ModelParts
-from jax.sharding import NamedSharding, PartitionSpec
 
 BATCH_SPEC_NAMES = ("batch",)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from chinchax import configlib
 from chinchax.errors import UserError
 from chinchax.train.config import RESUME_SAFE_KEYS, ExperimentConfig
@@ -87,6 +88,7 @@ def train(
     maybe_initialize(cfg.trainer)  # before any other jax call
 
     import jax
+
     from chinchax.model.counting import count_params, flops_per_token
     from chinchax.sharding import make_mesh
     from chinchax.train import state as state_lib
