@@ -21,7 +21,7 @@ from chinchax.model import Transformer
 
 SMALL = ["vocab_size=64", "d_model=32", "n_layers=2", "n_heads=4", "d_ff=64", "head_dim=8", "max_len=32"]
 BOS, MASK = 2, 4
-W = 24  # reference rows are right-padded to this width (harmless for causal/prefix decoders: pads come last)
+W = 32  # reference rows are right-padded to this width (harmless for causal/prefix decoders: pads come last)
 
 
 @functools.cache
@@ -102,12 +102,12 @@ def test_encoder_only_uses_pseudo_log_likelihood():
 def test_long_contexts_keep_their_last_tokens_and_greedy_flag_is_right():
     m = model("tiny-gpt2")
     ctx, cont = rng.integers(10, 60, 40).tolist(), rng.integers(10, 60, 4).tolist()
-    scorer = Scorer(m, bos_id=BOS, batch_size=2)
+    scorer = Scorer(m, bos_id=BOS, batch_size=4)  # the shapes of the tests above: no new compilation
     long, cut = scorer.score([(ctx, cont), (ctx[-28:], cont)])  # max_len 32 - 4 target tokens = 28 kept
     assert long == cut
     # the argmax continuation of a prompt is greedy; a continuation with one other token is not
     seq = [BOS] + ctx[-28:]
-    logp = log_probs(m, np.asarray([seq + [0] * (W + 8 - len(seq))], np.int32))[0]
+    logp = log_probs(m, np.asarray([seq + [0] * (W - len(seq))] * 5, np.int32))[0]
     best = int(np.argmax(logp[len(seq) - 1]))
     greedy, other = scorer.score([(ctx[-28:], [best]), (ctx[-28:], [(best + 1) % 64])])
     assert greedy.is_greedy and not other.is_greedy
