@@ -11,6 +11,7 @@ full-data optimum plus a few seeded grid points (docs/scaling.md says why that i
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,8 @@ from chinchax.scaling.table import final_rows, holdout_split, require_rows
 HUBER_DELTA = 1e-3
 PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
 MIN_RUNS = 6  # more runs than the 5 parameters
+COARSE_FTOL, COARSE_GTOL = 1e-7, 1e-8  # first pass over the whole grid
+POLISH = 8  # distinct best end points of the first pass polished to the tight default tolerance
 
 
 def chinchilla_grid(coarse: bool = False) -> np.ndarray:
@@ -110,14 +113,25 @@ def fit_approach3(
         starts = np.array([[*base, np.log(r)] for r in (1.0, 3.0, 10.0, 30.0, 100.0)])
     else:
         data, objective, starts = _a3_data(fit_df), approach3_objective, grid
-    res = minimize_multistart(objective, starts, data)
-    best = res.theta_KP[np.argmin(res.value_K)]
-    n_converged = int(np.sum(res.value_K <= res.value_K.min() * (1 + 1e-6) + 1e-15))
+    # Pass 1: every start, to a loose relative tolerance (enough to tell the basins apart).
+    # Pass 2: polish the best distinct end points to a tight one.
+    t0 = time.perf_counter()
+    res = minimize_multistart(objective, starts, data, ftol=COARSE_FTOL, gtol=COARSE_GTOL)
+    candidates = _distinct_best(res.theta_KP, res.value_K, POLISH)
+    polished = minimize_multistart(objective, candidates, data)
+    order = np.argsort(polished.value_K)
+    best = polished.theta_KP[order[0]]
+    n_converged = int(np.sum(res.value_K <= polished.value_K.min() * (1 + 1e-4) + 1e-15))
 
-    # Bootstrap: resample runs; each resample starts from the optimum and a few grid points.
+    # Bootstrap: resample runs; each resample starts from the optimum and from the next-best
+    # distinct local optima of the full grid (the other basins a resample might prefer).
+    t1 = time.perf_counter()
     weights = resample_runs(fit_df["run"].to_numpy(), n_bootstrap, seed)
-    extra_starts = starts[rng.choice(len(starts), size=(n_bootstrap, bootstrap_starts - 1))]
-    boot_starts = np.concatenate([np.broadcast_to(best, (n_bootstrap, 1, best.size)), extra_starts], axis=1)
+    alternatives = polished.theta_KP[order[1:bootstrap_starts]]
+    if len(alternatives) < bootstrap_starts - 1:
+        fill = starts[rng.choice(len(starts), size=bootstrap_starts - 1 - len(alternatives))]
+        alternatives = np.concatenate([alternatives, fill])
+    boot_starts = np.concatenate([best[None], alternatives])[None].repeat(n_bootstrap, axis=0)
     boot = minimize_multistart(objective, boot_starts.reshape(-1, best.size), data,
                                np.repeat(weights, bootstrap_starts, axis=0))
     boot_theta = boot.theta_KP[_best_per_group(boot.value_K, n_bootstrap)]
@@ -136,7 +150,8 @@ def fit_approach3(
         allocation={"n_coef": params["n_coef"], "n_exp": params["n_exp"]},
         bootstrap_allocation=[[d["n_coef"], d["n_exp"]] for d in draws_list],
         extra={"n_starts": len(starts), "n_starts_at_optimum": n_converged,
-               "objective": float(res.value_K.min()), "huber_delta": HUBER_DELTA},
+               "objective": float(polished.value_K.min()), "huber_delta": HUBER_DELTA,
+               "seconds_grid": t1 - t0, "seconds_bootstrap": time.perf_counter() - t1},
     )
     if held is not None:
         law = _law_from_theta(best)
@@ -147,14 +162,28 @@ def fit_approach3(
     return result
 
 
+def _distinct_best(theta_KP: np.ndarray, value_K: np.ndarray, k: int) -> np.ndarray:
+    """The k lowest-objective end points, skipping near-duplicates (same basin)."""
+    picked: list[np.ndarray] = []
+    for i in np.argsort(value_K):
+        if not np.isfinite(value_K[i]):
+            break
+        if all(np.max(np.abs(theta_KP[i] - p)) > 1e-3 for p in picked):
+            picked.append(theta_KP[i])
+        if len(picked) == k:
+            break
+    return np.array(picked) if picked else theta_KP[:1]
+
+
 def _a3_data(df: pd.DataFrame) -> dict[str, np.ndarray]:
     return {"log_n": np.log(df["n_params"].to_numpy()), "log_d": np.log(df["n_tokens"].to_numpy()),
             "log_loss": np.log(df["loss"].to_numpy())}
 
 
 def _fit_points(objective, starts, data) -> np.ndarray:
-    res = minimize_multistart(objective, starts, data)
-    return res.theta_KP[np.argmin(res.value_K)]
+    res = minimize_multistart(objective, starts, data, ftol=COARSE_FTOL, gtol=COARSE_GTOL)
+    polished = minimize_multistart(objective, _distinct_best(res.theta_KP, res.value_K, POLISH), data)
+    return polished.theta_KP[np.argmin(polished.value_K)]
 
 
 def loss_prediction_error(pred: np.ndarray, held: pd.DataFrame) -> dict:

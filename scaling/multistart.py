@@ -50,7 +50,6 @@ def _round_fn(objective: Objective, memory: int):
     import jax
     import jax.numpy as jnp
     import optax
-    import optax.tree_utils as otu
 
     # L-BFGS directions come from optax's two-loop recursion. The line search is ours: all
     # candidate step sizes are evaluated at once (one batched objective call) and the largest one
@@ -127,7 +126,7 @@ def minimize_multistart(
 
     Under vmap a while_loop runs until its slowest member is done, so a few slow starts would make
     all 4,500 pay for their iterations. Instead problems run in rounds of `round_steps` iterations
-    on fixed-size chunks (one compiled shape); after each round the converged problems leave and
+    on fixed-size chunks (three compiled shapes); after each round the converged problems leave and
     the rest are packed into as few chunks as possible, keeping their L-BFGS state.
     """
     import jax
@@ -140,10 +139,10 @@ def minimize_multistart(
         weights = np.broadcast_to(weights, (n_problems, n_runs))
     if weights.shape != (n_problems, n_runs):
         raise ValueError(f"weights has shape {weights.shape}; expected ({n_problems}, {n_runs})")
-    # Three compiled chunk sizes: the big one while many problems are active, smaller ones for the
-    # slow tail (each extra size costs a compile, which is seconds on a busy 2-core machine).
-    chunk = min(chunk, max(16, 1 << (n_problems - 1).bit_length()))
-    sizes = tuple(s for s in (chunk, chunk // 4, chunk // 16) if s >= 16) or (chunk,)
+    # Three fixed chunk sizes (the same for every call, so repeated fits reuse the compiles): the
+    # big one while many problems are active, smaller ones for small fits and the slow tail.
+    # Each size costs a compile, which is seconds on a busy 2-core machine.
+    sizes = (chunk, chunk // 4, chunk // 32)
     with jax.enable_x64(True):
         init, rnd, evaluate = _round_fn(objective, memory)
         data64 = {k: np.asarray(v, dtype=np.float64) for k, v in data.items()}
@@ -162,7 +161,7 @@ def minimize_multistart(
             size = min((s for s in sizes if s >= active.size), default=chunk)
             for idx, members in _chunks(active, size):
                 steps = int(min(round_steps, max_iter - n_iter[members].max()))
-                state = jax.tree.map(lambda x: x[idx], states)
+                state = jax.tree.map(lambda x, idx=idx: x[idx], states)
                 th, st, val, dn, it = rnd(theta[idx], state, value[idx], data64, weights[idx], steps, gtol, ftol)
                 k = members.size
                 theta[members], value[members] = np.asarray(th)[:k], np.asarray(val)[:k]
