@@ -87,6 +87,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
+pytestmark = pytest.mark.slow  # four compiled steps on 8 fake devices: minutes on a shared 2-core CPU
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
