@@ -5,7 +5,6 @@ Heavy imports (jax, pandas, matplotlib) happen inside the handlers so `chinchax 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
