@@ -263,6 +263,9 @@ def run_ray(
         kwargs = dict(include_dashboard=False, log_to_driver=False)
         if settings.address:
             kwargs["address"] = settings.address
+        else:  # a private instance for this sweep: reachable from this machine only, shut down at the end
+            kwargs["_node_ip_address"] = "127.0.0.1"
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         kwargs.update(init_kwargs or {})
         ray.init(**kwargs)
     resources = {"TPU": settings.tpus} if settings.tpus else None

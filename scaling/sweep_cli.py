@@ -34,7 +34,8 @@ def register(subparsers) -> None:
                        "Idempotent: finished runs are skipped, interrupted ones resume from their checkpoints, "
                        "failing ones are retried and then recorded as failed while the rest go on.")
     common(p)
-    p.add_argument("--executor", choices=("local", "ray", "tpu"), default="local")
+    p.add_argument("--executor", choices=("local", "ray", "tpu"), default="local",
+                   help="local subprocesses (default), Ray tasks, or Cloud TPU VMs via gcloud")
     p.add_argument("--parallel", type=int, default=1, help="local: runs at a time (default 1)")
     p.add_argument("--max-retries", type=int, default=2, help="retries of a failing run (default 2)")
     p.add_argument("--skip-failed", action="store_true", help="do not retry runs recorded as failed")

@@ -130,7 +130,7 @@ def test_ray_executor_on_a_real_local_cluster(sweep, tmp_path, monkeypatch):
     outcomes = executors.run_ray(
         plan, s, settings, max_retries=1, train_command=train, progress=False,
         env={"FAKE_FAIL": "r1"},
-        init_kwargs={"num_cpus": 2, "_node_ip_address": "127.0.0.1", "object_store_memory": 80 * 2**20},
+        init_kwargs={"num_cpus": 2, "object_store_memory": 80 * 2**20},
     )
     assert not ray.is_initialized()  # the executor shut down the cluster it started
     assert {o.run_id: o.status for o in outcomes} == {"r0": "done", "r1": "failed", "r2": "done", "r3": "done"}
