@@ -36,6 +36,20 @@ def test_fit_json_optimal_round_trip(results_csv, tmp_path, capsys):
     assert rows[1]["law"] == "chinchilla-3"
 
 
+def test_approach3_fit_via_cli_round_trips(results_csv, tmp_path, capsys):
+    fit_json = tmp_path / "a3.json"
+    assert main(["fit", str(results_csv), "--law", "chinchilla-3", "--coarse-grid", "--bootstrap", "10",
+                 "--out", str(fit_json)]) == 0
+    fit = FitResult.from_json(fit_json)
+    assert set(fit.params) >= {"E", "A", "B", "alpha", "beta", "a", "b", "G"}
+    assert fit.allocation["n_exp"] == pytest.approx(fit.params["a"])
+    capsys.readouterr()
+    assert main(["optimal", "--flops", "5.76e23", "--law", str(fit_json), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    g, a = fit.params["G"], fit.params["a"]
+    assert row["n_opt"] == pytest.approx(g * (5.76e23 / 6) ** a)  # N_opt = G (C/6)^a
+
+
 def test_optimal_gpu_hours_and_errors(capsys):
     assert main(["optimal", "--gpu-hours", "1.3e6", "--device", "a100", "--mfu", "0.5", "--law", "chinchilla-1"]) == 0
     out = capsys.readouterr().out
