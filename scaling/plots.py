@@ -162,7 +162,7 @@ def plot_contours(law: ParametricLaw | None, stem, n_range=(1e7, 1e12), d_range=
     ax.plot(alloc.n_opt(c), alloc.d_opt(c), color="C3", lw=2, label=f"efficient frontier (N ∝ C^{law.a:.3f})")
     for flops in np.logspace(np.log10(6 * n_range[0] * d_range[0]) + 1, np.log10(6 * n_range[1] * d_range[1]) - 1, 4):
         ax.plot(n, flops / (6 * n), color="k", lw=0.6, ls="--")
-        x = np.sqrt(flops / 6 * n_range[0] / d_range[0] * 0 + flops / 6)
+        x = np.sqrt(flops / 6)  # label each isoFLOP line where N = D
         if n_range[0] < x < n_range[1]:
             ax.annotate(f"{flops:.0e}", (x, flops / (6 * x)), fontsize=7)
     ax.set_xscale("log")
