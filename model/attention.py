@@ -148,6 +148,33 @@ class Attention(nnx.Module):
             k_BSGK = rope(k_BSGK, positions_BS, self.cfg.rope_theta)
         return k_BSGK, v_BSGK
 
+    def project_q(self, x_BLD: jax.Array, positions_BL: jax.Array | None) -> jax.Array:
+        """Queries [B, L, H, K] (RoPE applied when positions are given)."""
+        dtype = x_BLD.dtype
+        q_BLHK = jnp.einsum("BLD,DHK->BLHK", x_BLD, self.q_DHK[...].astype(dtype))
+        if self.cfg.use_bias:
+            q_BLHK = q_BLHK + self.q_bias_HK[...].astype(dtype)
+        if self.cfg.position == "rope" and positions_BL is not None:
+            q_BLHK = rope(q_BLHK, positions_BL, self.cfg.rope_theta)
+        return q_BLHK
+
+    def attend_and_project(self, q_BLHK, k_BSGK, v_BSGK, *, mask_B1LS, bias_BHLS, is_causal=False) -> jax.Array:
+        """Softmax attention over the given keys and values, then the output projection to [B, L, D]."""
+        out_BLHK = attend(
+            q_BLHK,
+            k_BSGK,
+            v_BSGK,
+            mask_B1LS=mask_B1LS,
+            bias_BHLS=bias_BHLS,
+            scale=1.0 / math.sqrt(self.cfg.head_size) if self.cfg.scale_attention else 1.0,
+            is_causal=is_causal,
+            dropout=self.attention_dropout,
+        )
+        out_BLD = jnp.einsum("BLHK,HKD->BLD", out_BLHK, self.o_HKD[...].astype(q_BLHK.dtype))
+        if self.cfg.use_bias:
+            out_BLD = out_BLD + self.o_bias_D[...].astype(q_BLHK.dtype)
+        return out_BLD
+
     def __call__(
         self,
         x_BLD: jax.Array,
@@ -156,32 +183,15 @@ class Attention(nnx.Module):
         mask_B1LS: jax.Array | None,
         bias_BHLS: jax.Array | None = None,
         kv_BSD: jax.Array | None = None,
-        kv_positions_BS: jax.Array | None = None,
         is_causal: bool = False,
     ) -> jax.Array:
         """Self-attention over x, or cross-attention to `kv_BSD` (no positions on cross-attention)."""
-        cfg, dtype = self.cfg, x_BLD.dtype
         cross = kv_BSD is not None
-        q_BLHK = jnp.einsum("BLD,DHK->BLHK", x_BLD, self.q_DHK[...].astype(dtype))
-        if cfg.use_bias:
-            q_BLHK = q_BLHK + self.q_bias_HK[...].astype(dtype)
-        if cfg.position == "rope" and not cross:
-            q_BLHK = rope(q_BLHK, positions_BL, cfg.rope_theta)
+        q_BLHK = self.project_q(x_BLD, None if cross else positions_BL)
         k_BSGK, v_BSGK = self.project_kv(kv_BSD if cross else x_BLD, None if cross else positions_BL)
-        out_BLHK = attend(
-            q_BLHK,
-            k_BSGK,
-            v_BSGK,
-            mask_B1LS=mask_B1LS,
-            bias_BHLS=bias_BHLS,
-            scale=1.0 / math.sqrt(cfg.head_size) if cfg.scale_attention else 1.0,
-            is_causal=is_causal,
-            dropout=self.attention_dropout,
+        return self.attend_and_project(
+            q_BLHK, k_BSGK, v_BSGK, mask_B1LS=mask_B1LS, bias_BHLS=bias_BHLS, is_causal=is_causal
         )
-        out_BLD = jnp.einsum("BLHK,HKD->BLD", out_BLHK, self.o_HKD[...].astype(dtype))
-        if cfg.use_bias:
-            out_BLD = out_BLD + self.o_bias_D[...].astype(dtype)
-        return out_BLD
 
 
 def attend(q_BLHK, k_BSGK, v_BSGK, *, mask_B1LS, bias_BHLS, scale, is_causal, dropout: nnx.Dropout):

@@ -25,7 +25,6 @@ step by step (their tests: cached == uncached to float precision for every posit
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -37,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from chinchax.errors import UserError
-from chinchax.model.attention import alibi_bias, attend, rope
+from chinchax.model.attention import alibi_bias
 
 CACHE_AXES = ("layers", "batch", "length", "kv_heads", "kv")
 
@@ -113,34 +112,6 @@ def sample_logits(logits_BV: jax.Array, key: jax.Array, *, temperature, top_k, t
 
 
 # --- the model, one chunk of tokens at a time -----------------------------------------------------------
-
-
-def _project_q(attn, x_BLD, positions_BL):
-    cfg, dtype = attn.cfg, x_BLD.dtype
-    q_BLHK = jnp.einsum("BLD,DHK->BLHK", x_BLD, attn.q_DHK[...].astype(dtype))
-    if cfg.use_bias:
-        q_BLHK = q_BLHK + attn.q_bias_HK[...].astype(dtype)
-    if cfg.position == "rope" and positions_BL is not None:
-        q_BLHK = rope(q_BLHK, positions_BL, cfg.rope_theta)
-    return q_BLHK
-
-
-def _attend_and_project(attn, q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS):
-    cfg, dtype = attn.cfg, q_BLHK.dtype
-    out_BLHK = attend(
-        q_BLHK,
-        k_BSGK,
-        v_BSGK,
-        mask_B1LS=mask_B1LS,
-        bias_BHLS=bias_BHLS,
-        scale=1.0 / math.sqrt(cfg.head_size) if cfg.scale_attention else 1.0,
-        is_causal=False,
-        dropout=attn.attention_dropout,
-    )
-    out_BLD = jnp.einsum("BLHK,HKD->BLD", out_BLHK, attn.o_HKD[...].astype(dtype))
-    if cfg.use_bias:
-        out_BLD = out_BLD + attn.o_bias_D[...].astype(dtype)
-    return out_BLD
 
 
 def _residual(cfg, x_BLD, norm, branch):
@@ -236,11 +207,11 @@ def forward_chunk(model, cache: dict, tokens_BL, *, index, pads_B, prefix_end=0,
         new = {}
 
         def self_attention(h_BLD):
-            q_BLHK = _project_q(attn, h_BLD, positions_BL)
+            q_BLHK = attn.project_q(h_BLD, positions_BL)
             k_new_BLGK, v_new_BLGK = attn.project_kv(h_BLD, positions_BL)
             new["k"] = jax.lax.dynamic_update_slice(k_BSGK, k_new_BLGK.astype(k_BSGK.dtype), (0, index, 0, 0))
             new["v"] = jax.lax.dynamic_update_slice(v_BSGK, v_new_BLGK.astype(v_BSGK.dtype), (0, index, 0, 0))
-            return _attend_and_project(attn, q_BLHK, new["k"], new["v"], mask_B1LS, bias_BHLS)
+            return attn.attend_and_project(q_BLHK, new["k"], new["v"], mask_B1LS=mask_B1LS, bias_BHLS=bias_BHLS)
 
         x_BLD = _residual(cfg, x_BLD, block.self_attention_norm, self_attention)
         if cross:
@@ -249,8 +220,8 @@ def forward_chunk(model, cache: dict, tokens_BL, *, index, pads_B, prefix_end=0,
                 cfg,
                 x_BLD,
                 block.cross_attention_norm,
-                lambda h: _attend_and_project(
-                    cross_attn, _project_q(cross_attn, h, None), cross_k_BSGK, cross_v_BSGK, cross_mask_B1LS, None
+                lambda h: cross_attn.attend_and_project(
+                    cross_attn.project_q(h, None), cross_k_BSGK, cross_v_BSGK, mask_B1LS=cross_mask_B1LS, bias_BHLS=None
                 ),
             )
         x_BLD = _residual(cfg, x_BLD, block.mlp_norm, block.mlp)
