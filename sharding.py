@@ -49,7 +49,7 @@ def resolve_mesh_shape(shape: Sequence[int], n_devices: int | None = None) -> tu
         shape = tuple(n_devices // known if s == -1 else s for s in shape)
     if math.prod(shape) != n_devices or min(shape) < 1:
         raise UserError(
-            f"mesh shape {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices but {n_devices} are "
+            f"mesh shape {dict(zip(MESH_AXES, shape, strict=True))} needs {math.prod(shape)} devices but {n_devices} are "
             "available; use -1 for one axis to fill the rest"
         )
     return shape

@@ -71,8 +71,9 @@ def measure_step(vocab_size: int, *, seq_len: int, batch_size: int, steps: int) 
     import jax
     import jax.numpy as jnp
     import optax
-    from chinchax.model import ModelConfig, Transformer
     from flax import nnx
+
+    from chinchax.model import ModelConfig, Transformer
 
     cfg = ModelConfig(
         name="bench-d512-l8", variant="decoder_only", vocab_size=vocab_size, d_model=512, n_layers=8, n_heads=8,

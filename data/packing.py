@@ -24,8 +24,9 @@ import dataclasses
 
 import grain
 import numpy as np
-from chinchax.data.objectives import pad_row
 from grain import experimental as grain_exp
+
+from chinchax.data.objectives import pad_row
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,6 +47,7 @@ from collections.abc import Sequence
 
 import grain
 import numpy as np
+
 from chinchax.data import objectives as obj
 from chinchax.data import packing as pk
 from chinchax.data.config import DataConfig

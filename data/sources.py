@@ -116,6 +116,7 @@ def _check_params(validation_fraction: float, max_doc_bytes: int) -> None:
 
 def _open_corpus(spec, split: str, data_dir: str, *, prepare: bool) -> DocumentSource:
     import tensorflow_datasets as tfds
+
     from chinchax.data import text_builder
 
     if split not in ("train", "validation"):

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
 from chinchax.errors import UserError
 
 NUM_SENTINELS = 100

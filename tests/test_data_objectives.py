@@ -8,8 +8,9 @@ import math
 
 import numpy as np
 import pytest
-from chinchax.data import objectives as obj
 from scipy.special import comb
+
+from chinchax.data import objectives as obj
 
 SPECIAL = obj.SpecialTokens(
     vocab_size=361, pad_id=0, eos_id=1, bos_id=2, unk_id=3, mask_id=4, sentinel_ids=tuple(range(5, 105))

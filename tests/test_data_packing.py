@@ -3,8 +3,9 @@
 import grain
 import numpy as np
 import pytest
-from chinchax.data import packing as pk
 from grain import experimental as grain_exp
+
+from chinchax.data import packing as pk
 
 
 def make_docs(lengths, seed=0):

@@ -6,6 +6,7 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+
 from chinchax.configlib import load_config
 from chinchax.data import pipeline as P
 from chinchax.data.config import DataConfig

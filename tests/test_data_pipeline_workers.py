@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from chinchax.data import pipeline as P
 from chinchax.data.config import DataConfig
 from chinchax.data.tokenizers import load_tokenizer

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import tensorflow_datasets as tfds
+
 from chinchax.data import sources, text_builder
 from chinchax.data.sources import default_data_dir, open_source
 from chinchax.errors import UserError

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import tensorflow_datasets as tfds
+
 from chinchax.cli import main
 from chinchax.data.sources import open_source
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import tensorflow_datasets as tfds
+
 from chinchax.data import text_builder
 from chinchax.data.sources import open_source
 

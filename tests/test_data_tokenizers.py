@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
+
 from chinchax.data.tokenizers import (
     SENTINEL_PIECES,
     ByteTokenizer,

@@ -123,7 +123,7 @@ def test_packed_documents_equal_separate_documents(preset):
 
 def test_same_seed_same_model_and_dropout_only_in_train_mode():
     a, b = build("tiny-gpt2", "dropout=0.5"), build("tiny-gpt2", "dropout=0.5")
-    for (pa, va), (pb, vb) in zip(nnx.to_flat_state(nnx.state(a, nnx.Param)), nnx.to_flat_state(nnx.state(b, nnx.Param))):
+    for (pa, va), (pb, vb) in zip(nnx.to_flat_state(nnx.state(a, nnx.Param)), nnx.to_flat_state(nnx.state(b, nnx.Param)), strict=True):
         assert pa == pb
         np.testing.assert_array_equal(va.get_value(), vb.get_value())
     tokens = jnp.ones((2, L), jnp.int32)
