@@ -14,4 +14,6 @@ fi
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[dev,ray,eval]"
 export WANDB_MODE="${WANDB_MODE:-offline}"
+# Many tests (and the subprocesses they start) compile the same tiny models: share compiled programs.
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$PWD/.jax-cache}"
 exec "$VENV/bin/python" -m pytest -q -n 2 "$@"
