@@ -162,7 +162,6 @@ def fit_all(out: Path, budgets, *, n_bootstrap: int, quick: bool = False) -> dic
             errors[name] = str(e)
             _say(f"{name}: not fitted: {e}")
             continue
-        _drop_non_real_draws(fits[name])
         fits[name].to_json(out / f"fit_{name}.json")
         files.append(f"fit_{name}.json")
         _say(f"{name} fitted in {time.time() - t:.1f} s")
@@ -190,21 +189,6 @@ def fit_all(out: Path, budgets, *, n_bootstrap: int, quick: bool = False) -> dic
     if "approach3" in fits:
         summary["approach3"] = {k: triple(fits["approach3"], k) for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
     return summary
-
-
-def _drop_non_real_draws(result) -> None:
-    """A bootstrap resample can fit a negative alpha or beta, for which approach 3's allocation
-    coefficient G = (alpha A / (beta B))^(1/(alpha+beta)) is complex; such draws say "no optimum" and
-    cannot be written to JSON. Drop them (and count them) so the rest of the bootstrap is kept."""
-    import math
-
-    kept = [d for d in result.bootstrap_allocation
-            if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (complex(x).real for x in d))
-            and all(complex(x).imag == 0 for x in d)]
-    dropped = len(result.bootstrap_allocation) - len(kept)
-    if dropped:
-        result.bootstrap_allocation = [[float(complex(x).real) for x in d] for d in kept]
-        result.extra["bootstrap_draws_without_optimum"] = dropped
 
 
 def _plots(out: Path, table, fits: dict) -> list[tuple[str, str]]:

@@ -148,8 +148,10 @@ def fit_approach3(
         law=name, params=params, stderr=stderr, intervals=intervals,
         n_runs=int(fit_df["run"].nunique()), n_rows=len(fit_df), n_bootstrap=n_bootstrap, seed=seed,
         allocation={"n_coef": params["n_coef"], "n_exp": params["n_exp"]},
-        bootstrap_allocation=[[d["n_coef"], d["n_exp"]] for d in draws_list],
+        # Resamples whose fit has no finite optimum (G is NaN) are left out of the allocation draws, and counted.
+        bootstrap_allocation=[[d["n_coef"], d["n_exp"]] for d in draws_list if np.isfinite([d["n_coef"], d["n_exp"]]).all()],
         extra={"n_starts": len(starts), "n_starts_at_optimum": n_converged,
+               "bootstrap_draws_without_optimum": sum(not np.isfinite(d["n_coef"]) for d in draws_list),
                "objective": float(polished.value_K.min()), "huber_delta": HUBER_DELTA,
                "seconds_grid": t1 - t0, "seconds_bootstrap": time.perf_counter() - t1},
     )

@@ -51,7 +51,11 @@ class ParametricLaw:
 
     @property
     def G(self) -> float:
-        return (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
+        # A fit with a non-positive exponent or coefficient has no finite optimum: NaN, not a complex number.
+        base = self.alpha * self.A / (self.beta * self.B) if self.beta * self.B != 0 else float("nan")
+        if not (base > 0 and self.alpha + self.beta > 0):
+            return float("nan")
+        return base ** (1.0 / (self.alpha + self.beta))
 
     def allocation(self, name: str = "parametric", source: str = "") -> Allocation:
         # Minimising L subject to C = 6ND gives N_opt = G·(C/6)^a, D_opt = G^-1·(C/6)^b.

@@ -77,3 +77,15 @@ def test_allocation_rows_and_catalogue():
         assert name in set(cat["name"])
     assert cat["source"].str.len().min() > 5 and (cat["n_params"] > 0).all()
     assert cat.set_index("name").loc["Chinchilla", "flops"] == pytest.approx(6 * 70e9 * 1.4e12)
+
+
+def test_no_finite_optimum_gives_nan_not_complex():
+    """A fit with a negative exponent has no compute-optimal allocation: G must be NaN (JSON-safe)."""
+    import math
+
+    from chinchax.scaling.laws import ParametricLaw
+
+    law = ParametricLaw(E=1.7, A=400.0, B=400.0, alpha=-0.1, beta=0.3)
+    assert isinstance(law.G, float) and math.isnan(law.G)
+    assert math.isnan(ParametricLaw(E=1.7, A=-1.0, B=400.0, alpha=0.3, beta=0.3).G)
+    assert math.isfinite(ParametricLaw(E=1.7, A=400.0, B=400.0, alpha=0.3, beta=0.3).G)
