@@ -33,7 +33,7 @@ QUICK_RUN_OVERRIDES = ("data.eval_batches=2", "trainer.checkpoint_every=0", "tra
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="the whole study on this CPU: corpus, isoFLOP sweep, fits, report (~10 min; --quick ~2 min)",
+        help="the whole study on this CPU: corpus, isoFLOP sweep, fits, report (~9 min here; --quick under 2 min)",
         description="Build the embedded stdlib corpus, plan and run an isoFLOP sweep of tiny decoders sized for "
         "a laptop CPU, fit Chinchilla approaches 2 and 3 with bootstrap intervals, and write report.md, "
         "results.csv and the fit JSON. Re-running resumes: finished runs are skipped.",
