@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from chinchax.errors import UserError
+from chinchax.fileio import sha256_file as _sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +148,6 @@ def stdlib_corpus_spec(max_files: int | None = None, **params) -> CorpusSpec:
 
 # ----------------------------------------------------------------------------------------------------
 # Manifest
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def make_manifest(spec: CorpusSpec) -> dict:

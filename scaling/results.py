@@ -20,12 +20,12 @@ import io
 import json
 import os
 import socket
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 from chinchax.errors import UserError
+from chinchax.fileio import write_text_atomic as write_atomic
 from chinchax.scaling.plan import Plan, PlannedRun
 
 STATES = ("planned", "running", "interrupted", "failed", "done")
@@ -40,19 +40,6 @@ EXTRA_COLUMNS = (
     "eval_loss_stderr", "eval_bits_per_byte", "final_train_loss", "wall_time_s", "mfu",
 )
 CURVE_COLUMNS = ("run", "step", "n_params", "n_params_non_embedding", "n_tokens", "flops", "loss", "budget")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to `path` through a temporary file and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: Path) -> dict | None:

@@ -19,7 +19,6 @@ damaged newer one. So orbax keeps everything (`max_to_keep=None`) and this class
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+
+from chinchax.fileio import sha256_file as _sha256
 
 MANIFEST = "chinchax_manifest.json"
 DAMAGED_DIR = "damaged"
@@ -76,14 +77,6 @@ class IteratorStateRestore(ocp.args.CheckpointArgs):
 # --- manifests ------------------------------------------------------------------------------------------
 def _files(step_dir: Path) -> list[Path]:
     return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_manifest(step_dir: Path) -> None:

@@ -10,15 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chinchax.fileio import write_text_atomic as atomic_write_text
+
 # Fields of a row that depend on wall-clock time: they differ between two runs of the same config.
 TIMING_FIELDS = ("step_time_s", "tokens_per_s", "mfu")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, data: dict) -> None:
