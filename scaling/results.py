@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from chinchax.errors import UserError
+from chinchax.evaluation.results import flat_metrics, read_results
 from chinchax.fileio import write_text_atomic as write_atomic
 from chinchax.scaling.plan import Plan, PlannedRun
 
@@ -203,12 +204,15 @@ def collect(sweep: SweepDir, plan: Plan | None = None) -> tuple[list[dict], list
         run_json = read_json(sweep.run_dir(run.run_id) / "run.json")
         if run_json is None or run_json.get("status") != "done":
             continue
-        rows.append(result_row(run, run_json, plan.n_convention))
+        row = result_row(run, run_json, plan.n_convention)
+        row.update(flat_metrics(read_results(sweep.run_dir(run.run_id))))  # `chinchax eval` results, if any
+        rows.append(row)
         last: dict[int, dict] = {}
         for c in curve_rows(run, sweep.run_dir(run.run_id), plan.n_convention):
             last[c["step"]] = c  # a resumed run may log a step twice: keep the last
         curves.extend(last[s] for s in sorted(last))
-    write_atomic(sweep.root / "results.csv", _csv(rows, [*RESULT_COLUMNS, *EXTRA_COLUMNS]))
+    eval_columns = sorted({k for row in rows for k in row if k.startswith("eval/")})
+    write_atomic(sweep.root / "results.csv", _csv(rows, [*RESULT_COLUMNS, *EXTRA_COLUMNS, *eval_columns]))
     write_atomic(sweep.root / "curves.csv", _csv(curves, list(CURVE_COLUMNS)))
     return rows, curves
 

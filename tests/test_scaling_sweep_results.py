@@ -119,3 +119,22 @@ def test_sweep_cli_plan_run_status_collect(tmp_path, capsys):
     assert main(["sweep", "status", str(tmp_path / "nowhere")]) == 2
     assert main(["sweep", "run", str(sweep), "--out", str(tmp_path / "out2"), "--executor", "tpu", "--dry-run"]) == 0
     assert "gcloud compute tpus queued-resources create" in capsys.readouterr().out
+
+
+def test_collect_adds_eval_json_columns(tmp_path):
+    """Downstream metrics from `chinchax eval` (RUN_DIR/eval.json) become results.csv columns, so
+    `chinchax fit` can fit them against compute too; runs without them get empty cells."""
+    from chinchax.evaluation.results import record
+
+    s = SweepDir(tmp_path / "sweep")
+    plan = fakes.fake_plan(3)
+    s.write_plan(plan)
+    executors.run_local(plan, s, max_retries=0, train_command=fakes.fake_train_command(tmp_path), progress=False)
+    record(s.run_dir("r0"), 10, "copa/0shot", {"acc": 0.61, "acc_stderr": 0.05, "note": "text is skipped"})
+    record(s.run_dir("r1"), 10, "copa/0shot", {"acc": 0.55, "acc_stderr": 0.05})
+    collect(s, plan)
+    table = {r["run"]: r for r in _read(s.root / "results.csv")}
+    assert float(table["r0"]["eval/copa/0shot/acc"]) == 0.61
+    assert float(table["r1"]["eval/copa/0shot/acc_stderr"]) == 0.05
+    assert table["r2"]["eval/copa/0shot/acc"] == ""
+    assert "eval/copa/0shot/note" not in table["r0"]
