@@ -19,17 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from chinchax.evaluation.scoring import Scorer
+from chinchax.evaluation.scoring import Scorer, batch_logits
 from chinchax.model import MODEL_INPUT_KEYS
 from chinchax.train.evaluate import bits_per_byte, count_bytes, summarize
 
 
 @partial(jax.jit, static_argnames=("graphdef",))
 def _row_losses(graphdef, state, batch: dict) -> dict:
-    model = nnx.merge(graphdef, state)
-    model.eval()
-    kwargs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch and k != "inputs"}
-    logits_BLV = model(batch["inputs"], **kwargs).astype(jnp.float32)
+    logits_BLV = batch_logits(graphdef, state, batch)
     ce_BL = jax.nn.logsumexp(logits_BLV, axis=-1) - jnp.take_along_axis(logits_BLV, batch["targets"][..., None], -1)[..., 0]
     w_BL = batch["loss_weights"].astype(jnp.float32)
     return {"loss_sum_B": jnp.sum(ce_BL * w_BL, axis=1), "weight_B": jnp.sum(w_BL, axis=1)}

@@ -46,12 +46,17 @@ def _bucket(n: int, multiple: int = LENGTH_BUCKET) -> int:
     return -(-n // multiple) * multiple
 
 
-@partial(jax.jit, static_argnames=("graphdef",))
-def _row_scores(graphdef, state, batch: dict) -> dict:
+def batch_logits(graphdef, state, batch: dict) -> jax.Array:
+    """Float32 logits of the model (in eval mode) for a batch in the training layout (docs/interfaces.md)."""
     model = nnx.merge(graphdef, state)
     model.eval()
     kwargs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch and k != "inputs"}
-    logits_BLV = model(batch["inputs"], **kwargs).astype(jnp.float32)
+    return model(batch["inputs"], **kwargs).astype(jnp.float32)
+
+
+@partial(jax.jit, static_argnames=("graphdef",))
+def _row_scores(graphdef, state, batch: dict) -> dict:
+    logits_BLV = batch_logits(graphdef, state, batch)
     logp_BLV = jax.nn.log_softmax(logits_BLV, axis=-1)
     target_logp_BL = jnp.take_along_axis(logp_BLV, batch["targets"][..., None], axis=-1)[..., 0]
     w_BL = batch["loss_weights"]
