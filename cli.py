@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from chinchax.errors import UserError
+from chinchax.hostenv import reexec_with_hugepage_malloc
 
 # Modules that add subcommands, in the order `chinchax --help` lists them. A module that is not
 # there yet (a feature still being built) is skipped rather than breaking the whole CLI.
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a real command line, not a call from Python (tests)
+        reexec_with_hugepage_malloc()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

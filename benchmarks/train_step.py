@@ -35,6 +35,12 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
     p.add_argument("--remat", choices=("none", "full", "dots", "dots_no_batch"), default="none")
     p.add_argument("--microbatches", type=int, default=1)
+    p.add_argument(
+        "--scan-layers",
+        action="store_true",
+        help="run the layers with nnx.scan (the trainer's default: fast compiles for deep models); "
+        "by default they are unrolled, which was 1.3x faster per step on CPU",
+    )
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes; -1 = fill")
     p.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
@@ -102,6 +108,7 @@ def main(argv=None) -> dict:
         use_bias=False,
         dtype=dtype,
         remat=args.remat,
+        scan_layers=args.scan_layers,
     ).validate()
     mesh = make_mesh(tuple(int(x) for x in args.mesh.split(",")))
     parts = model_parts(cfg, mesh, 0)
@@ -156,6 +163,7 @@ def main(argv=None) -> dict:
         "seq_len": seq,
         "batch": batch,
         "remat": args.remat,
+        "scan_layers": args.scan_layers,
         "n_params": count_params(cfg).total,
         "compile_s": compile_s,
         "step_s": step_s,
@@ -179,4 +187,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from chinchax.hostenv import reexec_with_hugepage_malloc
+
+    reexec_with_hugepage_malloc()  # as `chinchax` does: the step's buffers on huge pages
     main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from chinchax.model.config import ModelConfig
@@ -53,13 +54,20 @@ class Norm(nnx.Module):
         return x.astype(x_BLD.dtype)
 
 
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """x·Φ(x) written with `lax.erf`, as PyTorch/HF define it. `jax.nn.gelu(approximate=False)` goes
+    through erfc, whose expansion XLA:CPU can't fuse well: the MLP's forward and backward took 1.45x as
+    long (measured here, d512 x 2048, float32)."""
+    return x * 0.5 * (1.0 + jax.lax.erf(x * np.float32(1 / np.sqrt(2))).astype(x.dtype))
+
+
 def activation_fn(name: str):
     return {
-        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu": gelu_exact,
         "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
         "relu": jax.nn.relu,
         "swiglu": jax.nn.silu,
-        "geglu": lambda x: jax.nn.gelu(x, approximate=False),
+        "geglu": gelu_exact,
         "geglu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     }[name]
 

@@ -82,6 +82,7 @@ class Block(nnx.Module):
                 mask_B1LS=ctx["mask_B1LS"],
                 bias_BHLS=ctx["bias_BHLS"],
                 is_causal=ctx["is_causal"],
+                within_causal=ctx["within_causal"],
             ),
         )
         if "encoder_BSD" in ctx:
@@ -143,6 +144,7 @@ class Stack(nnx.Module):
         ctx = {
             "positions_BL": positions_BL,
             "is_causal": is_causal,
+            "within_causal": self.causal and prefix_mask_BL is None,
             "mask_B1LS": None
             if is_causal
             else attention_mask(

@@ -1,0 +1,109 @@
+"""The fast paths of the model equal the plain computation they replace: causal attention in query blocks,
+the fused q/k/v projection, and GELU written with erf."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from chinchax.configlib import load_model_config
+from chinchax.model import Transformer, attention
+from chinchax.model.attention import Attention, alibi_bias, attend, attention_mask, causal_query_blocks
+from chinchax.model.layers import gelu_exact
+
+B, L, H, G, K = 2, 512, 4, 2, 16
+
+
+def qkv(seed=0):
+    kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
+    return (
+        jax.random.normal(kq, (B, L, H, K)),
+        jax.random.normal(kk, (B, L, G, K)),
+        jax.random.normal(kv, (B, L, G, K)),
+    )
+
+
+def packed_segments():
+    """Two rows of documents of uneven lengths, the second ending in padding (segment 0)."""
+    row0 = np.repeat([1, 2, 3], [100, 300, 112])
+    row1 = np.concatenate([np.repeat([1, 2], [250, 200]), np.zeros(62, int)])
+    return jnp.asarray(np.stack([row0, row1]), jnp.int32)
+
+
+@pytest.mark.parametrize("case", ["causal", "packed", "alibi"])
+def test_query_blocks_equal_dense_causal_attention_values_and_gradients(case):
+    q, k, v = qkv()
+    causal_LS = jnp.tril(jnp.ones((L, L), bool))
+    mask, bias, is_causal = None, None, True
+    if case == "packed":
+        segments = packed_segments()
+        mask, is_causal = attention_mask(segments, segments, causal=True), False
+    if case == "alibi":
+        positions = jnp.broadcast_to(jnp.arange(L), (B, L))
+        bias = alibi_bias(positions, positions, H)
+    dense_mask = causal_LS[None, None] if mask is None else mask
+    no_dropout = nnx.Dropout(0.0, rngs=nnx.Rngs(0))
+
+    def blocked(q, k, v):
+        out = attend(q, k, v, mask_B1LS=mask, bias_BHLS=bias, scale=0.25, is_causal=is_causal,
+                     dropout=no_dropout, within_causal=True)
+        return out, (out * out).sum()
+
+    def dense(q, k, v):
+        k_rep, v_rep = jnp.repeat(k, H // G, axis=2), jnp.repeat(v, H // G, axis=2)
+        out = jax.nn.dot_product_attention(q, k_rep, v_rep, bias=bias, mask=dense_mask, scale=0.25)
+        return out, (out * out).sum()
+
+    assert causal_query_blocks(L, L) == 4
+    grads_blocked = jax.grad(lambda *a: blocked(*a)[1], argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(blocked(q, k, v)[0], dense(q, k, v)[0], atol=1e-5, rtol=1e-5)
+    grads_dense = jax.grad(lambda *a: dense(*a)[1], argnums=(0, 1, 2))(q, k, v)
+    for g_blocked, g_dense in zip(grads_blocked, grads_dense, strict=True):
+        np.testing.assert_allclose(g_blocked, g_dense, atol=1e-4, rtol=1e-4)
+
+
+def test_block_counts():
+    assert causal_query_blocks(2048, 2048) == 8  # blocks of 256
+    assert causal_query_blocks(512, 512) == 4  # of 128
+    assert causal_query_blocks(256, 256) == 2
+    assert causal_query_blocks(128, 128) == 1  # too short to split
+    assert causal_query_blocks(512, 1024) == 1  # not self-attention over the same positions (decoding)
+    assert causal_query_blocks(300, 300) == 2
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
+def test_a_packed_causal_model_gives_the_same_logits_with_and_without_blocks(preset, monkeypatch):
+    model = Transformer(load_model_config(preset, [f"max_len={L}"]), rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(3), (B, L), 1, model.cfg.vocab_size)
+    segments = packed_segments()
+    positions = jnp.concatenate([jnp.arange(100), jnp.arange(300), jnp.arange(112)])
+    positions = jnp.stack([positions, jnp.concatenate([jnp.arange(250), jnp.arange(200), jnp.zeros(62, int)])])
+    blocked = model(tokens, positions=positions, segment_ids=segments)
+    monkeypatch.setattr(attention, "causal_query_blocks", lambda L, S: 1)
+    dense = model(tokens, positions=positions, segment_ids=segments)
+    np.testing.assert_allclose(blocked, dense, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [["position=rope", "n_kv_heads=1"], ["position=rope", "use_bias=true"]])
+def test_fused_qkv_projection_equals_separate_projections(overrides):
+    cfg = load_model_config("tiny-llama", overrides)
+    attn = Attention(cfg, rngs=nnx.Rngs(0))
+    if cfg.use_bias:  # nonzero biases, so adding them to the right heads is checked
+        for name in ("q_bias_HK", "k_bias_GK", "v_bias_GK"):
+            p = getattr(attn, name)
+            p[...] = jax.random.normal(jax.random.key(len(name)), p[...].shape)
+    x = jax.random.normal(jax.random.key(4), (B, 16, cfg.d_model))
+    positions = jnp.broadcast_to(jnp.arange(16), (B, 16)) + 3
+    q, k, v = attn.project_qkv(x, positions)
+    np.testing.assert_allclose(q, attn.project_q(x, positions), atol=1e-6)
+    for fused, separate in zip((k, v), attn.project_kv(x, positions), strict=True):
+        np.testing.assert_allclose(fused, separate, atol=1e-6)
+
+
+def test_gelu_with_erf_equals_jax_exact_gelu_values_and_gradients():
+    x = jnp.linspace(-8.0, 8.0, 10001)
+    np.testing.assert_allclose(gelu_exact(x), jax.nn.gelu(x, approximate=False), atol=2e-6)
+    g = jax.vmap(jax.grad(gelu_exact))(x)
+    np.testing.assert_allclose(g, jax.vmap(jax.grad(lambda t: jax.nn.gelu(t, approximate=False)))(x), atol=2e-6)
+    assert float(jnp.abs(gelu_exact(x) - jax.nn.gelu(x, approximate=True)).max()) > 1e-4  # not the tanh form
