@@ -186,6 +186,10 @@ def fit_all(out: Path, budgets, *, n_bootstrap: int, quick: bool = False) -> dic
                "errors": errors, "json": {k: f"fit_{k}.json" for k in fits}}
     if "approach2" in fits:
         summary["approach2"] = {k: triple(fits["approach2"], k) for k in ("a", "b")}
+        extra = fits["approach2"].extra
+        summary["approach2_bootstrap"] = {"method": extra["bootstrap_method"], "noise": extra.get("noise"),
+                                          "sigma": extra.get("noise_sigma"),
+                                          "sizes": int(table.groupby("budget").size().min())}
     if "approach3" in fits:
         summary["approach3"] = {k: triple(fits["approach3"], k) for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
     return summary
@@ -247,6 +251,15 @@ def optimal_rows(fits: dict) -> list[list]:
     return rows
 
 
+def _approach2_method(fits: dict) -> str:
+    how = fits.get("approach2_bootstrap")
+    if not how or how["method"] == "runs":
+        return " over runs"
+    return (f" (approach 3 over runs; approach 2 redraws each loss around its budget's parabola with σ = "
+            f"{how['sigma']:.3g} nats from the {how['noise']}, since {how['sizes']} sizes per budget are too few "
+            "to resample)")
+
+
 def render(summary: dict) -> tuple[str, str]:
     """report.md text, and the compute-optimal table as plain text for the terminal."""
     plan, rows, fits, corpus = summary["plan"], summary["rows"], summary["fits"], summary["corpus"]
@@ -291,7 +304,7 @@ Wall time: **{minutes:.1f} min** on {machine['processor']} ({machine['cpus']} co
 {plan.flops_independent:.3g} training FLOPs in all. Learning rate ∝ 1/d_model, cosine schedule.{_failed(summary)}
 - **Fits**: Chinchilla approach 2 (a parabola in log N per budget, power laws through the minima) and \
 approach 3 (L = E + A/N^α + B/D^β, Huber loss on log L, L-BFGS from Chinchilla's grid), each with \
-{fits['n_bootstrap']} bootstrap resamples over runs; intervals are {level:.0%} percentile intervals.
+{fits['n_bootstrap']} bootstrap resamples{_approach2_method(fits)}; intervals are {level:.0%} percentile intervals.
 
 ## Compute-optimal allocation
 

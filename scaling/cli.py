@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--holdout", choices=("none", "largest"), default="none",
                      help="'largest': fit without the largest-budget runs and report the error on them")
+    fit.add_argument("--approach2-bootstrap", choices=("auto", "runs", "parametric"), default="auto",
+                     help="approach 2: resample runs per budget, or redraw losses around the fitted parabolas "
+                     "(auto: runs when every budget has >= 6 sizes)")
     fit.add_argument("--coarse-grid", action="store_true",
                      help="approach 3: 108 starts instead of Chinchilla's 4,500 (quick looks)")
     fit.add_argument("--flops", type=float, action="append", default=[],
@@ -57,7 +60,7 @@ def register(subparsers) -> None:
 
 
 def run_fit(table, law: str, *, n_bootstrap: int = 200, seed: int = 0, holdout: str | None = None,
-            coarse_grid: bool = False):
+            coarse_grid: bool = False, approach2_bootstrap: str = "auto"):
     """Python entry point used by the CLI and the demo: table (path or DataFrame) -> FitResult."""
     from chinchax.errors import UserError
     from chinchax.scaling.table import load_table
@@ -73,7 +76,7 @@ def run_fit(table, law: str, *, n_bootstrap: int = 200, seed: int = 0, holdout: 
     if law == "chinchilla-2":
         from chinchax.scaling.fit_chinchilla import fit_approach2
 
-        return fit_approach2(df, n_bootstrap=n_bootstrap, seed=seed, holdout=holdout)
+        return fit_approach2(df, n_bootstrap=n_bootstrap, seed=seed, holdout=holdout, bootstrap=approach2_bootstrap)
     if law == "kaplan":
         from chinchax.scaling.fit_kaplan import fit_kaplan
 
@@ -86,8 +89,10 @@ def run_fit(table, law: str, *, n_bootstrap: int = 200, seed: int = 0, holdout: 
 
 def _fit(args) -> int:
     result = run_fit(args.table, args.law, n_bootstrap=args.bootstrap, seed=args.seed,
-                     holdout=args.holdout, coarse_grid=args.coarse_grid)
-    print(f"{result.law}: {result.n_runs} runs, {result.n_bootstrap} bootstrap resamples (seed {result.seed})")
+                     holdout=args.holdout, coarse_grid=args.coarse_grid,
+                     approach2_bootstrap=args.approach2_bootstrap)
+    method = result.extra.get("bootstrap_method", "runs")
+    print(f"{result.law}: {result.n_runs} runs, {result.n_bootstrap} bootstrap resamples ({method}, seed {result.seed})")
     for name, value in result.params.items():
         lo, hi = result.intervals.get(name, [None, None])
         iv = f"[{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else ""

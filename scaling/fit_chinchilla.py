@@ -15,6 +15,10 @@ from chinchax.scaling.table import budgets, final_rows, holdout_split, require_r
 
 ENVELOPE_POINTS = 250  # log-spaced FLOP values at which the envelope is read (Chinchilla used 1,500)
 MIN_PER_BUDGET = 3  # a parabola needs three points
+# Resampling runs within a budget keeps >= 3 distinct sizes often enough only when there are this many
+# (with 4 sizes a third of the resamples lose the parabola); below it approach 2 bootstraps the losses.
+MIN_SIZES_TO_RESAMPLE_RUNS = 6
+BOOTSTRAP_METHODS = ("auto", "runs", "parametric")
 
 
 def power_law(flops: np.ndarray, values: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
@@ -97,7 +101,17 @@ def isoflop_minima(df: pd.DataFrame, weights: np.ndarray | None = None) -> pd.Da
 
 
 def fit_approach2(table: pd.DataFrame, *, n_bootstrap: int = 200, seed: int = 0,
-                  holdout: str | None = None) -> FitResult:
+                  holdout: str | None = None, bootstrap: str = "auto") -> FitResult:
+    """Approach 2 with a bootstrap interval for the allocation exponent.
+
+    `bootstrap`: "runs" resamples runs within each budget (as approaches 1 and 3 do); "parametric" keeps the
+    design and redraws every loss around its budget's fitted parabola, with the noise measured by the pooled
+    residuals of the parabolas (or, when every budget has exactly 3 sizes and so no residuals, by the
+    runs' `eval_loss_stderr`); "auto" resamples runs when every budget has >= 6 sizes, else is parametric.
+    """
+    if bootstrap not in BOOTSTRAP_METHODS:
+        raise UserError(f"bootstrap={bootstrap!r} is not an approach-2 bootstrap; choose one of "
+                        f"{', '.join(BOOTSTRAP_METHODS)}")
     df_all = final_rows(table)
     df, held = holdout_split(df_all, holdout)
     counts = pd.Series(budgets(df)).value_counts()
@@ -110,12 +124,18 @@ def fit_approach2(table: pd.DataFrame, *, n_bootstrap: int = 200, seed: int = 0,
         raise UserError("approach 2: fewer than 2 budgets have a loss valley (parabola opening upwards); "
                         "widen the range of model sizes at each budget so it brackets the optimum")
     coef, exp = power_law(minima["budget"].to_numpy(), minima["n_opt"].to_numpy())
-    draws = []
-    for w in resample_runs(df["run"].to_numpy(), n_bootstrap, seed, strata=budgets(df)):
-        m = isoflop_minima(df, w)
+    if bootstrap == "auto":
+        bootstrap = "runs" if usable.min() >= MIN_SIZES_TO_RESAMPLE_RUNS else "parametric"
+    draws, noise = [], {}
+    if bootstrap == "runs":
+        samples = (isoflop_minima(df, w) for w in resample_runs(df["run"].to_numpy(), n_bootstrap, seed,
+                                                               strata=budgets(df)))
+    else:
+        samples, noise = _parametric_minima(df, n_bootstrap, seed)
+    for m in samples:
         draws.append(power_law(m["budget"].to_numpy(), m["n_opt"].to_numpy()) if len(m) >= 2 else (np.nan, np.nan))
     result = _allocation_result("chinchilla-2", coef, exp, np.array(draws), df, n_bootstrap, seed,
-                                extra={"minima": minima.to_dict("list")})
+                                extra={"minima": minima.to_dict("list"), "bootstrap_method": bootstrap, **noise})
     if held is not None:
         hm = isoflop_minima(held)
         if len(hm):
@@ -126,6 +146,46 @@ def fit_approach2(table: pd.DataFrame, *, n_bootstrap: int = 200, seed: int = 0,
         else:
             result.holdout = {"note": "the held-out budget has no parabola minimum to compare with"}
     return result
+
+
+def _parametric_minima(df: pd.DataFrame, n_bootstrap: int, seed: int):
+    """(generator of isoflop_minima over redrawn losses, description of the noise used).
+
+    Each budget with >= 3 sizes gets its least-squares parabola; the losses are redrawn as fitted value +
+    N(0, sigma^2). sigma is the pooled residual standard deviation over all budgets when there are at
+    least 2 residual degrees of freedom, else each run's eval_loss_stderr."""
+    b = budgets(df)
+    x_all, y_all = np.log10(df["n_params"].to_numpy()), df["loss"].to_numpy()
+    fitted = np.full(len(df), np.nan)
+    squares, dof = 0.0, 0
+    for budget in np.unique(b):
+        m = b == budget
+        if np.unique(x_all[m]).size < MIN_PER_BUDGET:
+            continue
+        coeffs = np.polyfit(x_all[m], y_all[m], 2)
+        fitted[m] = np.polyval(coeffs, x_all[m])
+        squares += float(np.sum((y_all[m] - fitted[m]) ** 2))
+        dof += int(m.sum()) - 3
+    keep = np.isfinite(fitted)
+    if dof >= 2:
+        sigma = np.full(len(df), np.sqrt(squares / dof))
+        noise = {"noise": "pooled parabola residuals", "noise_sigma": float(sigma[0]), "noise_dof": dof}
+    elif "eval_loss_stderr" in df.columns and np.all(np.isfinite(df["eval_loss_stderr"].to_numpy()[keep])):
+        sigma = df["eval_loss_stderr"].to_numpy(dtype=np.float64)
+        noise = {"noise": "eval_loss_stderr of each run", "noise_sigma": float(np.median(sigma[keep]))}
+    else:
+        raise UserError("approach 2's parametric bootstrap needs the size of the loss noise: give some budget "
+                        "more than 3 sizes (residuals measure it) or the table an eval_loss_stderr column")
+    rng = np.random.default_rng(seed)
+    sub = df[keep].reset_index(drop=True)
+
+    def samples():
+        for _ in range(n_bootstrap):
+            redrawn = sub.copy()
+            redrawn["loss"] = fitted[keep] + sigma[keep] * rng.standard_normal(int(keep.sum()))
+            yield isoflop_minima(redrawn)
+
+    return samples(), noise
 
 
 def _allocation_result(law, coef, exp, draws, df, n_bootstrap, seed, extra) -> FitResult:

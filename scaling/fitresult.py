@@ -86,7 +86,8 @@ def summarise(best: dict[str, float], draws: dict[str, np.ndarray]) -> tuple[dic
         if x.size < 2:
             stderr[name], intervals[name] = float("nan"), [float("nan"), float("nan")]
             continue
-        stderr[name] = float(np.std(x, ddof=1))
+        with np.errstate(over="ignore"):  # a coefficient the data cannot pin down can span 100 decades
+            stderr[name] = float(np.std(x, ddof=1))
         lo, hi = np.percentile(x, [50 * (1 - CONFIDENCE), 50 * (1 + CONFIDENCE)])
         intervals[name] = [float(lo), float(hi)]
     return stderr, intervals

@@ -42,6 +42,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     # Fits: approaches 2 and 3 as JSON with bootstrap intervals.
     fits = {p.name: json.loads(p.read_text()) for p in out.glob("fit_*.json")}
     assert {"fit_approach2.json", "fit_approach3.json"} <= set(fits)
+    # 3 sizes per budget: approach 2 bootstraps the losses around its parabolas, so its interval exists
+    approach2 = fits["fit_approach2.json"]
+    assert approach2["extra"]["bootstrap_method"] == "parametric"
+    assert all(v is not None for v in approach2["intervals"]["a"])
 
     # The report embeds every plot it names, and the plots exist.
     report = (out / "report.md").read_text()

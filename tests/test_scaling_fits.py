@@ -7,6 +7,7 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import huber, logsumexp
 
+from chinchax.errors import UserError
 from chinchax.scaling.fit_chinchilla import fit_approach1, fit_approach2
 from chinchax.scaling.fit_kaplan import fit_kaplan
 from chinchax.scaling.fit_parametric import approach3_objective, chinchilla_grid, fit_approach3
@@ -25,10 +26,40 @@ def _inside(result, name, true):
 def test_approach2_recovers_allocation_exponent():
     df = isoflop_table(CHINCHILLA_3, BUDGETS, 9, noise=0.005, seed=3)
     r = fit_approach2(df, n_bootstrap=100, seed=0)
+    assert r.extra["bootstrap_method"] == "runs"  # 9 sizes per budget: resampling runs keeps the parabolas
     _inside(r, "a", CHINCHILLA_3.a)
     assert abs(r.params["a"] - CHINCHILLA_3.a) < 0.02
     n, lo, hi = r.n_opt(1e22)
     assert lo < float(CHINCHILLA_3.allocation().n_opt(1e22)) < hi and lo < n < hi
+
+
+def test_approach2_with_four_sizes_per_budget_bootstraps_the_losses_around_the_parabolas():
+    df = isoflop_table(CHINCHILLA_3, BUDGETS, 4, noise=0.005, seed=5)
+    r = fit_approach2(df, n_bootstrap=200, seed=0)
+    assert r.extra["bootstrap_method"] == "parametric"
+    assert r.extra["noise"] == "pooled parabola residuals" and r.extra["noise_dof"] == len(BUDGETS)
+    assert 0.001 < r.extra["noise_sigma"] < 0.05  # the 0.5% noise on losses of ~2-3 nats, plus misfit
+    _inside(r, "a", CHINCHILLA_3.a)
+    assert r.extra["bootstrap_failed"] < 10
+    # resampling runs instead loses a budget's parabola in a third of the draws: why "auto" avoids it here
+    runs = fit_approach2(df, n_bootstrap=200, seed=0, bootstrap="runs")
+    assert runs.extra["bootstrap_failed"] > r.extra["bootstrap_failed"]
+    assert runs.params == r.params  # the point estimate does not depend on the bootstrap
+
+
+def test_approach2_with_three_sizes_per_budget_takes_the_noise_from_eval_stderr():
+    df = isoflop_table(CHINCHILLA_3, BUDGETS, 3, noise=0.003, seed=6)
+    with pytest.raises(UserError, match="eval_loss_stderr"):  # 3 points per parabola: no residuals
+        fit_approach2(df, n_bootstrap=20, seed=0)
+    df["eval_loss_stderr"] = 0.003 * df["loss"]
+    r = fit_approach2(df, n_bootstrap=200, seed=0)
+    assert r.extra["noise"] == "eval_loss_stderr of each run"
+    _inside(r, "a", CHINCHILLA_3.a)
+    narrow = fit_approach2(df.assign(eval_loss_stderr=0.0003 * df["loss"]), n_bootstrap=200, seed=0)
+    width = lambda f: f.intervals["a"][1] - f.intervals["a"][0]  # noqa: E731
+    assert width(narrow) < width(r) / 3  # the interval follows the stated noise
+    with pytest.raises(UserError, match="bootstrap='bad'"):
+        fit_approach2(df, bootstrap="bad")
 
 
 def test_approach1_recovers_allocation_exponent_from_loss_curves():
