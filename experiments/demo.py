@@ -251,6 +251,34 @@ def optimal_rows(fits: dict) -> list[list]:
     return rows
 
 
+def edge_winners(rows: list[dict]) -> dict[str, list[float]]:
+    """Budgets whose lowest loss is at the smallest or the largest model size: there the grid does not
+    bracket the optimum, and an approach-2 minimum is an extrapolation."""
+    edges: dict[str, list[float]] = {"smallest": [], "largest": []}
+    for budget in sorted({r["budget"] for r in rows}):
+        runs = sorted((r for r in rows if r["budget"] == budget), key=lambda r: r["n_params"])
+        best = min(range(len(runs)), key=lambda i: runs[i]["loss"])
+        if best == 0:
+            edges["smallest"].append(budget)
+        elif best == len(runs) - 1:
+            edges["largest"].append(budget)
+    return edges
+
+
+def _bracketing(rows: list[dict]) -> str:
+    edges = edge_winners(rows)
+    parts = []
+    if edges["smallest"]:
+        parts.append(f"At {len(edges['smallest'])} of {len({r['budget'] for r in rows})} budgets "
+                     f"({', '.join(f'{b:.3g}' for b in edges['smallest'])}) the smallest model had the lowest loss: "
+                     "the compute-optimal size there is at or below the smallest model of the grid, which at "
+                     "this scale is set by the embeddings (vocabulary x d_model) more than by the budget.")
+    if edges["largest"]:
+        parts.append(f"At {', '.join(f'{b:.3g}' for b in edges['largest'])} the largest model had the lowest loss: "
+                     "the optimum is at or above the grid.")
+    return (" " + " ".join(parts)) if parts else " Every budget's best run is inside its grid of sizes."
+
+
 def _approach2_method(fits: dict) -> str:
     how = fits.get("approach2_bootstrap")
     if not how or how["method"] == "runs":
@@ -322,8 +350,8 @@ Honestly: not much, and the intervals say so. At the largest budget ({largest:.3
 to {_si(max(r['n_params'] for r in rows))} parameters (embeddings are a large share of N), budgets that \
 span only {_decades(rows):.1f} decade(s), {len(rows) // max(1, len(set(r['budget'] for r in rows)))} sizes per \
 budget, one seed per run, eval losses with a standard error of about \
-{_mean_stderr(rows):.3f} nats, and a learning rate that is not tuned per size. The demo shows the \
-machinery end to end; for a real law, run experiments/chinchilla_ladder.yaml on accelerators.
+{_mean_stderr(rows):.3f} nats, and a learning rate that is not tuned per size.{_bracketing(rows)} The demo shows \
+the machinery end to end; for a real law, run experiments/chinchilla_ladder.yaml on accelerators.
 
 ## Plots
 

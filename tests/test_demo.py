@@ -68,3 +68,16 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert time.time() - t < first_wall
     assert json.loads((out / "summary.json").read_text())["runs"] == 6
     assert Path(out / "report.md").exists()
+
+
+def test_the_report_names_budgets_whose_best_run_is_at_the_edge_of_the_grid():
+    from chinchax.experiments.demo import _bracketing, edge_winners
+
+    def rows(budget, losses):
+        return [{"budget": budget, "n_params": 1000 * (i + 1), "loss": loss} for i, loss in enumerate(losses)]
+
+    table = rows(1e10, [2.9, 3.0, 3.1]) + rows(3e10, [2.9, 2.8, 2.95]) + rows(1e11, [2.9, 2.8, 2.7])
+    assert edge_winners(table) == {"smallest": [1e10], "largest": [1e11]}
+    text = _bracketing(table)
+    assert "At 1 of 3 budgets (1e+10) the smallest model" in text and "At 1e+11 the largest" in text
+    assert "inside its grid" in _bracketing(rows(3e10, [2.9, 2.8, 2.95]))
