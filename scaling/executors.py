@@ -356,6 +356,17 @@ def tpu_run_commands(settings: TpuSettings, node: str, run: PlannedRun, config_p
     ]
 
 
+def tpu_seed_branch_commands(settings: TpuSettings, run: PlannedRun, gcloud: str = "gcloud") -> list[list[str]]:
+    """WSD branch on GCS, as `seed_branch` does locally: the trunk's checkpoint at the branch step and its
+    metrics (the trainer drops the rows after the step it resumes from) go into the branch's run dir."""
+    root = settings.run_root.rstrip("/")
+    trunk, branch = f"{root}/{run.branch_of}", f"{root}/{run.run_id}"
+    return [
+        [gcloud, "storage", "cp", "--recursive", f"{trunk}/{CHECKPOINTS}/{run.branch_step}", f"{branch}/{CHECKPOINTS}/"],
+        [gcloud, "storage", "cp", f"{trunk}/metrics.jsonl", f"{branch}/metrics.jsonl"],
+    ]
+
+
 def tpu_delete_command(settings: TpuSettings, node: str, gcloud: str = "gcloud") -> list[str]:
     if settings.queued:
         return [gcloud, "compute", "tpus", "queued-resources", "delete", node, *_where(settings), "--force",
@@ -386,8 +397,6 @@ def run_tpu(
     settings_root = settings if settings.run_root else _with_root(settings, root)
     todo = runs_to_launch(plan, sweep, skip_failed)
     outcomes = [Outcome(r.run_id, "skipped") for r in plan.runs if r not in todo]
-    if any(r.branch_of for r in todo):
-        raise UserError("WSD branches are not supported on the tpu executor yet; plan with wsd.branch=false")
     if execute is None:
         execute = lambda cmd: subprocess.run(cmd, capture_output=True, text=True)  # noqa: E731
 
@@ -416,12 +425,27 @@ def run_tpu(
                     time.sleep(settings.poll_seconds)
             do(tpu_ssh(settings_root, node, settings.setup_command, gcloud))
         # Runs go to the slices round-robin; slices work in parallel, each runs its share one after another.
+        def seed(run: PlannedRun) -> None:
+            """A branch starts from its trunk's checkpoint unless its own run dir has checkpoints already
+            (seeded or trained before: re-seeding would replace its metrics with the trunk's)."""
+            listing = do([gcloud, "storage", "ls", f"{root.rstrip('/')}/{run.run_id}/{CHECKPOINTS}/"], check=False)
+            if listing is not None and listing.returncode == 0 and listing.stdout.strip():
+                return
+            for cmd in tpu_seed_branch_commands(settings_root, run, gcloud):
+                result = do(cmd, check=False)
+                if result is not None and result.returncode:
+                    echo(f"[sweep] {run.run_id}: no checkpoint of trunk {run.branch_of} at step {run.branch_step} "
+                         "to start from; training the branch from scratch")
+                    return
+
         def work(node: str, share: list[PlannedRun]) -> list[Outcome]:
             done = []
             for run in share:
                 local_dir = sweep.run_dir(run.run_id)
                 if not dry_run:
                     local_dir.mkdir(parents=True, exist_ok=True)
+                if run.branch_of:
+                    seed(run)
                 config = write_run_config(sweep, run, run_dir=f"{root.rstrip('/')}/{run.run_id}")
                 error = ""
                 for attempt in range(1, max_retries + 2):
@@ -438,14 +462,17 @@ def run_tpu(
                     done.append(Outcome(run.run_id, "failed", max_retries + 1, error))
             return done
 
-        shares = {node: todo[i :: len(nodes)] for i, node in enumerate(nodes)}
-        if dry_run:  # print in a readable order
-            for node, share in shares.items():
-                outcomes += work(node, share)
-        else:
-            with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-                for future in [pool.submit(work, n, s) for n, s in shares.items()]:
-                    outcomes += future.result()
+        # Trunks (and unbranched runs) on all slices first; the WSD branches, which start from the trunks'
+        # checkpoints, after every trunk has finished.
+        for phase in ([r for r in todo if not r.branch_of], [r for r in todo if r.branch_of]):
+            shares = {node: phase[i :: len(nodes)] for i, node in enumerate(nodes)}
+            if dry_run:  # print in a readable order
+                for node, share in shares.items():
+                    outcomes += work(node, share)
+            else:
+                with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+                    for future in [pool.submit(work, n, s) for n, s in shares.items()]:
+                        outcomes += future.result()
     finally:
         if settings.delete_after:
             for node in nodes:

@@ -264,3 +264,51 @@ def test_wsd_branch_is_seeded_from_its_trunk_checkpoint(tmp_path, capsys):
     assert (b / "checkpoints" / "6" / "state" / "data.bin").read_bytes() == b"trained further"
     # The executor launches trunks before branches.
     assert [r.run_id for r in executors.runs_to_launch(plan, s)] == ["r1", "r0"]
+
+
+def test_tpu_executor_seeds_wsd_branches_on_gcs_after_their_trunks(tmp_path):
+    import dataclasses
+    import subprocess
+
+    plan = fakes.fake_plan(3)
+    r0, r1, r2 = plan.runs
+    branch = dataclasses.replace(r0, branch_of="r1", branch_step=6)
+    plan = dataclasses.replace(plan, runs=(branch, r1, r2))
+    s = SweepDir(tmp_path / "sweep")
+    s.write_plan(plan)
+    st = TpuSettings(nodes=2, run_root="gs://b/x", poll_seconds=0.0)
+
+    def run_with(listing: str, copy_fails: bool):
+        calls, echoed = [], []
+
+        def execute(cmd):
+            calls.append(cmd)
+            out, code = "ACTIVE" if "describe" in cmd else "", 0
+            if cmd[1:3] == ["storage", "ls"]:
+                out, code = listing, 0 if listing else 1
+            if cmd[1:3] == ["storage", "cp"] and "gs://b/x/r1/checkpoints/6" in cmd and copy_fails:
+                code = 1
+            return subprocess.CompletedProcess(cmd, code, out, "")
+
+        outcomes = executors.run_tpu(plan, s, st, execute=execute, echo=echoed.append)
+        return calls, echoed, {o.run_id: o.status for o in outcomes}
+
+    calls, echoed, states = run_with(listing="", copy_fails=False)
+    assert states == {"r0": "done", "r1": "done", "r2": "done"}
+    trains = [i for i, c in enumerate(calls) if c[-1].startswith("--command=chinchax train")]
+    order = [calls[i][-1].split("/")[-1] for i in trains]
+    assert order.index("r0.yaml") == 2  # the branch runs after both trunks, on whichever slice
+    seeds = [c for c in calls if c[1:3] == ["storage", "cp"] and "gs://b/x/r0/" in c[-1]]
+    assert seeds == [
+        ["gcloud", "storage", "cp", "--recursive", "gs://b/x/r1/checkpoints/6", "gs://b/x/r0/checkpoints/"],
+        ["gcloud", "storage", "cp", "gs://b/x/r1/metrics.jsonl", "gs://b/x/r0/metrics.jsonl"],
+    ]
+    assert calls.index(seeds[0]) > trains[0] and calls.index(seeds[1]) < trains[2]
+    assert "run_dir: gs://b/x/r0" in s.config_path("r0").read_text()  # the branch trains in its own dir
+    # Already seeded (or trained) on GCS: left alone.
+    calls, _, _ = run_with(listing="gs://b/x/r0/checkpoints/6/\n", copy_fails=False)
+    assert not [c for c in calls if c[1:3] == ["storage", "cp"] and "gs://b/x/r0/" in c[-1]]
+    # The trunk has no checkpoint at the branch step: the branch trains from scratch, and says so.
+    calls, echoed, states = run_with(listing="", copy_fails=True)
+    assert any("training the branch from scratch" in line for line in echoed)
+    assert states["r0"] == "done"
