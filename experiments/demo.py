@@ -2,7 +2,7 @@
 
 1. builds the embedded corpus (the Python standard library's .py files) and uses the byte tokenizer
    (361 ids: embeddings stay a modest share of N even for models of 10-200k parameters);
-2. plans the isoFLOP sweep of experiments/demo_sweep.yaml (3 budgets x 4 sizes; `--quick`: 2 x 3, smaller);
+2. plans the isoFLOP sweep of experiments/demo_sweep.yaml (3 budgets x 6 sizes; `--quick`: 2 x 3, smaller);
 3. runs it with the local executor (`chinchax train` subprocesses, `--parallel` at a time; re-running
    the demo skips finished runs and resumes interrupted ones);
 4. collects results.csv, fits Chinchilla approaches 2 and 3 with bootstrap intervals, draws the plots,
@@ -33,7 +33,7 @@ QUICK_RUN_OVERRIDES = ("data.eval_batches=2", "trainer.checkpoint_every=0", "tra
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="the whole study on this CPU: corpus, isoFLOP sweep, fits, report (~9 min here; --quick under 2 min)",
+        help="the whole study on this CPU: corpus, isoFLOP sweep, fits, report (~8 min here; --quick under 2 min)",
         description="Build the embedded stdlib corpus, plan and run an isoFLOP sweep of tiny decoders sized for "
         "a laptop CPU, fit Chinchilla approaches 2 and 3 with bootstrap intervals, and write report.md, "
         "results.csv and the fit JSON. Re-running resumes: finished runs are skipped.",
