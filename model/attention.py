@@ -232,7 +232,7 @@ def attend(
     see a key s > l (causal decoders, packed or not), so key blocks above the diagonal can be skipped.
     Causal self-attention runs in query blocks, block i over keys [0, end of block i): XLA has no fused
     attention on CPU (nor on GPU in float32), and computing the masked half of [L, S] doubles the work
-    (the step of the CPU benchmark took 0.3 s less for it; docs/benchmarks.md). Without dropout and
+    (the step of the CPU benchmark took 0.5 s less for it; docs/benchmarks.md). Without dropout and
     blocks this is `jax.nn.dot_product_attention`, which takes cuDNN flash attention on GPU.
     """
     use_dropout = not (dropout.rate == 0.0 or dropout.deterministic)
@@ -248,7 +248,8 @@ def attend(
                 q_BLHK, k_BSGK, v_BSGK, bias=bias_BHLS, mask=mask_B1LS, scale=scale, is_causal=is_causal
             )
         if is_causal:
-            mask_B1LS = (jnp.arange(L)[:, None] >= jnp.arange(S)[None, :])[None, None]
+            causal_11LS = (jnp.arange(L)[:, None] >= jnp.arange(S)[None, :])[None, None]
+            mask_B1LS = causal_11LS if mask_B1LS is None else mask_B1LS & causal_11LS
         return _softmax_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS, scale, dropout)
     size = L // n_blocks
     out_blocks = []
