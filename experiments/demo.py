@@ -1,7 +1,7 @@
 """`chinchax demo`: a whole compute-optimal scaling study on this CPU, in one command.
 
 1. builds the embedded corpus (the Python standard library's .py files) and uses the byte tokenizer
-   (361 ids: embeddings stay a modest share of N even for models of 10-200k parameters);
+   (361 ids; even so the 384 x d_model embedding table is most of N for the smallest models);
 2. plans the isoFLOP sweep of experiments/demo_sweep.yaml (3 budgets x 6 sizes; `--quick`: 2 x 3, smaller);
 3. runs it with the local executor (`chinchax train` subprocesses, `--parallel` at a time; re-running
    the demo skips finished runs and resumes interrupted ones);

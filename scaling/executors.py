@@ -424,7 +424,6 @@ def run_tpu(
                         break
                     time.sleep(settings.poll_seconds)
             do(tpu_ssh(settings_root, node, settings.setup_command, gcloud))
-        # Runs go to the slices round-robin; slices work in parallel, each runs its share one after another.
         def seed(run: PlannedRun) -> None:
             """A branch starts from its trunk's checkpoint unless its own run dir has checkpoints already
             (seeded or trained before: re-seeding would replace its metrics with the trunk's)."""
@@ -462,6 +461,7 @@ def run_tpu(
                     done.append(Outcome(run.run_id, "failed", max_retries + 1, error))
             return done
 
+        # Runs go to the slices round-robin; slices work in parallel, each runs its share one after another.
         # Trunks (and unbranched runs) on all slices first; the WSD branches, which start from the trunks'
         # checkpoints, after every trunk has finished.
         for phase in ([r for r in todo if not r.branch_of], [r for r in todo if r.branch_of]):
