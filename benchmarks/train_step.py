@@ -39,7 +39,7 @@ def parse_args(argv=None):
         "--scan-layers",
         action="store_true",
         help="run the layers with nnx.scan (the trainer's default: fast compiles for deep models); "
-        "by default they are unrolled, which was 1.3x faster per step on CPU",
+        "by default they are unrolled, which was 1.2x faster per step on CPU (docs/benchmarks.md)",
     )
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes; -1 = fill")
     p.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
