@@ -21,8 +21,15 @@ def register(subparsers) -> None:
     fit.add_argument("--law", choices=FIT_LAWS, default="chinchilla-3")
     fit.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples over runs (default 200)")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--holdout", choices=("none", "largest"), default="none",
-                     help="'largest': fit without the largest-budget runs and report the error on them")
+    fit.add_argument("--holdout", default="none", metavar="SPEC",
+                     help="fit on part of the table and score the rest. 'largest': without the largest budget's runs "
+                     "(every law); for approach 3 also 'largest-budgets:K' (fit on all but the K largest budgets), "
+                     "'largest-models:K' (all but the K largest model sizes), or a filter 'COLUMN>VALUE' "
+                     "(<, <=, >, >=, ==) naming the runs to hold out; reports mean and max |relative error| of the loss")
+    fit.add_argument("--tie-exponents", action="store_true",
+                     help="approach 3: fit alpha = beta (Gadre et al. 2024), one parameter fewer")
+    fit.add_argument("--fix-E", type=float, default=None, metavar="VALUE",
+                     help="approach 3: hold the irreducible loss E at VALUE, one parameter fewer")
     fit.add_argument("--approach2-bootstrap", choices=("auto", "runs", "parametric"), default="auto",
                      help="approach 2: resample runs per budget, or redraw losses around the fitted parabolas "
                      "(auto: runs when every budget has >= 6 sizes)")
@@ -33,17 +40,36 @@ def register(subparsers) -> None:
     fit.add_argument("--out", "-o", help="write the fit as JSON here (read by `chinchax optimal --law`)")
     fit.set_defaults(handler=_fit)
 
+    pred = subparsers.add_parser(
+        "predict", help="loss predicted by an approach-3 fit, with its bootstrap interval",
+        description="The loss of a model of N parameters trained on D tokens (--n-params, --tokens), and/or the "
+        "compute-optimal N, D and loss for a FLOP budget (--flops), from an approach-3 fit JSON "
+        "(`chinchax fit TABLE --law chinchilla-3 -o FIT.json`), with 95% bootstrap intervals.",
+    )
+    pred.add_argument("fit", help="fit JSON written by `chinchax fit --law chinchilla-3 --out`")
+    pred.add_argument("--n-params", type=float, help="parameters N (with --tokens)")
+    pred.add_argument("--tokens", type=float, help="training tokens D (with --n-params)")
+    pred.add_argument("--flops", type=float, action="append", default=[],
+                      help="budget C = 6ND: N_opt, D_opt and the loss on the compute-optimal frontier (repeatable)")
+    pred.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pred.set_defaults(handler=_predict)
+
     opt = subparsers.add_parser(
         "optimal", help="compute-optimal N and D for a budget",
         description="Optimal parameters N and tokens D for a FLOP budget under the published laws "
-        "(chinchilla-1/2/3, kaplan) and/or your own fit JSON; or convert GPU-hours to FLOPs first.",
+        "(chinchilla-1/2/3, kaplan; data-constrained with --unique-tokens) and/or your own fit JSON; "
+        "or convert GPU-hours to FLOPs first.",
     )
     opt.add_argument("--flops", type=float, help="training budget in FLOPs, e.g. 2.36e23")
     opt.add_argument("--gpu-hours", type=float, help="budget in accelerator-hours (with --device, --mfu)")
     opt.add_argument("--device", default="a100", help="accelerator for --gpu-hours (a100, h100, tpu-v4, ...)")
     opt.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for --gpu-hours")
     opt.add_argument("--law", action="append", default=[],
-                     help="chinchilla-1|chinchilla-2|chinchilla-3|kaplan|FIT.json (repeatable; default: all published)")
+                     help="chinchilla-1|chinchilla-2|chinchilla-3|kaplan|data-constrained|FIT.json "
+                     "(repeatable; default: all published)")
+    opt.add_argument("--unique-tokens", type=float, default=None,
+                     help="unique tokens U you have: adds epochs per law, and data-constrained "
+                     "(Muennighoff et al. 2023) allocates for repeated data")
     opt.add_argument("--json", action="store_true", help="print JSON instead of a table")
     opt.set_defaults(handler=_optimal)
 
@@ -60,15 +86,28 @@ def register(subparsers) -> None:
 
 
 def run_fit(table, law: str, *, n_bootstrap: int = 200, seed: int = 0, holdout: str | None = None,
-            coarse_grid: bool = False, approach2_bootstrap: str = "auto"):
-    """Python entry point used by the CLI and the demo: table (path or DataFrame) -> FitResult."""
+            coarse_grid: bool = False, approach2_bootstrap: str = "auto", tie_exponents: bool = False,
+            fix_E: float | None = None):
+    """Python entry point used by the CLI and the demo: table (path or DataFrame) -> FitResult.
+
+    `holdout`: None/"none", "largest" (handled by each fit), or for approach 3 a split of the runs
+    (see `split_holdout`): the law is fitted on the rest and scored on the held-out runs."""
     from chinchax.errors import UserError
     from chinchax.scaling.table import load_table
 
     if n_bootstrap < 2:
         raise UserError(f"--bootstrap must be at least 2, got {n_bootstrap}")
+    if (tie_exponents or fix_E is not None) and law != "chinchilla-3":
+        raise UserError(f"--tie-exponents and --fix-E constrain approach 3; --law {law} has no such parameters")
     df = load_table(table)
     holdout = None if holdout in (None, "none") else holdout
+    held, split = None, holdout
+    if holdout not in (None, "largest"):
+        if law != "chinchilla-3":
+            raise UserError(f"--holdout {holdout} scores predicted losses, which only approach 3 gives "
+                            f"(--law chinchilla-3); for --law {law} use --holdout largest")
+        df, held = split_holdout(df, holdout)
+        holdout = None
     if law == "chinchilla-1":
         from chinchax.scaling.fit_chinchilla import fit_approach1
 
@@ -82,17 +121,76 @@ def run_fit(table, law: str, *, n_bootstrap: int = 200, seed: int = 0, holdout: 
 
         return fit_kaplan(df, n_bootstrap=n_bootstrap, seed=seed, holdout=holdout)
     from chinchax.scaling.fit_parametric import chinchilla_grid, fit_approach3
+    from chinchax.scaling.table import final_rows
 
-    return fit_approach3(df, n_bootstrap=n_bootstrap, seed=seed, holdout=holdout,
-                         grid=chinchilla_grid(coarse=coarse_grid), data_constrained=law == "data-constrained")
+    result = fit_approach3(df, n_bootstrap=n_bootstrap, seed=seed, holdout=holdout,
+                           grid=chinchilla_grid(coarse=coarse_grid), data_constrained=law == "data-constrained",
+                           tie_exponents=tie_exponents, fix_E=fix_E)
+    if held is not None:
+        result.holdout = {"split": split, **result.score_holdout(final_rows(held))}
+    return result
+
+
+_FILTER = r"^\s*(\w+)\s*(<=|>=|==|<|>)\s*(\S+)\s*$"
+
+
+def split_holdout(df, spec: str):
+    """(fit rows, held-out rows) by whole runs. `spec`: 'largest-budgets:K', 'largest-models:K', or a filter
+    'COLUMN OP VALUE' (OP one of <, <=, >, >=, ==) selecting the runs to hold out."""
+    import operator
+    import re
+
+    import numpy as np
+
+    from chinchax.errors import UserError
+    from chinchax.scaling.table import budgets, final_rows
+
+    final = final_rows(df)
+    kind, _, count = spec.partition(":")
+    if kind in ("largest-budgets", "largest-models"):
+        if not count.isdigit() or int(count) < 1:
+            raise UserError(f"--holdout {spec}: give how many to hold out, e.g. {kind}:1")
+        key = budgets(final) if kind == "largest-budgets" else final["n_params"].to_numpy()
+        held_values = np.unique(key)[-int(count):]
+        held_mask = np.isin(key, held_values)
+    elif (m := re.match(_FILTER, spec)) is not None:
+        column, op, value = m.groups()
+        if column not in final.columns:
+            raise UserError(f"--holdout {spec}: the table has no column {column!r} (columns: {', '.join(final.columns)})")
+        ops = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}
+        try:
+            threshold = float(value)
+        except ValueError:
+            raise UserError(f"--holdout {spec}: {value!r} is not a number") from None
+        held_mask = ops[op](final[column].to_numpy(), threshold)
+    else:
+        raise UserError(f"--holdout {spec!r} is not known; use none, largest, largest-budgets:K, largest-models:K "
+                        "or a filter such as 'n_params>=1e9'")
+    held_runs = set(final["run"][held_mask])
+    if not held_runs or len(held_runs) == len(final):
+        raise UserError(f"--holdout {spec} holds out {len(held_runs)} of {len(final)} runs; it must leave some "
+                        "runs on each side")
+    mask = df["run"].isin(held_runs).to_numpy()
+    return df[~mask].reset_index(drop=True), df[mask].reset_index(drop=True)
 
 
 def _fit(args) -> int:
     result = run_fit(args.table, args.law, n_bootstrap=args.bootstrap, seed=args.seed,
                      holdout=args.holdout, coarse_grid=args.coarse_grid,
-                     approach2_bootstrap=args.approach2_bootstrap)
+                     approach2_bootstrap=args.approach2_bootstrap, tie_exponents=args.tie_exponents,
+                     fix_E=args.fix_E)
     method = result.extra.get("bootstrap_method", "runs")
     print(f"{result.law}: {result.n_runs} runs, {result.n_bootstrap} bootstrap resamples ({method}, seed {result.seed})")
+    if "free_parameters" in result.extra:
+        free = result.extra["free_parameters"]
+        print(f"  free parameters: {len(free)} ({', '.join(free)}; constraints: {result.extra['constraints']}); "
+              f"{result.n_runs} runs -> {result.extra['degrees_of_freedom']} degrees of freedom")
+    for b in result.extra.get("budgets", []):
+        if b["used"]:
+            sizes = ", ".join(f"{n:.3g}" for n in b["sizes"])
+            print(f"  budget {b['budget']:.3g}: used {len(b['sizes'])} of {b['n_sizes']} sizes ({sizes})")
+        else:
+            print(f"  budget {b['budget']:.3g}: dropped: {b['reason']}")
     for name, value in result.params.items():
         lo, hi = result.intervals.get(name, [None, None])
         iv = f"[{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else ""
@@ -102,9 +200,49 @@ def _fit(args) -> int:
         d, d_lo, d_hi = result.d_opt(flops)
         print(f"  at C={flops:.3g}: N_opt={n:.4g} [{n_lo:.3g}, {n_hi:.3g}]  D_opt={d:.4g} [{d_lo:.3g}, {d_hi:.3g}]")
     if result.holdout:
-        print("  held-out:", json.dumps({k: v for k, v in result.holdout.items() if k != "runs"}))
+        _print_holdout(result.holdout)
     if args.out:
         print(f"wrote {result.to_json(args.out)}")
+    return 0
+
+
+def _print_holdout(holdout: dict) -> None:
+    if "mean_abs_rel_error" in holdout:
+        n_runs = len(holdout["runs"])
+        inside = (f", {holdout['n_inside_interval']} of {n_runs} inside the 95% interval"
+                  if "n_inside_interval" in holdout else "")
+        print(f"  held-out {holdout.get('split', '')} ({n_runs} runs): |relative error| of the loss "
+              f"mean {holdout['mean_abs_rel_error']:.2%}, max {holdout['max_abs_rel_error']:.2%}{inside}")
+    else:
+        print("  held-out:", json.dumps({k: v for k, v in holdout.items() if k != "runs"}))
+
+
+def _predict(args) -> int:
+    from chinchax.errors import UserError
+    from chinchax.scaling.fitresult import CONFIDENCE, FitResult
+
+    if (args.n_params is None) != (args.tokens is None):
+        raise UserError("give --n-params and --tokens together (the loss of one model), or --flops alone")
+    if args.n_params is None and not args.flops:
+        raise UserError("nothing to predict: give --n-params N --tokens D, and/or --flops C")
+    fit = FitResult.from_json(args.fit)
+    rows = []
+    if args.n_params is not None:
+        loss, lo, hi = fit.predict_loss(args.n_params, args.tokens)
+        rows.append({"n_params": args.n_params, "n_tokens": args.tokens, "flops": 6.0 * args.n_params * args.tokens,
+                     "loss": loss, "loss_lo": lo, "loss_hi": hi})
+    rows += [{**fit.frontier(c), "compute_optimal": True} for c in args.flops]
+    if args.json:
+        json.dump({"fit": args.fit, "level": CONFIDENCE, "n_draws": len(next(iter(fit.bootstrap_params.values()), [])),
+                   "predictions": rows}, sys.stdout, indent=1)
+        print()
+        return 0
+    print(f"{fit.law} fit on {fit.n_runs} runs; {CONFIDENCE:.0%} bootstrap intervals")
+    for r in rows:
+        where = ("compute-optimal at C={flops:.3g}: N_opt={n_opt:.4g} [{n_opt_lo:.3g}, {n_opt_hi:.3g}] "
+                 "D_opt={d_opt:.4g} [{d_opt_lo:.3g}, {d_opt_hi:.3g}]" if r.get("compute_optimal")
+                 else "N={n_params:.4g} D={n_tokens:.4g} (C={flops:.3g})").format(**r)
+        print(f"  {where}: loss {r['loss']:.4f} [{r['loss_lo']:.4f}, {r['loss_hi']:.4f}]")
     return 0
 
 
@@ -115,7 +253,7 @@ def _optimal(args) -> int:
     if (args.flops is None) == (args.gpu_hours is None):
         raise UserError("give exactly one of --flops or --gpu-hours")
     flops = args.flops if args.flops is not None else gpu_hours_to_flops(args.gpu_hours, args.device, args.mfu)
-    rows = allocation_rows(flops, args.law or None)
+    rows = allocation_rows(flops, args.law or None, unique_tokens=args.unique_tokens)
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
         print()

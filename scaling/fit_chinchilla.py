@@ -6,11 +6,13 @@ Approach 3 (the parametric loss) lives in fit_parametric.py.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
 from chinchax.errors import UserError
-from chinchax.scaling.fitresult import FitResult, resample_runs, summarise
+from chinchax.scaling.fitresult import FitResult, ScalingFitWarning, resample_runs, summarise
 from chinchax.scaling.table import budgets, final_rows, holdout_split, require_rows
 
 ENVELOPE_POINTS = 250  # log-spaced FLOP values at which the envelope is read (Chinchilla used 1,500)
@@ -81,37 +83,99 @@ def fit_approach1(table: pd.DataFrame, *, n_bootstrap: int = 200, seed: int = 0,
 
 
 # ---------------------------------------------------------------- approach 2
-def isoflop_minima(df: pd.DataFrame, weights: np.ndarray | None = None) -> pd.DataFrame:
-    """Per budget: the parabola loss = p2·x² + p1·x + p0 in x = log10 N, and its minimum."""
+# Each budget's parabola is fitted on the WINDOW_SIZES sizes nearest (in log N) to its observed best run,
+# as Hoffmann et al. and Porian et al. (2024) fit near the minimum: far from it the isoFLOP curve is not a
+# parabola (it is asymmetric, and flattens or steepens), and a parabola through every size puts its vertex
+# where the far points pull it, not where the valley is.
+WINDOW_SIZES = 7
+# The allocation exponent is a slope in log C: budgets closer than this factor give a slope made of noise.
+MIN_BUDGET_SPAN = 2.0  # refuse below (largest used budget / smallest)
+WARN_BUDGET_SPAN = 10.0  # warn below
+
+
+def select_windows(df: pd.DataFrame, window: int = WINDOW_SIZES) -> tuple[dict[float, np.ndarray], list[dict]]:
+    """({budget: row indices of the window}, one report per budget).
+
+    A budget is dropped when it has fewer than 3 sizes, or when its observed best run is its smallest or
+    largest size: the grid does not bracket the optimum, and a parabola's vertex there is an extrapolation."""
     b = budgets(df)
-    w = np.ones(len(df)) if weights is None else weights
-    rows = []
+    log_n_R, loss_R = np.log10(df["n_params"].to_numpy()), df["loss"].to_numpy()
+    windows, report = {}, []
     for budget in np.unique(b):
-        m = (b == budget) & (w > 0)
-        x, y = np.log10(df["n_params"].to_numpy()[m]), df["loss"].to_numpy()[m]
-        if np.unique(x).size < MIN_PER_BUDGET:
+        rows = np.nonzero(b == budget)[0]
+        best = rows[np.argmin(loss_R[rows])]
+        sizes = np.unique(log_n_R[rows])
+        entry = {"budget": float(budget), "n_sizes": int(sizes.size), "observed_best_n": float(10 ** log_n_R[best])}
+        if sizes.size < MIN_PER_BUDGET:
+            report.append({**entry, "used": False, "reason": f"only {sizes.size} sizes (a parabola needs 3)"})
             continue
-        p2, p1, p0 = np.polyfit(x, y, 2, w=np.sqrt(w[m]))
-        if p2 <= 0:  # not a valley: the budget's sizes do not bracket the optimum
+        if log_n_R[best] in (sizes[0], sizes[-1]):
+            edge = "smallest" if log_n_R[best] == sizes[0] else "largest"
+            report.append({**entry, "used": False, "reason": f"observed best run is the {edge} size: the grid does "
+                           "not bracket the optimum (add sizes beyond it)"})
+            continue
+        nearest = sizes[np.argsort(np.abs(sizes - log_n_R[best]), kind="stable")[:window]]
+        in_window = rows[np.isin(log_n_R[rows], nearest)]
+        windows[float(budget)] = in_window
+        report.append({**entry, "used": True, "reason": "", "sizes": (10 ** np.sort(nearest)).tolist()})
+    return windows, report
+
+
+def fit_parabolas(df: pd.DataFrame, windows: dict[float, np.ndarray],
+                  weights_R: np.ndarray | None = None) -> tuple[pd.DataFrame, dict[float, str]]:
+    """(minima, {budget: why it has no usable minimum}).
+
+    Per budget, the parabola loss = p2·x² + p1·x + p0 in x = log10 N over its window rows (weighted), and its
+    vertex. No minimum when the parabola opens downwards or its vertex lies outside the sizes it was fitted on."""
+    w_R = np.ones(len(df)) if weights_R is None else weights_R
+    log_n_R, loss_R = np.log10(df["n_params"].to_numpy()), df["loss"].to_numpy()
+    rows, rejected = [], {}
+    for budget, idx in windows.items():
+        idx = idx[w_R[idx] > 0]
+        x, y = log_n_R[idx], loss_R[idx]
+        if np.unique(x).size < MIN_PER_BUDGET:
+            rejected[budget] = "fewer than 3 distinct sizes"
+            continue
+        p2, p1, p0 = np.polyfit(x, y, 2, w=np.sqrt(w_R[idx]))
+        if p2 <= 0:
+            rejected[budget] = "the parabola opens downwards (no valley)"
             continue
         x_opt = -p1 / (2 * p2)
+        if not x.min() <= x_opt <= x.max():
+            rejected[budget] = (f"the fitted minimum N = {10**x_opt:.3g} lies outside the sizes fitted "
+                                f"({10**x.min():.3g} to {10**x.max():.3g})")
+            continue
         rows.append({"budget": budget, "n_opt": 10**x_opt, "loss_opt": p0 - p1**2 / (4 * p2),
                      "p2": p2, "p1": p1, "p0": p0, "n_min": 10 ** x.min(), "n_max": 10 ** x.max()})
-    return pd.DataFrame(rows)
+    columns = ["budget", "n_opt", "loss_opt", "p2", "p1", "p0", "n_min", "n_max"]
+    return pd.DataFrame(rows, columns=columns), rejected
+
+
+def isoflop_minima(df: pd.DataFrame, weights: np.ndarray | None = None, window: int = WINDOW_SIZES) -> pd.DataFrame:
+    """Per usable budget: the parabola in x = log10 N over its window of sizes, and its minimum."""
+    windows, _ = select_windows(df, window)
+    return fit_parabolas(df, windows, weights)[0]
 
 
 def fit_approach2(table: pd.DataFrame, *, n_bootstrap: int = 200, seed: int = 0,
-                  holdout: str | None = None, bootstrap: str = "auto") -> FitResult:
+                  holdout: str | None = None, bootstrap: str = "auto", window: int = WINDOW_SIZES) -> FitResult:
     """Approach 2 with a bootstrap interval for the allocation exponent.
+
+    Each budget's parabola is fitted on the `window` sizes nearest its observed best run; budgets whose best
+    run is at an edge of their grid, or whose fitted minimum falls outside the sizes fitted, are dropped
+    (with a ScalingFitWarning, and the reason in `extra["budgets"]`). The used budgets must span a factor
+    MIN_BUDGET_SPAN. The bootstrap keeps the windows chosen on the data.
 
     `bootstrap`: "runs" resamples runs within each budget (as approaches 1 and 3 do); "parametric" keeps the
     design and redraws every loss around its budget's fitted parabola, with the noise measured by the pooled
-    residuals of the parabolas (or, when every budget has exactly 3 sizes and so no residuals, by the
-    runs' `eval_loss_stderr`); "auto" resamples runs when every budget has >= 6 sizes, else is parametric.
+    residuals of the parabolas (or, when every window has exactly 3 sizes and so no residuals, by the
+    runs' `eval_loss_stderr`); "auto" resamples runs when every window has >= 6 sizes, else is parametric.
     """
     if bootstrap not in BOOTSTRAP_METHODS:
         raise UserError(f"bootstrap={bootstrap!r} is not an approach-2 bootstrap; choose one of "
                         f"{', '.join(BOOTSTRAP_METHODS)}")
+    if window < MIN_PER_BUDGET:
+        raise UserError(f"the approach-2 window must hold at least {MIN_PER_BUDGET} sizes, got {window}")
     df_all = final_rows(table)
     df, held = holdout_split(df_all, holdout)
     counts = pd.Series(budgets(df)).value_counts()
@@ -119,71 +183,99 @@ def fit_approach2(table: pd.DataFrame, *, n_bootstrap: int = 200, seed: int = 0,
     if len(usable) < 2:
         raise UserError(f"approach 2 needs at least 2 budgets with >= {MIN_PER_BUDGET} runs each; "
                         f"the table has {len(usable)} (runs per budget: {counts.to_dict()})")
-    minima = isoflop_minima(df)
-    if len(minima) < 2:
-        raise UserError("approach 2: fewer than 2 budgets have a loss valley (parabola opening upwards); "
-                        "widen the range of model sizes at each budget so it brackets the optimum")
+    minima, report = _minima_with_report(df, window)
     coef, exp = power_law(minima["budget"].to_numpy(), minima["n_opt"].to_numpy())
+    # The bootstrap works on the window rows only, each budget's window whole.
+    used_rows = np.sort(np.concatenate([np.asarray(r["rows"]) for r in report if r["used"]]))
+    sub = df.iloc[used_rows].reset_index(drop=True)
+    sub_windows = {budget: np.nonzero(budgets(sub) == budget)[0] for budget in minima["budget"]}
     if bootstrap == "auto":
-        bootstrap = "runs" if usable.min() >= MIN_SIZES_TO_RESAMPLE_RUNS else "parametric"
+        fewest = min(np.unique(sub["n_params"].to_numpy()[rows]).size for rows in sub_windows.values())
+        bootstrap = "runs" if fewest >= MIN_SIZES_TO_RESAMPLE_RUNS else "parametric"
     draws, noise = [], {}
     if bootstrap == "runs":
-        samples = (isoflop_minima(df, w) for w in resample_runs(df["run"].to_numpy(), n_bootstrap, seed,
-                                                               strata=budgets(df)))
+        samples = (fit_parabolas(sub, sub_windows, w)[0]
+                   for w in resample_runs(sub["run"].to_numpy(), n_bootstrap, seed, strata=budgets(sub)))
     else:
-        samples, noise = _parametric_minima(df, n_bootstrap, seed)
+        samples, noise = _parametric_minima(sub, sub_windows, n_bootstrap, seed)
     for m in samples:
         draws.append(power_law(m["budget"].to_numpy(), m["n_opt"].to_numpy()) if len(m) >= 2 else (np.nan, np.nan))
+    for r in report:
+        r.pop("rows", None)
     result = _allocation_result("chinchilla-2", coef, exp, np.array(draws), df, n_bootstrap, seed,
-                                extra={"minima": minima.to_dict("list"), "bootstrap_method": bootstrap, **noise})
+                                extra={"minima": minima.to_dict("list"), "budgets": report, "window": window,
+                                       "bootstrap_method": bootstrap, **noise})
     if held is not None:
-        hm = isoflop_minima(held)
+        hm = isoflop_minima(held, window=window)
         if len(hm):
             pred = coef * hm["budget"].to_numpy() ** exp
             result.holdout = {"budgets": hm["budget"].tolist(), "observed_n_opt": hm["n_opt"].tolist(),
                               "predicted_n_opt": pred.tolist(),
                               "abs_log10_error": np.abs(np.log10(pred / hm["n_opt"].to_numpy())).tolist()}
         else:
-            result.holdout = {"note": "the held-out budget has no parabola minimum to compare with"}
+            result.holdout = {"note": "the held-out budget has no parabola minimum to compare with (its best run "
+                              "is at an edge of its sizes, or its parabola has no minimum inside them)"}
     return result
 
 
-def _parametric_minima(df: pd.DataFrame, n_bootstrap: int, seed: int):
-    """(generator of isoflop_minima over redrawn losses, description of the noise used).
+def _minima_with_report(df: pd.DataFrame, window: int) -> tuple[pd.DataFrame, list[dict]]:
+    """The minima of the usable budgets, and per budget whether it was used (its window rows) or why not.
+    Warns for every dropped budget; refuses when fewer than 2 remain or they span too little compute."""
+    windows, report = select_windows(df, window)
+    minima, rejected = fit_parabolas(df, windows)
+    for r in report:
+        if r["budget"] in rejected:
+            r.update(used=False, reason=rejected[r["budget"]])
+        elif r["used"]:
+            r["rows"] = windows[r["budget"]]
+    dropped = [r for r in report if not r["used"]]
+    why = "; ".join(f"{r['budget']:.3g}: {r['reason']}" for r in dropped)
+    if dropped:
+        warnings.warn(f"approach 2 dropped {len(dropped)} of {len(report)} budgets ({why})",
+                      ScalingFitWarning, stacklevel=3)
+    if len(minima) < 2:
+        raise UserError(f"approach 2: only {len(minima)} budget(s) have a usable loss valley ({why or 'none dropped'}); "
+                        "give each budget sizes on both sides of its best run, so its grid brackets the optimum")
+    span = minima["budget"].max() / minima["budget"].min()
+    if span < MIN_BUDGET_SPAN:
+        raise UserError(f"approach 2: the usable budgets span only a factor {span:.3g} of compute "
+                        f"({', '.join(f'{b:.4g}' for b in minima['budget'])}); the exponent a is a slope in log C "
+                        f"and needs budgets at least {MIN_BUDGET_SPAN:g}x apart (better {WARN_BUDGET_SPAN:g}x): "
+                        "add a budget further away")
+    if span < WARN_BUDGET_SPAN:
+        warnings.warn(f"approach 2: the usable budgets span only a factor {span:.3g} of compute; the exponent "
+                      f"is poorly determined below {WARN_BUDGET_SPAN:g}x", ScalingFitWarning, stacklevel=3)
+    return minima, report
 
-    Each budget with >= 3 sizes gets its least-squares parabola; the losses are redrawn as fitted value +
-    N(0, sigma^2). sigma is the pooled residual standard deviation over all budgets when there are at
-    least 2 residual degrees of freedom, else each run's eval_loss_stderr."""
-    b = budgets(df)
-    x_all, y_all = np.log10(df["n_params"].to_numpy()), df["loss"].to_numpy()
-    fitted = np.full(len(df), np.nan)
+
+def _parametric_minima(sub: pd.DataFrame, windows: dict[float, np.ndarray], n_bootstrap: int, seed: int):
+    """(generator of parabola minima over redrawn losses, description of the noise used).
+
+    Each window's losses are redrawn as its least-squares parabola's value + N(0, sigma^2). sigma is the pooled
+    residual standard deviation over all windows when there are at least 2 residual degrees of freedom, else
+    each run's eval_loss_stderr."""
+    x_R, y_R = np.log10(sub["n_params"].to_numpy()), sub["loss"].to_numpy()
+    fitted_R = np.full(len(sub), np.nan)
     squares, dof = 0.0, 0
-    for budget in np.unique(b):
-        m = b == budget
-        if np.unique(x_all[m]).size < MIN_PER_BUDGET:
-            continue
-        coeffs = np.polyfit(x_all[m], y_all[m], 2)
-        fitted[m] = np.polyval(coeffs, x_all[m])
-        squares += float(np.sum((y_all[m] - fitted[m]) ** 2))
-        dof += int(m.sum()) - 3
-    keep = np.isfinite(fitted)
+    for rows in windows.values():
+        fitted_R[rows] = np.polyval(np.polyfit(x_R[rows], y_R[rows], 2), x_R[rows])
+        squares += float(np.sum((y_R[rows] - fitted_R[rows]) ** 2))
+        dof += rows.size - 3
     if dof >= 2:
-        sigma = np.full(len(df), np.sqrt(squares / dof))
-        noise = {"noise": "pooled parabola residuals", "noise_sigma": float(sigma[0]), "noise_dof": dof}
-    elif "eval_loss_stderr" in df.columns and np.all(np.isfinite(df["eval_loss_stderr"].to_numpy()[keep])):
-        sigma = df["eval_loss_stderr"].to_numpy(dtype=np.float64)
-        noise = {"noise": "eval_loss_stderr of each run", "noise_sigma": float(np.median(sigma[keep]))}
+        sigma_R = np.full(len(sub), np.sqrt(squares / dof))
+        noise = {"noise": "pooled parabola residuals", "noise_sigma": float(sigma_R[0]), "noise_dof": dof}
+    elif "eval_loss_stderr" in sub.columns and np.all(np.isfinite(sub["eval_loss_stderr"].to_numpy())):
+        sigma_R = sub["eval_loss_stderr"].to_numpy(dtype=np.float64)
+        noise = {"noise": "eval_loss_stderr of each run", "noise_sigma": float(np.median(sigma_R))}
     else:
         raise UserError("approach 2's parametric bootstrap needs the size of the loss noise: give some budget "
                         "more than 3 sizes (residuals measure it) or the table an eval_loss_stderr column")
     rng = np.random.default_rng(seed)
-    sub = df[keep].reset_index(drop=True)
 
     def samples():
         for _ in range(n_bootstrap):
-            redrawn = sub.copy()
-            redrawn["loss"] = fitted[keep] + sigma[keep] * rng.standard_normal(int(keep.sum()))
-            yield isoflop_minima(redrawn)
+            redrawn = sub.assign(loss=fitted_R + sigma_R * rng.standard_normal(len(sub)))
+            yield fit_parabolas(redrawn, windows)[0]
 
     return samples(), noise
 

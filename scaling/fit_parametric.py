@@ -6,25 +6,38 @@ E = e^e, by L-BFGS from a grid of starts. Float64 throughout (scoped x64, see mu
 
 Bootstrap: each resample of runs is a weight vector; the resampled fits warm-start from the
 full-data optimum plus a few seeded grid points (docs/scaling.md says why that is enough).
+
+With few runs the law can be constrained (`tie_exponents`: alpha = beta, the form of Gadre et al. 2024;
+`fix_E`: a given irreducible loss): the optimiser then works on the free parameters only, and the
+fit needs more runs than free parameters.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from chinchax.errors import UserError
-from chinchax.scaling.fitresult import FitResult, resample_runs, summarise
+from chinchax.scaling.fitresult import (
+    THETA_NAMES,
+    FitResult,
+    relative_errors,
+    resample_runs,
+    safe_exp,
+    summarise,
+)
 from chinchax.scaling.laws import ParametricLaw, effective_data
 from chinchax.scaling.multistart import huber, minimize_multistart
 from chinchax.scaling.table import final_rows, holdout_split, require_rows
 
 HUBER_DELTA = 1e-3
 PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
-MIN_RUNS = 6  # more runs than the 5 parameters
+MIN_RUNS = len(PARAM_NAMES) + 1  # more runs than the 5 parameters (fewer with constraints)
+THETA_FULL = ("a", "b", "e", "alpha", "beta")  # the optimiser's parameters: a = log A, b = log B, e = log E
 COARSE_FTOL, COARSE_GTOL = 1e-5, 1e-6  # first pass over the whole grid: enough to rank basins
 POLISH = 8  # distinct best end points of the first pass polished to the tight default tolerance
 
@@ -67,15 +80,67 @@ def data_constrained_objective(theta_P, data, w_R):
     return jnp.sum(w_R * huber(pred_R - data["log_loss"], HUBER_DELTA))
 
 
+def constrained_objective(theta_P, data, w_R):
+    """approach3_objective over the free parameters only: theta_full = offset + expand @ theta_P."""
+    return approach3_objective(data["offset_5"] + data["expand_5P"] @ theta_P, data, w_R)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Which of (a, b, e, alpha, beta) the optimiser moves: alpha = beta when `tie_exponents`, E fixed at `fix_E`."""
+
+    tie_exponents: bool = False
+    fix_E: float | None = None
+
+    @property
+    def free(self) -> list[int]:
+        """Indices into THETA_FULL of the free parameters (with tied exponents, alpha stands for both)."""
+        return [i for i in range(5) if not (i == 2 and self.fix_E is not None) and not (i == 4 and self.tie_exponents)]
+
+    @property
+    def active(self) -> bool:
+        return self.tie_exponents or self.fix_E is not None
+
+    def free_names(self) -> list[str]:
+        names = {0: "A", 1: "B", 2: "E", 3: "alpha=beta" if self.tie_exponents else "alpha", 4: "beta"}
+        return [names[i] for i in self.free]
+
+    def expansion(self) -> tuple[np.ndarray, np.ndarray]:
+        """(offset_5, expand_5P) with theta_full = offset_5 + expand_5P @ theta_P."""
+        free = self.free
+        expand_5P = np.zeros((5, len(free)))
+        expand_5P[free, np.arange(len(free))] = 1.0
+        if self.tie_exponents:
+            expand_5P[4, free.index(3)] = 1.0
+        offset_5 = np.zeros(5)
+        if self.fix_E is not None:
+            offset_5[2] = np.log(self.fix_E)
+        return offset_5, expand_5P
+
+    def describe(self) -> str:
+        parts = (["alpha = beta"] if self.tie_exponents else []) + ([f"E = {self.fix_E:g}"] if self.fix_E else [])
+        return ", ".join(parts) or "none"
+
+
 def _law_from_theta(theta) -> ParametricLaw:
-    return ParametricLaw(E=float(np.exp(theta[2])), A=float(np.exp(theta[0])), B=float(np.exp(theta[1])),
-                         alpha=float(theta[3]), beta=float(theta[4]))
+    d = _derived(theta)
+    return ParametricLaw(E=d["E"], A=d["A"], B=d["B"], alpha=d["alpha"], beta=d["beta"])
 
 
-def _derived(law: ParametricLaw) -> dict[str, float]:
-    alloc = law.allocation()
-    return {"E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta,
-            "a": law.a, "b": law.b, "G": law.G, "n_coef": alloc.n_coef, "n_exp": alloc.n_exp}
+def _derived(theta) -> dict[str, float]:
+    """E, A, B, alpha, beta and the allocation (a, b, G, n_coef, n_exp) from theta = (log A, log B, log E,
+    alpha, beta), computed in log space: an extreme bootstrap draw gives inf or NaN, never an overflow."""
+    log_a, log_b, log_e, alpha, beta = (float(t) for t in theta[:5])
+    exp = lambda x: float(safe_exp(x))  # noqa: E731
+    out = {"E": exp(log_e), "A": exp(log_a), "B": exp(log_b), "alpha": alpha, "beta": beta}
+    total = alpha + beta
+    a, b = (beta / total, alpha / total) if total != 0 else (np.nan, np.nan)
+    if alpha > 0 and beta > 0:  # otherwise the loss has no optimum along C = 6ND
+        log_g = (np.log(alpha) + log_a - np.log(beta) - log_b) / total
+        g, n_coef = exp(log_g), exp(log_g - a * np.log(6.0))  # N_opt = G·(C/6)^a = G·6^-a·C^a
+    else:
+        g = n_coef = np.nan
+    return {**out, "a": a, "b": b, "G": g, "n_coef": n_coef, "n_exp": a}
 
 
 def _best_per_group(values: np.ndarray, n_groups: int) -> np.ndarray:
@@ -91,12 +156,19 @@ def fit_approach3(
     grid: np.ndarray | None = None,
     bootstrap_starts: int = 4,
     data_constrained: bool = False,
+    tie_exponents: bool = False,
+    fix_E: float | None = None,
 ) -> FitResult:
-    """Fit E, A, B, alpha, beta (and R* when `data_constrained`) with bootstrap intervals."""
+    """Fit E, A, B, alpha, beta (and R* when `data_constrained`) with bootstrap intervals.
+
+    `tie_exponents` fits alpha = beta; `fix_E` holds E at the given value. Either removes a free parameter,
+    so fewer runs suffice: the fit needs more runs than free parameters."""
     df_all = final_rows(table)
     fit_df, held = holdout_split(df_all, holdout)
     name = "data-constrained" if data_constrained else "chinchilla-3"
-    require_rows(fit_df, MIN_RUNS, f"approach 3 ({name})")
+    constraints = _check_constraints(fit_df, tie_exponents, fix_E, data_constrained)
+    n_free = len(constraints.free) + int(data_constrained)
+    _require_runs(fit_df, n_free, name, constraints)
     grid = chinchilla_grid() if grid is None else np.asarray(grid, np.float64)
     rng = np.random.default_rng(seed)
 
@@ -111,8 +183,15 @@ def fit_approach3(
         require_rows(single, MIN_RUNS, "a data-constrained fit", "single-epoch runs (n_tokens <= unique_tokens)")
         base = _fit_points(approach3_objective, grid, _a3_data(single))
         starts = np.array([[*base, np.log(r)] for r in (1.0, 3.0, 10.0, 30.0, 100.0)])
+        to_full = lambda theta_KP: theta_KP  # noqa: E731
+    elif constraints.active:
+        offset_5, expand_5P = constraints.expansion()
+        data = {**_a3_data(fit_df), "offset_5": offset_5, "expand_5P": expand_5P}
+        objective, starts = constrained_objective, np.unique(grid[:, constraints.free], axis=0)
+        to_full = lambda theta_KP: offset_5 + theta_KP @ expand_5P.T  # noqa: E731
     else:
         data, objective, starts = _a3_data(fit_df), approach3_objective, grid
+        to_full = lambda theta_KP: theta_KP  # noqa: E731
     # Pass 1: every start, to a loose relative tolerance (enough to tell the basins apart).
     # Pass 2: polish the best distinct end points to a tight one.
     t0 = time.perf_counter()
@@ -134,34 +213,70 @@ def fit_approach3(
     boot_starts = np.concatenate([best[None], alternatives])[None].repeat(n_bootstrap, axis=0)
     boot = minimize_multistart(objective, boot_starts.reshape(-1, best.size), data,
                                np.repeat(weights, bootstrap_starts, axis=0))
-    boot_theta = boot.theta_KP[_best_per_group(boot.value_K, n_bootstrap)]
+    best_SP = to_full(boot.theta_KP[_best_per_group(boot.value_K, n_bootstrap)])
+    best = to_full(best[None])[0]
 
-    params = _derived(_law_from_theta(best))
-    draws_list = [_derived(_law_from_theta(t)) for t in boot_theta]
+    params = _derived(best)
+    draws_list = [_derived(t) for t in best_SP]
     if data_constrained:
-        params["R_star"] = float(np.exp(best[5]))
-        for d, t in zip(draws_list, boot_theta, strict=True):
-            d["R_star"] = float(np.exp(t[5]))
+        params["R_star"] = float(safe_exp(best[5]))
+        for d, t in zip(draws_list, best_SP, strict=True):
+            d["R_star"] = float(safe_exp(t[5]))
     draws = {k: np.array([d[k] for d in draws_list]) for k in params}
     stderr, intervals = summarise(params, draws)
+    n_runs = int(fit_df["run"].nunique())
     result = FitResult(
         law=name, params=params, stderr=stderr, intervals=intervals,
-        n_runs=int(fit_df["run"].nunique()), n_rows=len(fit_df), n_bootstrap=n_bootstrap, seed=seed,
+        n_runs=n_runs, n_rows=len(fit_df), n_bootstrap=n_bootstrap, seed=seed,
         allocation={"n_coef": params["n_coef"], "n_exp": params["n_exp"]},
         # Resamples whose fit has no finite optimum (G is NaN) are left out of the allocation draws, and counted.
         bootstrap_allocation=[[d["n_coef"], d["n_exp"]] for d in draws_list if np.isfinite([d["n_coef"], d["n_exp"]]).all()],
+        bootstrap_params=dict(zip(THETA_NAMES, _theta_columns(best_SP), strict=True)),
         extra={"n_starts": len(starts), "n_starts_at_optimum": n_converged,
                "bootstrap_draws_without_optimum": sum(not np.isfinite(d["n_coef"]) for d in draws_list),
                "objective": float(polished.value_K.min()), "huber_delta": HUBER_DELTA,
+               "constraints": constraints.describe(),
+               "free_parameters": constraints.free_names() + (["R_star"] if data_constrained else []),
+               "degrees_of_freedom": n_runs - n_free,
                "seconds_grid": t1 - t0, "seconds_bootstrap": time.perf_counter() - t1},
     )
     if held is not None:
-        law = _law_from_theta(best)
-        tokens = held["n_tokens"].to_numpy()
         if data_constrained:
-            tokens = effective_data(tokens, held["unique_tokens"].to_numpy(), params["R_star"])
-        result.holdout = loss_prediction_error(law.loss(held["n_params"].to_numpy(), tokens), held)
+            law = _law_from_theta(best)
+            tokens = effective_data(held["n_tokens"].to_numpy(), held["unique_tokens"].to_numpy(), params["R_star"])
+            result.holdout = loss_prediction_error(law.loss(held["n_params"].to_numpy(), tokens), held)
+        else:
+            result.holdout = result.score_holdout(held)
     return result
+
+
+def _theta_columns(theta_SP: np.ndarray) -> list[list[float]]:
+    """Per-draw (log E, log A, log B, alpha, beta) as columns, from the optimiser's (a, b, e, alpha, beta)."""
+    column = {"log_E": 2, "log_A": 0, "log_B": 1, "alpha": 3, "beta": 4}
+    return [theta_SP[:, column[name]].tolist() for name in THETA_NAMES]
+
+
+def _check_constraints(df: pd.DataFrame, tie_exponents: bool, fix_E: float | None,
+                       data_constrained: bool) -> Constraints:
+    if data_constrained and (tie_exponents or fix_E is not None):
+        raise UserError("--tie-exponents and --fix-E apply to approach 3 (--law chinchilla-3), "
+                        "not to the data-constrained fit; drop them or fit chinchilla-3")
+    if fix_E is not None:
+        smallest = float(df["loss"].min())
+        if not (np.isfinite(fix_E) and 0 < fix_E < smallest):
+            raise UserError(f"--fix-E {fix_E:g} must be positive and below the smallest loss in the table "
+                            f"({smallest:.4g}): L = E + A/N^alpha + B/D^beta never predicts a loss below E")
+    return Constraints(tie_exponents=tie_exponents, fix_E=fix_E)
+
+
+def _require_runs(df: pd.DataFrame, n_free: int, name: str, constraints: Constraints) -> None:
+    n_runs = len(df)
+    if n_runs > n_free:
+        return
+    hint = ("" if constraints.tie_exponents and constraints.fix_E is not None else
+            ", or fit fewer parameters: --tie-exponents (alpha = beta) and/or --fix-E VALUE")
+    raise UserError(f"approach 3 ({name}) needs at least {n_free + 1} runs (more than its {n_free} free "
+                    f"parameters), but the table has {n_runs}; add more runs{hint}")
 
 
 def _distinct_best(theta_KP: np.ndarray, value_K: np.ndarray, k: int) -> np.ndarray:
@@ -189,8 +304,4 @@ def _fit_points(objective, starts, data) -> np.ndarray:
 
 
 def loss_prediction_error(pred: np.ndarray, held: pd.DataFrame) -> dict:
-    obs = held["loss"].to_numpy()
-    rel = (pred - obs) / obs
-    return {"runs": held["run"].tolist(), "predicted_loss": pred.tolist(), "observed_loss": obs.tolist(),
-            "mean_abs_rel_error": float(np.mean(np.abs(rel))),
-            "rmse_log_loss": float(np.sqrt(np.mean((np.log(pred) - np.log(obs)) ** 2)))}
+    return relative_errors(pred, held)
