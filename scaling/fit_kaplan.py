@@ -6,6 +6,8 @@ C = 6·N_non_embedding·D), else `n_params` (noted in the result).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -18,6 +20,7 @@ from chinchax.scaling.multistart import minimize_multistart
 from chinchax.scaling.table import final_rows, holdout_split, require_rows
 
 MIN_RUNS = 5
+MAX_LOG10_FLOAT = float(np.log10(np.finfo(np.float64).max))  # 308.25
 # Starts for the joint fit over (log N_c, log D_c, alpha_N, alpha_D); Kaplan's values are
 # N_c ~ 6e13, D_c ~ 2e13, alpha ~ 0.08-0.1, so the grid spans well around them.
 JOINT_GRID = np.array([[np.log(nc), np.log(dc), an, ad]
@@ -39,8 +42,10 @@ def _n_column(df: pd.DataFrame) -> str:
     return "n_params_non_embedding" if "n_params_non_embedding" in df.columns else "n_params"
 
 
-def _single_laws(final: pd.DataFrame, curves: pd.DataFrame, n_col: str, w: np.ndarray | None = None) -> dict:
-    """L(N), L(D) from per-size / per-token-count minima; L(C), N_opt(C) from the frontier."""
+def _single_laws(final: pd.DataFrame, curves: pd.DataFrame, n_col: str, w: np.ndarray | None = None,
+                 notes: list[str] | None = None) -> dict:
+    """L(N), L(D) from per-size / per-token-count minima; L(C), N_opt(C) from the frontier.
+    Constants that cannot be represented are NaN, with a note appended to `notes` (when given) saying why."""
     if w is not None:
         final = final[w > 0]
         curves = curves[curves["run"].isin(set(final["run"]))]
@@ -50,15 +55,34 @@ def _single_laws(final: pd.DataFrame, curves: pd.DataFrame, n_col: str, w: np.nd
     for name, s in (("N", by_n), ("D", by_d)):
         coef, slope = power_law(s.index.to_numpy(np.float64), s.to_numpy())
         alpha = -slope  # L = (X_c/X)^alpha = X_c^alpha · X^-alpha
-        out[f"alpha_{name}"], out[f"{name}_c"] = alpha, coef ** (1 / alpha) if alpha > 0 else np.nan
+        out[f"alpha_{name}"], out[f"{name}_c"] = alpha, _scale_constant(coef, alpha, name, notes)
     front = _frontier(curves, n_col)
     coef, slope = power_law(front["flops"].to_numpy(), front["loss"].to_numpy())
-    out["alpha_C"], out["C_c"] = -slope, coef ** (-1 / slope) if slope < 0 else np.nan
+    out["alpha_C"], out["C_c"] = -slope, _scale_constant(coef, -slope, "C", notes)
     if front["n_params"].nunique() >= 2:
         out["n_coef"], out["n_exp"] = power_law(front["flops"].to_numpy(), front["n_params"].to_numpy())
     else:
         out["n_coef"] = out["n_exp"] = np.nan
     return out
+
+
+def _scale_constant(coef: float, alpha: float, name: str, notes: list[str] | None) -> float:
+    """X_c of L = (X_c/X)^alpha = coef·X^-alpha, i.e. coef^(1/alpha), computed in log space.
+
+    NaN when the loss does not fall with X (alpha <= 0), or when alpha is so close to 0 that X_c lies
+    beyond float64 (1.8e308): then the runs show no usable power law in X, which a note says."""
+    if not (alpha > 0 and 0 < coef < np.inf):
+        return float("nan")
+    log10_xc = float(np.log10(coef)) / float(alpha)
+    if log10_xc > MAX_LOG10_FLOAT:
+        if notes is not None:
+            notes.append(
+                f"L({name}): the loss barely falls with {name} (alpha_{name} = {float(alpha):.3g}), so {name}_c = "
+                f"10^{log10_xc:.4g} is beyond floating point and is reported as NaN; these runs show no power "
+                f"law in {name}: check the losses, or add runs that vary {name} more"
+            )
+        return float("nan")
+    return float(10.0**log10_xc)
 
 
 def _frontier(curves: pd.DataFrame, n_col: str) -> pd.DataFrame:
@@ -83,7 +107,10 @@ def fit_kaplan(table: pd.DataFrame, *, n_bootstrap: int = 200, seed: int = 0,
             "log_loss": np.log(final["loss"].to_numpy())}
     joint = minimize_multistart(kaplan_joint_objective, JOINT_GRID, data)
     best = joint.theta_KP[np.argmin(joint.value_K)]
-    params = {**_single_laws(final, curves, n_col), **_joint_params(best)}
+    notes: list[str] = []
+    params = {**_single_laws(final, curves, n_col, notes=notes), **_joint_params(best, notes)}
+    for note in notes:  # the bootstrap draws below repeat the same NaNs silently
+        warnings.warn(f"Kaplan fit: {note}", stacklevel=2)
 
     weights = resample_runs(final["run"].to_numpy(), n_bootstrap, seed)
     starts = np.concatenate([best[None], JOINT_GRID[[13, 67]]])  # the optimum + two spread-out grid points
@@ -105,7 +132,8 @@ def fit_kaplan(table: pd.DataFrame, *, n_bootstrap: int = 200, seed: int = 0,
         law="kaplan", params=params, stderr=stderr, intervals=intervals,
         n_runs=int(final["run"].nunique()), n_rows=len(table), n_bootstrap=n_bootstrap, seed=seed,
         allocation={"n_coef": params["n_coef"], "n_exp": params["n_exp"]}, bootstrap_allocation=alloc,
-        extra={"n_column": n_col, "flops_convention": f"C = 6 * {n_col} * n_tokens"},
+        extra={"n_column": n_col, "flops_convention": f"C = 6 * {n_col} * n_tokens",
+               **({"warnings": notes} if notes else {})},
     )
     if held is not None:
         pred = kaplan_loss_nd(held[n_col].to_numpy(), held["n_tokens"].to_numpy(), params["N_c_joint"],
@@ -114,8 +142,16 @@ def fit_kaplan(table: pd.DataFrame, *, n_bootstrap: int = 200, seed: int = 0,
     return result
 
 
-def _joint_params(theta) -> dict[str, float]:
-    return {"N_c_joint": float(np.exp(theta[0])), "D_c_joint": float(np.exp(theta[1])),
-            "alpha_N_joint": float(theta[2]), "alpha_D_joint": float(theta[3])}
+def _joint_params(theta, notes: list[str] | None = None) -> dict[str, float]:
+    out = {"alpha_N_joint": float(theta[2]), "alpha_D_joint": float(theta[3])}
+    for name, log_xc in (("N", float(theta[0])), ("D", float(theta[1]))):
+        if log_xc / np.log(10.0) > MAX_LOG10_FLOAT:  # exp() would overflow: not a usable constant
+            if notes is not None:
+                notes.append(f"joint L(N, D): {name}_c = 10^{log_xc / np.log(10.0):.4g} is beyond floating point "
+                             f"and is reported as NaN; the joint law is not identified by these runs")
+            out[f"{name}_c_joint"] = float("nan")
+        else:
+            out[f"{name}_c_joint"] = float(np.exp(log_xc))
+    return {k: out[k] for k in ("N_c_joint", "D_c_joint", "alpha_N_joint", "alpha_D_joint")}
 
 

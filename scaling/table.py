@@ -9,6 +9,7 @@ Every problem is a `UserError` that names the file, the column and the fix.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,29 +22,63 @@ NUMERIC = ("n_params", "n_tokens", "loss", "flops", "n_params_non_embedding", "b
 
 
 def load_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
-    """Read a results table (CSV, Parquet, sweep directory, or a DataFrame) and validate it."""
+    """Read a results table (CSV, Parquet, sweep directory, or a DataFrame) and validate it.
+
+    Without a `budget` column, prints (to stderr) how runs were grouped into isoFLOP budgets."""
     if isinstance(source, pd.DataFrame):
-        return validate_table(source.copy(), name="table")
-    path = Path(source)
-    if path.is_dir():
-        df = _read_sweep_dir(path)
-    elif not path.exists():
-        raise UserError(f"results table {path} does not exist; pass a .csv, .parquet or a sweep directory")
-    elif path.suffix.lower() in (".parquet", ".pq"):
-        df = pd.read_parquet(path)
-    elif path.suffix.lower() in (".csv", ".tsv", ".txt"):
-        try:
-            df = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
-        except pd.errors.ParserError as e:
-            raise UserError(f"{path} is not a readable CSV: {e}") from None
+        df = validate_table(source.copy(), name="table")
     else:
-        raise UserError(f"{path}: unknown table format {path.suffix!r}; use .csv, .parquet or a sweep directory")
-    return validate_table(df, name=str(path))
+        path = Path(source)
+        if path.is_dir():
+            raw, where = _read_sweep_dir(path)
+        elif not path.exists():
+            raise UserError(f"results table {path} does not exist; pass a .csv, .parquet or a sweep directory")
+        elif path.suffix.lower() in (".parquet", ".pq"):
+            raw, where = pd.read_parquet(path), None
+        elif path.suffix.lower() in (".csv", ".tsv", ".txt"):
+            raw, where = _read_csv(path)
+        else:
+            raise UserError(f"{path}: unknown table format {path.suffix!r}; use .csv, .parquet or a sweep directory")
+        df = validate_table(raw, name=str(path), where=where)
+    if "budget" not in df.columns:
+        print(describe_budgets(df), file=sys.stderr)
+    return df
 
 
-def _read_sweep_dir(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """A CSV/TSV, with each row's file line number (header = line 1) for messages."""
+    head = path.read_bytes()[:65536]
+    if not head.strip():
+        raise UserError(f"{path} is empty; a results table needs a header line "
+                        f"({','.join(REQUIRED)}) and one line per run")
+    if head.startswith(b"PAR1"):
+        raise UserError(f"{path} is a Parquet file named {path.suffix}; rename it to .parquet")
+    if b"\x00" in head or not _is_text(head):
+        raise UserError(f"{path} is not a text CSV (it holds binary bytes); export the results as CSV "
+                        f"(comma-separated text) or Parquet")
+    try:
+        # Keep blank lines as empty rows so that row i is line i + 2 (header is line 1); dropped below.
+        df = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path} is empty; a results table needs a header line ({','.join(REQUIRED)})") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a readable CSV: {e}") from None
+    lines = [f"line {i + 2}" for i in range(len(df))]
+    keep = ~df.isna().all(axis=1).to_numpy()
+    return df[keep].reset_index(drop=True), [w for w, k in zip(lines, keep, strict=True) if k]
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start >= len(head) - 3  # a multi-byte character cut at the 64 KiB boundary is still text
+    return True
+
+
+def _read_sweep_dir(path: Path) -> tuple[pd.DataFrame, list[str]]:
     """One row per finished run.json under `path` (eval loss when there is one, else train loss)."""
-    rows = []
+    rows, where = [], []
     for run_json in sorted(path.rglob("run.json")):
         try:
             rec = json.loads(run_json.read_text())
@@ -65,19 +100,26 @@ def _read_sweep_dir(path: Path) -> pd.DataFrame:
                 **({"budget": rec["budget"]} if "budget" in rec else {}),
             }
         )
+        where.append(str(run_json))
     if not rows:
         raise UserError(f"{path} holds no finished run.json (status 'done'); run the sweep first")
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), where
 
 
-def validate_table(df: pd.DataFrame, name: str = "table") -> pd.DataFrame:
-    """Check columns and values; return float64 numeric columns, `flops` filled with 6·N·D if absent."""
+def validate_table(df: pd.DataFrame, name: str = "table", where: list[str] | None = None) -> pd.DataFrame:
+    """Check columns and values; return float64 numeric columns, `flops` filled with 6·N·D if absent.
+
+    `where` names each row in messages (a CSV's line numbers, a run.json path); default "row i"."""
+    df = df.reset_index(drop=True)
+    where = where if where is not None else [f"row {i}" for i in range(len(df))]
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise UserError(
             f"{name} lacks column(s) {', '.join(missing)}; a results table needs "
             f"{', '.join(REQUIRED)} (optional: flops, n_params_non_embedding, budget, run, step)"
         )
+    if len(df) == 0:
+        raise UserError(f"{name} has a header but no rows; add one row per finished run")
     df = df.copy()
     for col in NUMERIC:
         if col not in df.columns:
@@ -87,25 +129,55 @@ def validate_table(df: pd.DataFrame, name: str = "table") -> pd.DataFrame:
         if col == "budget" and bad.all():  # an all-empty optional column is as good as absent
             df = df.drop(columns=col)
             continue
-        if bad.any():
-            row = int(np.nonzero(bad)[0][0])
-            raise UserError(
-                f"{name}: column {col!r} has {int(bad.sum())} missing/NaN/inf value(s) (first at row {row}); "
-                "drop or fix those rows"
-            )
+        _check_numbers(df[col], values, col, name, where)
         if (values <= 0).any():
             row = int(np.nonzero((values <= 0).to_numpy())[0][0])
             raise UserError(
-                f"{name}: column {col!r} must be positive, but row {row} holds {values.iloc[row]!r}; "
+                f"{name}: column {col!r} must be positive, but {where[row]} holds {float(values.iloc[row]):g}; "
                 "scaling laws work in log space"
             )
         df[col] = values
+    _check_duplicates(df, name, where)
     if "flops" not in df.columns:
         df["flops"] = 6.0 * df["n_params"] * df["n_tokens"]
     if "run" not in df.columns:
         df["run"] = [f"row{i}" for i in range(len(df))]
     df["run"] = df["run"].astype(str)
     return df.reset_index(drop=True)
+
+
+def _check_numbers(raw: pd.Series, values: pd.Series, col: str, name: str, where: list[str]) -> None:
+    """Text that is not a number, then empty/NaN/inf cells, each named with its first row."""
+    not_number = (raw.notna() & values.isna()).to_numpy()
+    if not_number.any():
+        rows = np.nonzero(not_number)[0]
+        raise UserError(
+            f"{name}: column {col!r} holds {str(raw.iloc[rows[0]])!r} at {where[rows[0]]}, which is not a number"
+            f" ({len(rows)} such cell(s)); write plain numbers such as 1.2e9"
+        )
+    bad = ~np.isfinite(values.to_numpy())
+    if bad.any():
+        row = int(np.nonzero(bad)[0][0])
+        raise UserError(
+            f"{name}: column {col!r} has {int(bad.sum())} missing/NaN/inf value(s) (first at {where[row]}); "
+            "drop or fix those rows"
+        )
+
+
+def _check_duplicates(df: pd.DataFrame, name: str, where: list[str]) -> None:
+    """Identical rows are one run copied, not independent runs: counting them twice would narrow every
+    bootstrap interval and weight that run double in every fit."""
+    dup = df.duplicated(keep=False).to_numpy()
+    if not dup.any():
+        return
+    first_of = df[dup].groupby(list(df.columns), dropna=False, sort=False).groups
+    pairs = [f"{where[idx[0]]} = " + " = ".join(where[i] for i in idx[1:]) for idx in first_of.values()]
+    copies = int(df.duplicated().sum())
+    raise UserError(
+        f"{name}: {copies} row(s) repeat another row exactly ({'; '.join(pairs[:5])}"
+        f"{'; ...' if len(pairs) > 5 else ''}); a copy is not an independent run: delete the copies "
+        "(or, for repeated seeds, give each run its own `run` name)"
+    )
 
 
 def require_rows(df: pd.DataFrame, minimum: int, fit: str, what: str = "runs") -> None:
@@ -120,14 +192,41 @@ def final_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["run", "step"]).groupby("run", sort=False).tail(1).reset_index(drop=True)
 
 
-def budgets(df: pd.DataFrame) -> np.ndarray:
-    """Each row's compute budget: the `budget` column, else its FLOPs rounded to 2 significant digits
-    (runs of one isoFLOP budget have C = 6ND equal up to rounding of N and D)."""
+BUDGET_REL_TOL = 0.2
+
+
+def budgets(df: pd.DataFrame, rel_tol: float = BUDGET_REL_TOL) -> np.ndarray:
+    """Each row's compute budget: the `budget` column, else its isoFLOP group.
+
+    Without a budget column, rows are sorted by FLOPs and a new group starts wherever the next row has
+    more than (1 + rel_tol) times the FLOPs of the previous one: runs meant for one budget differ by
+    rounding of N and D or by how FLOPs were counted (a few %), budgets by 1.5x or more. A group is
+    labelled by its geometric-mean FLOPs rounded to 2 significant digits (unrounded if two would tie)."""
     if "budget" in df.columns:
         return df["budget"].to_numpy(np.float64)
     flops = df["flops"].to_numpy(np.float64)
-    exponent = np.floor(np.log10(flops))
-    return np.round(flops / 10**exponent, 1) * 10**exponent
+    order = np.argsort(flops, kind="stable")
+    starts = np.r_[True, flops[order][1:] > flops[order][:-1] * (1.0 + rel_tol)]
+    group = np.empty(flops.size, dtype=np.int64)
+    group[order] = np.cumsum(starts) - 1
+    means = np.array([np.exp(np.mean(np.log(flops[group == g]))) for g in range(int(starts.sum()))])
+    exponent = np.floor(np.log10(means))
+    labels = np.round(means / 10**exponent, 1) * 10**exponent
+    if np.unique(labels).size < labels.size:
+        labels = means
+    return labels[group]
+
+
+def describe_budgets(df: pd.DataFrame, rel_tol: float = BUDGET_REL_TOL) -> str:
+    """How `budgets` grouped the runs (final rows) of a table without a budget column."""
+    final = final_rows(df)
+    b, flops = budgets(final, rel_tol), final["flops"].to_numpy(np.float64)
+    lines = [f"no 'budget' column: {len(final)} runs grouped into {np.unique(b).size} isoFLOP budget(s) "
+             f"(FLOPs within {rel_tol:.0%} of a neighbour share a budget; add a 'budget' column to set them):"]
+    for budget in np.unique(b):
+        f = flops[b == budget]
+        lines.append(f"  {float(budget):.3g} FLOPs: {f.size} run(s), FLOPs {float(f.min()):.4g} to {float(f.max()):.4g}")
+    return "\n".join(lines)
 
 
 def holdout_split(df: pd.DataFrame, holdout: str | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
