@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     from chinchax.sharding import MESH_AXES, make_mesh
     from chinchax.train.checkpoint import Checkpointer
     from chinchax.train.config import OptimizerConfig
-    from chinchax.train.optimizer import make_optimizer
+    from chinchax.train.optimizer import make_optimizer, schedule_values
     from chinchax.train.state import abstract_state, init_train_state, model_parts
     from chinchax.train.step import batch_sharding, jit_train_step
     from chinchax.train.synthetic import TokenArrayBatches, random_tokens
@@ -47,11 +47,12 @@ SCRIPT = textwrap.dedent(
         batches = TokenArrayBatches(TOKENS, global_batch_size=8, seq_len=16, seed=3)
         data = batch_sharding(mesh)
         step = jit_train_step(mesh, shardings, ("inputs", "targets", "loss_weights"), parts=parts, tx=tx,
-                              schedule=schedule, microbatches=microbatches, z_loss=OPT.z_loss)
+                              microbatches=microbatches, z_loss=OPT.z_loss)
+        lrs = schedule_values(schedule, STEPS)
         losses, grad_norms = [], []
-        for _ in range(STEPS):
+        for i in range(STEPS):
             batch = {k: jax.device_put(v, data) for k, v in next(batches).items()}
-            state, metrics = step(state, batch)
+            state, metrics = step(state, batch, lrs[i])
             losses.append(float(metrics["loss"]))
             grad_norms.append(float(metrics["grad_norm"]))
         params = jax.tree.leaves(jax.device_get(state["params"]))

@@ -55,14 +55,30 @@ def _cooldown(shape: str, peak: float, final: float, steps: int) -> optax.Schedu
 def make_optimizer(
     cfg: OptimizerConfig, total_steps: int, decay_mask=None
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """`decay_mask`: a pytree of bools like the params (True = decayed), see train.state; None = all."""
-    schedule = make_schedule(cfg, total_steps)
+    """(tx, schedule). `tx` is AdamW at a learning rate of 1: its updates are the step's direction,
+    -(adam + weight_decay * param), and the train step multiplies them by `schedule(step)`, which it is
+    given as an argument. So one compiled step serves every run of a shape whatever its learning rate or
+    length (a sweep trains many such runs in one process), and the update is bitwise optax.adamw's:
+    (-u) * lr == -(lr * u) in IEEE arithmetic.
+    `decay_mask`: a pytree of bools like the params (True = decayed), see train.state; None = all."""
+    return make_direction(cfg, decay_mask), make_schedule(cfg, total_steps)
+
+
+def make_direction(cfg: OptimizerConfig, decay_mask=None) -> optax.GradientTransformation:
+    """Clipping + AdamW with a unit learning rate: what no learning-rate or schedule setting changes."""
     parts = []
     if cfg.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     parts.append(
-        optax.adamw(
-            schedule, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask
-        )
+        optax.adamw(1.0, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask)
     )
-    return optax.chain(*parts), schedule
+    return optax.chain(*parts)
+
+
+def schedule_values(schedule: optax.Schedule, total_steps: int):
+    """The learning rate of every step 0..total_steps-1 as float32 numpy, computed once per run on the host."""
+    import jax
+    import numpy as np
+
+    steps = np.arange(max(total_steps, 1), dtype=np.int32)
+    return np.asarray(jax.device_get(jax.vmap(schedule)(steps)), dtype=np.float32)

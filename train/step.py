@@ -70,9 +70,10 @@ def _fold(keys, n):
     return jax.tree.map(fold, keys)
 
 
-def train_step(
-    state: dict, batch: dict, *, parts: ModelParts, tx, schedule, microbatches: int, z_loss: float
-):
+def train_step(state: dict, batch: dict, lr, *, parts: ModelParts, tx, microbatches: int, z_loss: float):
+    """One update. `lr` (a float32 scalar) is this step's learning rate and `tx` the update direction at a
+    unit rate (chinchax.train.optimizer.make_optimizer): the compiled step depends on neither the run's
+    learning rate nor its length."""
     params, step = state["params"], state["step"]
     step_keys = _fold(parts.rng_keys(), step)
     grad_fn = jax.value_and_grad(functools.partial(_objective, parts=parts, z_loss=z_loss), has_aux=True)
@@ -99,13 +100,14 @@ def train_step(
     denom = jnp.maximum(w_sum, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    direction, opt_state = tx.update(grads, state["opt_state"], params)
+    updates = jax.tree.map(lambda u: u * lr.astype(u.dtype), direction)
     new_state = {"step": step + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state}
     metrics = {
         "loss": ce_sum / denom,
         "z_loss": z_sum / denom,
         "grad_norm": grad_norm,
-        "learning_rate": schedule(step),
+        "learning_rate": lr,
         "loss_tokens": w_sum,
     }
     return new_state, metrics
@@ -125,7 +127,7 @@ def jit_train_step(mesh, state_shardings, batch_keys, **static) -> Any:
     fn = functools.partial(train_step, **static)
     return jax.jit(
         fn,
-        in_shardings=(state_shardings, {k: data for k in batch_keys}),
+        in_shardings=(state_shardings, {k: data for k in batch_keys}, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
     )

@@ -29,6 +29,11 @@ from chinchax.train.config import RESUME_SAFE_KEYS, ExperimentConfig
 from chinchax.train.metrics import MetricsLogger, Progress, atomic_write_text, start_wandb, write_json
 
 
+# Every eval row's loss sum and weight at the end of the run (rows are the same for every run of one data
+# config), so two runs can be compared row by row: a paired difference has a far smaller standard error.
+EVAL_ROWS = "eval_rows.json"
+
+
 class TrainingDiverged(RuntimeError):
     """The loss or gradient norm became NaN/inf."""
 
@@ -91,12 +96,12 @@ def train(
 
     from chinchax.model.counting import count_params, flops_per_token
     from chinchax.sharding import make_mesh
-    from chinchax.train import state as state_lib
     from chinchax.train import step as step_lib
     from chinchax.train.checkpoint import Checkpointer
     from chinchax.train.evaluate import bits_per_byte, count_bytes, summarize, token_byte_lengths
     from chinchax.train.mfu import total_peak_flops
-    from chinchax.train.optimizer import make_optimizer
+    from chinchax.train.optimizer import make_schedule, schedule_values
+    from chinchax.train.programs import programs_for
 
     t_start = time.time()
     tc = cfg.trainer
@@ -119,15 +124,14 @@ def train(
     seq_len = cfg.data.seq_len
     tokens_per_step = tc.batch_size * seq_len
 
-    parts = state_lib.model_parts(cfg.model, mesh, tc.seed)
-    tx, schedule = make_optimizer(cfg.optimizer, total_steps, parts.decay_mask)
-    abstract, shardings = state_lib.abstract_state(cfg.model, tx, parts, mesh, tc.seed)
+    programs = programs_for(cfg, mesh)  # shared with earlier runs of this shape in this process
+    lr_by_step = schedule_values(make_schedule(cfg.optimizer, total_steps), total_steps)
 
     train_it, make_eval, tokenizer = (data or (lambda i, n: _default_data(cfg, i, n)))(
         jax.process_index(), jax.process_count()
     )
     ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=tc.max_to_keep)
-    restored = ckpt.restore_latest(abstract)
+    restored = ckpt.restore_latest(programs.abstract)
     if restored is not None:
         start_step, state, data_state = restored
         train_it.set_state(data_state)
@@ -135,7 +139,7 @@ def train(
             print(f"[chinchax train] resuming {run_dir} from step {start_step}", flush=True)
     else:
         start_step = 0
-        state, _ = state_lib.init_train_state(cfg.model, tx, parts, mesh, tc.seed)
+        state = programs.init_state(cfg)
 
     counts = count_params(cfg.model)
     flops = flops_per_token(cfg.model, seq_len, cfg.data.encoder_length)
@@ -181,7 +185,7 @@ def train(
         for batch in eval_cache:
             gb = to_global(batch)
             if eval_fn is None:
-                eval_fn = step_lib.jit_eval_step(mesh, shardings["params"], gb.keys(), parts)
+                eval_fn = programs.eval_step(gb.keys())
             out = eval_fn(state["params"], gb)
             out = jax.tree.map(_to_host, out)
             sums.append(out["loss_sum_B"])
@@ -189,6 +193,7 @@ def train(
             targets.append(batch["targets"])
             tweights.append(batch["loss_weights"])
         loss_sums, w = np.concatenate(sums), np.concatenate(weights)
+        eval_rows.update(loss_sum=loss_sums, weight=w)
         mean, stderr = summarize(loss_sums, w)
         row = {"step": step, "eval_loss": mean, "eval_loss_stderr": stderr}
         # bytes are counted on this host's rows, then summed over hosts
@@ -199,12 +204,13 @@ def train(
 
     last_loss = float("nan")
     last_eval: dict = {}
+    eval_rows: dict = {}  # per-row loss sums and weights of the last eval: paired comparisons of runs
     mfu_values: list[float] = []
-    window_start, window_steps = time.perf_counter(), 0
+    window_start, window_steps, first_window = time.perf_counter(), 0, True
     pending = None  # (step number after the update, device metrics) of the last dispatched step
 
     def handle(step: int, metrics_dev, *, force_log: bool = False) -> None:
-        nonlocal last_loss, window_start, window_steps
+        nonlocal last_loss, window_start, window_steps, first_window
         m = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
         if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
             raise TrainingDiverged(
@@ -219,7 +225,7 @@ def train(
             step_time = (now - window_start) / window_steps
             tokens_per_s = tokens_per_step / step_time
             mfu = flops.detailed * tokens_per_s / peak
-            if step > start_step + 1:  # the first window includes compilation
+            if not first_window:  # the first window after a (re)start includes compilation
                 mfu_values.append(mfu)
             logger.log(
                 {
@@ -235,25 +241,16 @@ def train(
                 }
             )
             progress.update(window_steps, m["loss"], tokens_per_s)
-            window_start, window_steps = now, 0
+            window_start, window_steps, first_window = now, 0, False
             ckpt.poll()
 
-    status = "done"
+    status = "running"  # "done" only once the loop has finished: a crash never writes a finished run.json
     try:
         for step in range(start_step, total_steps):
             batch = to_global(next(train_it))
             if train_fn is None:
-                train_fn = step_lib.jit_train_step(
-                    mesh,
-                    shardings,
-                    batch.keys(),
-                    parts=parts,
-                    tx=tx,
-                    schedule=schedule,
-                    microbatches=tc.microbatches,
-                    z_loss=cfg.optimizer.z_loss,
-                )
-            state, metrics = train_fn(state, batch)
+                train_fn = programs.train_step(batch.keys())
+            state, metrics = train_fn(state, batch, lr_by_step[step])
             if pending is not None:
                 handle(*pending)  # step t's metrics while step t+1 runs
             pending = (step + 1, metrics)
@@ -275,6 +272,7 @@ def train(
             rows = [r for r in logger.rows() if "loss" in r]
             last_loss = rows[-1]["loss"] if rows else float("nan")
             last_eval = run_eval(total_steps)
+        status = "done"
     except TrainingDiverged:
         status = "diverged"
         raise
@@ -307,6 +305,8 @@ def train(
                 "mesh": dict(mesh.shape),
                 "config": configlib.to_dict(cfg),
             }
+            if eval_rows:  # before run.json: a finished run always has its rows
+                write_json(run_dir / EVAL_ROWS, {k: [float(x) for x in v] for k, v in eval_rows.items()})
             write_json(run_dir / "run.json", result)
         logger.close()
     return result if primary else {}
