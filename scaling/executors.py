@@ -39,7 +39,7 @@ from chinchax.scaling.results import (
 )
 
 DEFAULT_TRAIN_COMMAND = (sys.executable, "-m", "chinchax.cli", "train")
-EXECUTORS = ("local", "ray", "tpu")
+EXECUTORS = ("local", "worker", "ray", "tpu")
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,10 @@ def run_with_retries(
     train_command: Sequence[str] = DEFAULT_TRAIN_COMMAND,
     max_retries: int = 2,
     env: dict | None = None,
+    launch: Callable[[str, Path], int] | None = None,
 ) -> Outcome:
     """Train one run to completion in its own subprocess, retrying failures; never raises for a bad run.
+    `launch(config_path, log_path) -> exit code` replaces the subprocess (a long-lived worker's).
 
     Runs wherever it is called: in the sweep's process (local), or inside a Ray worker (ray)."""
     d = Path(run_dir)
@@ -86,17 +88,21 @@ def run_with_retries(
     (d / FAILED_MARKER).unlink(missing_ok=True)
     lock = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
     write_atomic(d / LOCK_MARKER, json.dumps(lock))
-    command = [*train_command, str(config_path)]
+    command = [*train_command, str(config_path)] if launch is None else ["chinchax", "train", str(config_path)]
+    where = "" if launch is None else " (in a long-lived worker)"
     error, returncode = "", None
     try:
         for attempt in range(1, max_retries + 2):
             with open(d / TRAIN_LOG, "a") as log:
-                log.write(f"\n=== attempt {attempt} at {_now()}: {shlex.join(command)}\n")
+                log.write(f"\n=== attempt {attempt} at {_now()}: {shlex.join(command)}{where}\n")
                 log.flush()
-                returncode = subprocess.run(
-                    command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env={**os.environ, **(env or {})},
-                ).returncode
+                if launch is None:
+                    returncode = subprocess.run(
+                        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        env={**os.environ, **(env or {})},
+                    ).returncode
+            if launch is not None:
+                returncode = launch(str(config_path), d / TRAIN_LOG)
             if returncode == 0 and done():
                 return Outcome(run_id, "done", attempt)
             error = _tail(d / TRAIN_LOG) or f"exit code {returncode}"
@@ -149,26 +155,39 @@ def run_local(
     skip_failed: bool = False,
     env: dict | None = None,
     progress: bool = True,
+    workers: bool = False,
 ) -> list[Outcome]:
-    """Each run as a `chinchax train` subprocess in its own directory, `parallel` at a time."""
+    """Each run as a `chinchax train` subprocess in its own directory, `parallel` at a time; with
+    `workers`, in `parallel` long-lived worker processes that share compiled programs between runs of one
+    shape (chinchax.scaling.worker)."""
     if parallel < 1:
         raise UserError(f"--parallel={parallel} must be >= 1")
+    if workers:
+        from chinchax.scaling.worker import WorkerPool
+
+        with WorkerPool(parallel, env) as pool:
+            return _run_local(plan, sweep, parallel, max_retries, train_command, skip_failed, env, progress,
+                              pool.run)
+    return _run_local(plan, sweep, parallel, max_retries, train_command, skip_failed, env, progress, None)
+
+
+def _run_local(plan, sweep, parallel, max_retries, train_command, skip_failed, env, progress, launch):
     todo = runs_to_launch(plan, sweep, skip_failed)
     outcomes = [Outcome(r.run_id, "skipped") for r in plan.runs if r not in todo]
     bar = _progress(len(plan.runs), f"sweep {plan.name}") if progress else None
     if bar:
         bar.update(len(outcomes))
 
-    def launch(run: PlannedRun) -> Outcome:
+    def train_one(run: PlannedRun) -> Outcome:
         seed_branch(sweep, run, plan)
         config = write_run_config(sweep, run)
         return run_with_retries(run.run_id, str(config), str(sweep.run_dir(run.run_id).resolve()),
-                                train_command, max_retries, env)
+                                train_command, max_retries, env, launch)
 
     # Trunks (and unbranched runs) first, then the branches that need a trunk's checkpoint.
     for phase in ([r for r in todo if not r.branch_of], [r for r in todo if r.branch_of]):
         with ThreadPoolExecutor(max_workers=parallel) as pool:
-            futures = [pool.submit(launch, r) for r in phase]
+            futures = [pool.submit(train_one, r) for r in phase]
             for future in as_completed(futures):
                 outcome = future.result()
                 outcomes.append(outcome)

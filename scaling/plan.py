@@ -95,9 +95,10 @@ class SizeRule:
 
 @dataclass(frozen=True)
 class HParamRule:
-    rule: str = "inverse_width"  # lr = base_lr * base_d_model / d_model; or "constant": lr = base_lr
+    rule: str = "inverse_width"  # lr = base_lr * (base_d_model / d_model)^width_exponent; or "constant"
     base_lr: float = 1e-3
     base_d_model: int = 256
+    width_exponent: float = 1.0  # 1 = muP's 1/width for Adam; a learning-rate sweep can measure it
     warmup_fraction: float = 0.05  # of the run's steps (of the shortest run of a shape, with WSD branching)
     min_warmup_steps: int = 1
 
@@ -561,7 +562,9 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
             warmup = min(steps, max(cfg.hparams.min_warmup_steps, round(cfg.hparams.warmup_fraction * basis)))
             lr = cfg.hparams.base_lr
             if cfg.hparams.rule == "inverse_width":
-                lr = cfg.hparams.base_lr * cfg.hparams.base_d_model / shape.d_model
+                ratio = cfg.hparams.base_d_model / shape.d_model
+                exponent = cfg.hparams.width_exponent
+                lr = cfg.hparams.base_lr * (ratio if exponent == 1.0 else ratio**exponent)
             lr = float(f"{lr:.6g}")  # a short, stable number in YAML and in the run id
             m = model_with_shape(base.model, cfg.shape, shape.d_model)
             overrides = [

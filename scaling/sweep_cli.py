@@ -34,9 +34,11 @@ def register(subparsers) -> None:
                        "Idempotent: finished runs are skipped, interrupted ones resume from their checkpoints, "
                        "failing ones are retried and then recorded as failed while the rest go on.")
     common(p)
-    p.add_argument("--executor", choices=("local", "ray", "tpu"), default="local",
-                   help="local subprocesses (default), Ray tasks, or Cloud TPU VMs via gcloud")
-    p.add_argument("--parallel", type=int, default=1, help="local: runs at a time (default 1)")
+    p.add_argument("--executor", choices=("local", "worker", "ray", "tpu"), default="local",
+                   help="local: a `chinchax train` subprocess per run (default); worker: --parallel long-lived "
+                   "processes that each train many runs and share compiled programs between runs of one "
+                   "shape (fastest for sweeps of small models); ray: Ray tasks; tpu: Cloud TPU VMs via gcloud")
+    p.add_argument("--parallel", type=int, default=1, help="local, worker: runs at a time (default 1)")
     p.add_argument("--max-retries", type=int, default=2, help="retries of a failing run (default 2)")
     p.add_argument("--skip-failed", action="store_true", help="do not retry runs recorded as failed")
     p.add_argument("--dry-run", action="store_true", help="tpu: print every gcloud command, run nothing")
@@ -89,9 +91,12 @@ def _run(args) -> int:
     plan, sweep, cfg = _open(args, plan_fresh=True)
     print(plan.table(), file=sys.stderr)
     train = tuple(shlex.split(args.train_command)) if args.train_command else executors.DEFAULT_TRAIN_COMMAND
-    if args.executor == "local":
+    if args.executor in ("local", "worker"):
+        if args.executor == "worker" and args.train_command:
+            raise UserError("--train-command applies to the local executor; the worker executor trains in-process")
         outcomes = executors.run_local(plan, sweep, parallel=args.parallel, max_retries=args.max_retries,
-                                       train_command=train, skip_failed=args.skip_failed)
+                                       train_command=train, skip_failed=args.skip_failed,
+                                       workers=args.executor == "worker")
     elif args.executor == "ray":
         from chinchax.scaling.plan import RaySettings
 
