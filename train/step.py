@@ -31,8 +31,25 @@ def batch_sharding(mesh) -> NamedSharding:
 
 
 def _constrain(x, names):
-    # Only under a mesh with the logical rules active (inside our jit); names -> mesh axes.
+    # Names -> mesh axes; a no-op unless a mesh is in context (the step traces under `in_mesh`).
     return nn.with_logical_constraint(x, names, rules=LOGICAL_AXIS_RULES)
+
+
+def in_mesh(fn, mesh):
+    """`fn` traced under `mesh` and the logical axis rules, so every `with_logical_constraint` in the model
+    and the step becomes a sharding constraint. Without them flax skips the constraint silently (it needs
+    an abstract mesh in context) and XLA is left to guess the activations' layout.
+
+    The context is entered inside the traced function, not around the call: `jax.set_mesh` may only be
+    used outside jit, but `use_abstract_mesh` is allowed while tracing, and this way `.lower()`, the first
+    call and any retrace all see the same context whatever the caller has set."""
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+            return fn(*args, **kwargs)
+
+    return traced
 
 
 def forward(parts: ModelParts, params, batch: dict, rng_keys=None, *, train: bool) -> jax.Array:
@@ -124,7 +141,7 @@ def eval_step(params, batch: dict, *, parts: ModelParts) -> dict:
 def jit_train_step(mesh, state_shardings, batch_keys, **static) -> Any:
     data = batch_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
-    fn = functools.partial(train_step, **static)
+    fn = in_mesh(functools.partial(train_step, **static), mesh)
     return jax.jit(
         fn,
         in_shardings=(state_shardings, {k: data for k in batch_keys}, replicated),
@@ -136,7 +153,7 @@ def jit_train_step(mesh, state_shardings, batch_keys, **static) -> Any:
 def jit_eval_step(mesh, param_shardings, batch_keys, parts: ModelParts) -> Any:
     data = batch_sharding(mesh)
     return jax.jit(
-        functools.partial(eval_step, parts=parts),
+        in_mesh(functools.partial(eval_step, parts=parts), mesh),
         in_shardings=(param_shardings, {k: data for k in batch_keys}),
         out_shardings=data,
     )
