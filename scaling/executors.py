@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -105,15 +106,35 @@ def run_with_retries(
                 returncode = launch(str(config_path), d / TRAIN_LOG)
             if returncode == 0 and done():
                 return Outcome(run_id, "done", attempt)
-            error = _tail(d / TRAIN_LOG) or f"exit code {returncode}"
+            error = _tail(d / TRAIN_LOG) or exit_description(returncode)
+            if returncode is not None and returncode < 0:  # the log cannot say: it died mid-line
+                error += f"\n({exit_description(returncode)})"
             if returncode == 0:
                 error += "\n(the train command exited 0 but wrote no run.json with status done)"
         failure = {"status": "failed", "attempts": max_retries + 1, "returncode": returncode,
-                   "error": error, "command": command, "at": _now()}
+                   "signal": signal_name(returncode), "error": error, "command": command, "at": _now()}
         write_atomic(d / FAILED_MARKER, json.dumps(failure, indent=1))
         return Outcome(run_id, "failed", max_retries + 1, error)
     finally:
         (d / LOCK_MARKER).unlink(missing_ok=True)
+
+
+def signal_name(returncode: int | None) -> str | None:
+    """SIGKILL for -9 (how subprocess reports a child killed by a signal); None for a normal exit."""
+    if returncode is None or returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+def exit_description(returncode: int | None) -> str:
+    name = signal_name(returncode)
+    if name is None:
+        return f"exit code {returncode}"
+    hint = " (the OOM killer, or someone's kill -9)" if name == "SIGKILL" else ""
+    return f"killed by {name}{hint}"
 
 
 def _now() -> str:

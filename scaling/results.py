@@ -8,8 +8,10 @@
     <sweep dir>/curves.csv                one row per logged step of every finished run (approach 1)
 
 A run's state comes only from its files, so any process (or a re-run after a crash) sees the same thing:
-done = run.json with status "done"; failed = the executor's failure marker; running = a live lock;
-interrupted = a run directory with no run.json and no live lock (a re-run resumes it from its checkpoints);
+done = run.json with status "done"; running = a trainer holds the run dir's lock (<run>/.lock, flock:
+the kernel frees it when the trainer dies, however it dies), or the executor that launched it is alive;
+failed = the executor's failure marker; interrupted = a run directory with none of these (a re-run resumes
+it from its checkpoints);
 planned = nothing on disk yet.
 """
 
@@ -61,6 +63,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def trainer_holding(run_dir: Path) -> dict | None:
+    """The trainer ({"pid", "host"}) holding the run directory's lock, or None: the run's own answer to
+    "is it running", which no dead executor's pid file can fake (chinchax.train.runlock)."""
+    from chinchax.train.runlock import probe
+
+    return probe(run_dir)
+
+
 class SweepDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -100,9 +110,11 @@ class SweepDir:
         run_json = read_json(d / "run.json")
         if run_json is not None and run_json.get("status") == "done":
             return "done"
+        if trainer_holding(d) is not None:
+            return "running"  # a trainer holds the run dir's lock, whoever started it (even a dead driver)
         lock = read_json(d / LOCK_MARKER)
         if lock is not None and lock.get("host") == socket.gethostname() and _pid_alive(int(lock.get("pid", -1))):
-            return "running"
+            return "running"  # the executor is alive between attempts (its trainer not started yet)
         if lock is not None and lock.get("host") != socket.gethostname():
             return "running"  # launched from another machine: trust its lock
         if (d / FAILED_MARKER).exists():

@@ -95,3 +95,20 @@ def test_step_without_manifest_is_not_trusted(tmp_path, capsys):
 
 def test_no_good_step_means_start_from_scratch(tmp_path):
     assert Checkpointer(tmp_path, max_to_keep=1).restore_latest(_abstract()) is None
+
+
+def test_every_step_damaged_says_training_restarts_from_zero(tmp_path, capsys):
+    ckpt = Checkpointer(tmp_path, max_to_keep=3)
+    for step in (2, 4):
+        ckpt.save(step, _state(step), {"pos": step})
+    ckpt.close()
+    for step in (2, 4):
+        _flip_bytes(_largest_file(tmp_path / str(step)))
+    ckpt = Checkpointer(tmp_path, max_to_keep=3)
+    assert ckpt.restore_latest(_abstract()) is None
+    err = capsys.readouterr().err
+    assert "checkpoint step 4 is damaged" in err and "falling back to the previous step" in err
+    assert "checkpoint step 2 is damaged" in err and "no earlier step is left" in err
+    assert "every checkpoint of this run is damaged (steps [2, 4]" in err and "restarts from step 0" in err
+    assert ckpt.steps() == []
+    ckpt.close()

@@ -198,7 +198,9 @@ class Checkpointer:
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, Any] | None:
         """(step, state, data_state) from the newest step that verifies and restores; damaged steps are
         announced and moved to `damaged/`. None when no good step exists (start from scratch)."""
-        for step in reversed(self.steps()):
+        damaged: list[int] = []
+        steps = self.steps()
+        for step in reversed(steps):
             problem = verify(self._step_dir(step)) if jax.process_index() == 0 else None
             problem = _broadcast_problem(problem)
             if problem is None:
@@ -212,8 +214,15 @@ class Checkpointer:
                     return step, restored["state"], restored["data"]
                 except Exception as e:  # a manifest-consistent step that orbax still cannot read
                     problem = f"orbax could not restore it: {type(e).__name__}: {e}"
-            _say(f"checkpoint step {step} is damaged ({problem}); falling back to the previous good step")
+            damaged.append(step)
+            fallback = "falling back to the previous step" if len(damaged) < len(steps) else "no earlier step is left"
+            _say(f"checkpoint step {step} is damaged ({problem}); {fallback}")
             self._quarantine(step)
+        if damaged:
+            _say(
+                f"WARNING: every checkpoint of this run is damaged (steps {sorted(damaged)}, moved to "
+                f"{self.directory / DAMAGED_DIR}); training restarts from step 0"
+            )
         return None
 
     def _quarantine(self, step: int) -> None:

@@ -46,19 +46,66 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume_compatible(run_dir: Path, cfg: ExperimentConfig) -> None:
-    """Refuse to resume a run whose resolved config changed in a key that changes the experiment."""
+# Keys that set the run's length. Extending (or shortening) a run is allowed when it leaves the past alone:
+# the learning rates of the steps already taken must be the same under the new length (checked after
+# the restore, `check_extension`): a constant schedule, or a wsd run whose cooldown has not begun.
+LENGTH_KEYS = frozenset({"trainer.steps", "trainer.tokens"})
+
+
+def check_resume_compatible(run_dir: Path, cfg: ExperimentConfig) -> int | None:
+    """Refuse to resume a run whose resolved config changed in a key that changes the experiment.
+    Returns the old run's length in steps (None for a new run); its length may differ (`check_extension`)."""
     path = run_dir / "config.yaml"
     if not path.is_file():
-        return
+        return None
     old = _flatten(configlib.read_yaml(path))
     new = _flatten(configlib.to_dict(cfg))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_SAFE_KEYS)
+    ignored = RESUME_SAFE_KEYS | LENGTH_KEYS
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ignored)
     if changed:
         diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
         raise UserError(
             f"{run_dir} holds a run with a different config ({diffs}); resuming would mix two experiments. "
             "Restore the old values, or use a new trainer.run_dir"
+        )
+    if old.get("trainer.steps") is not None:
+        return int(old["trainer.steps"])
+    return -(-int(old["trainer.tokens"]) // (cfg.trainer.batch_size * cfg.data.seq_len))
+
+
+def check_extension(run_dir: Path, cfg: ExperimentConfig, old_steps: int, taken: int, lr_by_step) -> None:
+    """A run of `old_steps` that has taken `taken` steps may continue with the new length only if the
+    steps taken would have had the same learning rates under it (cosine and linear decay over the whole
+    run, and wsd's cooldown, are stretched by a new length: the past would not be this run's)."""
+    from chinchax.train.optimizer import make_schedule, schedule_values
+
+    new_steps = cfg.total_steps
+    if new_steps == old_steps or taken == 0:
+        return
+    if taken > new_steps:
+        raise UserError(
+            f"{run_dir} has already trained {taken} steps; a length of {new_steps} steps "
+            f"(trainer.steps/trainer.tokens) would end it before where it stands. Keep the length >= {taken}, or "
+            "use a new trainer.run_dir"
+        )
+    old_lr = schedule_values(make_schedule(cfg.optimizer, old_steps), old_steps)[:taken]
+    new_lr = np.asarray(lr_by_step[:taken])
+    differ = np.flatnonzero(old_lr != new_lr)
+    if differ.size:
+        k = int(differ[0])
+        opt = cfg.optimizer
+        why = {
+            "cosine": "a cosine decay spans the whole run, so a new length changes every decayed step's rate",
+            "linear": "a linear decay spans the whole run, so a new length changes every decayed step's rate",
+            "wsd": f"the wsd cooldown (the last {opt.cooldown_fraction:g} of the run) had already begun, and a "
+            "new length moves it",
+        }.get(opt.schedule, "the schedule depends on the run's length")
+        raise UserError(
+            f"{run_dir}: changing the run's length from {old_steps} to {new_steps} steps would change the learning "
+            f"rate of steps it has already taken (step {k}: {old_lr[k]:.4g} -> {new_lr[k]:.4g}): {why}. "
+            f"The {taken} steps taken would not be those of a {new_steps}-step run. A run can be extended when "
+            "its schedule is constant, or wsd before the cooldown begins; otherwise train a new trainer.run_dir "
+            "(or branch a wsd run from a checkpoint taken before its cooldown)"
         )
 
 
@@ -94,6 +141,17 @@ def train(
 
     import jax
 
+    from chinchax.train import runlock
+
+    # One trainer per run dir (the primary host holds the lock; the others share its run): released when
+    # this call returns or raises, so a sweep worker can train one run after another in one process.
+    with runlock.hold(Path(cfg.trainer.run_dir).absolute(), enabled=jax.process_index() == 0):
+        return _train(cfg, data)
+
+
+def _train(cfg: ExperimentConfig, data) -> dict:
+    import jax
+
     from chinchax.model.counting import count_params, flops_per_token
     from chinchax.sharding import make_mesh
     from chinchax.train import step as step_lib
@@ -107,10 +165,7 @@ def train(
     tc = cfg.trainer
     primary = jax.process_index() == 0
     run_dir = Path(tc.run_dir).absolute()
-    check_resume_compatible(run_dir, cfg)
-    if primary:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", configlib.dump_yaml(cfg))
+    old_steps = check_resume_compatible(run_dir, cfg)  # config.yaml is written once the restore agrees
 
     mesh = make_mesh(tc.mesh)
     data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -140,6 +195,18 @@ def train(
     else:
         start_step = 0
         state = programs.init_state(cfg)
+    if old_steps is not None:
+        try:
+            check_extension(run_dir, cfg, old_steps, start_step, lr_by_step)
+        except UserError:
+            ckpt.close()
+            raise
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", configlib.dump_yaml(cfg))
+        if start_step < total_steps:  # an extended run: its old summary no longer describes it
+            for stale in ("run.json", EVAL_ROWS):
+                (run_dir / stale).unlink(missing_ok=True)
 
     counts = count_params(cfg.model)
     flops = flops_per_token(cfg.model, seq_len, cfg.data.encoder_length)
