@@ -44,11 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, except that dotted `key=value` overrides may come anywhere, after options too
+    (`sweep run X --executor ray budgets=[...]`): argparse ends a `nargs="*"` positional at the first
+    option and calls what follows it unrecognized. `parse_intermixed_args` would do it, but it does not
+    support subcommands. Anything else unrecognized is still an error."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides"):
+        stray = [a for a in extra if a.startswith("-") or "=" not in a]
+        if not stray:
+            args.overrides = [*(args.overrides or []), *extra]
+            return args
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # a real command line, not a call from Python (tests)
         reexec_with_hugepage_malloc()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, sys.argv[1:] if argv is None else argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0 if args.command is None else 2

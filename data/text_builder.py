@@ -310,12 +310,25 @@ def iter_documents(spec: CorpusSpec, scan_result: ScanResult, split: str) -> Ite
 
 @contextlib.contextmanager
 def _locked(lock_path: Path):
-    with open(lock_path, "a") as f:
+    """An exclusive lock on `lock_path`, which is removed again on the way out (a failing build left
+    empty .lock files behind). Removing a lock file is safe only because the holder unlinks it while
+    still holding it, and a waiter that wakes up on a file no longer at that path starts over."""
+    while True:
+        f = open(lock_path, "a")
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            current = os.stat(lock_path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        f.close()  # the holder before us removed it: lock the file now at the path instead
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:

@@ -65,3 +65,39 @@ def test_data_help_is_light():
     code = ("import argparse, sys, chinchax.data.cli as c; c.register(argparse.ArgumentParser().add_subparsers()); "
             "assert 'tensorflow_datasets' not in sys.modules and 'sentencepiece' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_failing_text_source_leaves_no_lock_files(code_dir, tmp_path, capsys):
+    data = tmp_path / "d"
+    (code_dir / "bad.py").write_bytes(b"x = '\xff'\n")
+    assert main(["data", "info", f"text:{code_dir}", "--data-dir", str(data)]) == 2
+    assert "not valid UTF-8" in capsys.readouterr().err
+    assert not [p for p in data.rglob("*") if p.name.endswith(".lock")]
+    (code_dir / "bad.py").unlink()
+    assert main(["data", "info", f"text:{code_dir}", "--data-dir", str(data), "--max-docs", "1"]) == 0
+    assert not [p for p in data.rglob("*") if p.name.endswith(".lock")]  # nor does a good build
+
+
+def test_the_build_lock_still_excludes_while_it_is_removed(tmp_path):
+    import threading
+    import time
+
+    from chinchax.data.text_builder import _locked
+
+    lock, inside, overlaps = tmp_path / ".x.lock", [], []
+
+    def worker():
+        for _ in range(50):
+            with _locked(lock):
+                inside.append(1)
+                if len(inside) > 1:
+                    overlaps.append(1)
+                time.sleep(0.0005)
+                inside.pop()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not overlaps and not lock.exists()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chinchax.errors import UserError
 from chinchax.fileio import write_text_atomic as atomic_write_text
 
 # Fields of a row that depend on wall-clock time: they differ between two runs of the same config.
@@ -81,15 +82,49 @@ class MetricsLogger:
                 self.wandb_run.finish()
 
 
+def wandb_key_configured() -> bool:
+    """A W&B API key is set: WANDB_API_KEY, or a netrc entry for the W&B host (what `wandb login` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        entry = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def wandb_mode(mode: str) -> str:
+    """The mode wandb is started with. 'auto': without a key always offline (even with WANDB_MODE=online:
+    without a key wandb could only fail, after looking its server up), with a key WANDB_MODE if set, else
+    online. Explicit 'online' without a key is refused here, before wandb touches the network."""
+    has_key = wandb_key_configured()
+    if mode == "auto":
+        env = (os.environ.get("WANDB_MODE") or "").strip().lower()
+        if env in ("offline", "dryrun", "disabled"):
+            return "offline" if env == "dryrun" else env
+        return "online" if has_key else "offline"
+    if mode == "online" and not has_key:
+        raise UserError(
+            "trainer.wandb_mode=online needs a W&B API key (WANDB_API_KEY, or `wandb login`); use "
+            "trainer.wandb_mode=auto or offline to log locally"
+        )
+    return mode
+
+
 def start_wandb(project: str | None, mode: str, run_dir: Path, run_name: str, config: dict):
-    """A wandb run, or None. mode 'auto' = the WANDB_MODE env var if set, online with a configured key
-    (WANDB_API_KEY), else offline: a run never needs an account or a network unless asked to."""
+    """A wandb run, or None. Nothing touches the network unless a key is configured (`wandb_mode`)."""
     if not project or mode == "disabled":
+        return None
+    mode = wandb_mode(mode)
+    if mode == "disabled":
         return None
     import wandb
 
-    if mode == "auto":
-        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     return wandb.init(
         project=project,
         name=run_name,
