@@ -90,3 +90,24 @@ def create_sharded(make_module, mesh: jax.sharding.Mesh):
 
         state = jax.jit(init, out_shardings=shardings)()
     return nnx.merge(graphdef, state)
+
+
+def model_context(model):
+    """The mesh a model's parameters live on + the logical axis rules, as one context manager: jitted
+    forward, scoring and decoding passes traced inside it turn the model's logical constraints (residual
+    stream, logits, KV cache) into sharding constraints; outside it flax skips them silently. A model
+    whose parameters are not on a named mesh (one device, host arrays) gets the rules alone, where the
+    constraints are no-ops anyway. The trainer's own steps enter this context while tracing
+    (chinchax.train.step.in_mesh); this is for callers of the model outside the trainer."""
+    import contextlib
+
+    import flax.linen as nn
+    from flax import nnx
+
+    stack = contextlib.ExitStack()
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    mesh = getattr(getattr(params[0], "sharding", None), "mesh", None) if params else None
+    if isinstance(mesh, jax.sharding.Mesh) and mesh.axis_names == MESH_AXES:
+        stack.enter_context(jax.set_mesh(mesh))
+    stack.enter_context(nn.logical_axis_rules(LOGICAL_AXIS_RULES))
+    return stack

@@ -63,6 +63,7 @@ def _generate(args) -> int:
     from chinchax.evaluation.generation_tasks import model_prompts
     from chinchax.evaluation.run_loading import load_run
     from chinchax.model.decoding import SamplingConfig, generate
+    from chinchax.sharding import model_context
 
     run = load_run(args.run_dir)
     tok = run.tokenizer
@@ -71,7 +72,8 @@ def _generate(args) -> int:
         stop_tokens=tuple(dict.fromkeys([*args.stop_id, tok.eos_id])), seed=args.seed,
     ).validate()
     prompts, encoder_inputs = model_prompts(run.model, tok, args.prompt)
-    result = generate(run.model, prompts, sampling, encoder_inputs=encoder_inputs, pad_id=tok.pad_id)
+    with model_context(run.model):  # the model's logical constraints (KV cache, logits) apply
+        result = generate(run.model, prompts, sampling, encoder_inputs=encoder_inputs, pad_id=tok.pad_id)
     for prompt, tokens in zip(args.prompt, result.as_lists(), strict=True):
         text = tok.decode(tokens)
         if args.json:
@@ -88,6 +90,7 @@ def _eval(args) -> int:
     from chinchax.evaluation import results as results_lib
     from chinchax.evaluation.run_loading import load_run
     from chinchax.evaluation.tasks import load_task
+    from chinchax.sharding import model_context
 
     if not (args.task or args.loss or args.conditional):
         raise UserError("nothing to evaluate: pass --loss, --conditional and/or --task FILE.jsonl|tfds:NAME")
@@ -105,12 +108,13 @@ def _eval(args) -> int:
             failed.append(run_dir)
             continue
         measured = {}
-        if args.loss:
-            measured["validation"] = _validation(run)
-        if args.conditional:
-            measured["conditional"] = _conditional(run, args)
-        for task in tasks:
-            measured[f"{task.name}/{args.shots}shot"] = _task(run, task, args)
+        with model_context(run.model):  # scoring and decoding under the run's mesh and the logical rules
+            if args.loss:
+                measured["validation"] = _validation(run)
+            if args.conditional:
+                measured["conditional"] = _conditional(run, args)
+            for task in tasks:
+                measured[f"{task.name}/{args.shots}shot"] = _task(run, task, args)
         for key, metrics in measured.items():
             results_lib.record(run.run_dir, run.step, key, metrics)
             shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items() if k != "samples"}

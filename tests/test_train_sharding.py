@@ -62,6 +62,25 @@ SCRIPT = textwrap.dedent(
             "state_bytes": sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(programs.abstract)),
             "batch_bytes_per_device": 3 * {B} * {L} * 4 // (mesh.shape["data"] * mesh.shape["fsdp"]),
         }}
+
+    # Decoding outside the trainer (chinchax generate / eval): sharding.model_context of a loaded model.
+    from chinchax.model.decoding import CACHE_AXES, SamplingConfig, generate, init_cache
+    from chinchax.sharding import logical_to_spec, model_context
+    cfg = load_config(ExperimentConfig, repo / "experiments" / "tiny.yaml", [*base, "trainer.mesh=[4,1,2]"])
+    programs = programs_lib.programs_for(cfg, make_mesh(cfg.trainer.mesh))
+    model = programs.parts.merge(programs.init_state(cfg)["params"])
+    model.eval()
+    plain = jax.jit(lambda: init_cache(model, 8, 16))()
+    with model_context(model):
+        cache = jax.jit(lambda: init_cache(model, 8, 16))()
+        prompts = [[2, 11 + b, 12, 13] for b in range(8)]
+        tokens_ctx = generate(model, prompts, SamplingConfig(max_new_tokens=3, temperature=0.0)).tokens.tolist()
+    tokens_plain = generate(model, prompts, SamplingConfig(max_new_tokens=3, temperature=0.0)).tokens.tolist()
+    pad = lambda spec: [str(a) for a in tuple(spec) + (None,) * (5 - len(spec))]
+    expected = jax.sharding.NamedSharding(make_mesh(cfg.trainer.mesh), logical_to_spec(CACHE_AXES))
+    out["decode"] = {{"cache_spec": pad(cache["k"].sharding.spec),
+                     "as_rules": cache["k"].sharding.is_equivalent_to(expected, 5), "plain_spec": type(plain["k"].sharding).__name__,
+                     "expected": pad(logical_to_spec(CACHE_AXES)), "same_tokens": tokens_ctx == tokens_plain}}
     print("RESULT" + json.dumps(out))
     """
 )
@@ -125,3 +144,11 @@ def test_tensor_parallel_activations_are_split_as_the_rules_say(result):
     assert f"{rows},{L},{D}" in shapes  # residual stream: embed whole
     for whole in (f"{rows},{L},{V}", f"{rows},{L},{F}"):
         assert whole not in shapes, (whole, shapes)
+
+
+def test_decoding_outside_the_trainer_runs_under_the_models_mesh(result):
+    decode = result["decode"]
+    assert decode["as_rules"], decode  # KV cache: batch over data x fsdp, as the rules say
+    assert decode["cache_spec"][1] != "None"
+    assert decode["plain_spec"] == "SingleDeviceSharding"  # without the context the constraint was skipped
+    assert decode["same_tokens"]
