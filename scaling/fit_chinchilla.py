@@ -44,8 +44,9 @@ def envelope(curves: pd.DataFrame, n_points: int = ENVELOPE_POINTS) -> pd.DataFr
     best_n = np.full(n_points, np.nan)
     for run, g in runs.items():
         f = g["flops"].to_numpy()
-        inside = (grid >= f[0]) & (grid <= f[-1])
-        loss = np.interp(np.log(grid[inside]), np.log(f), g["loss"].to_numpy())
+        # a relative tolerance: runs planned to end at one budget end within rounding of it, not exactly on it
+        inside = (grid >= f[0] * (1 - 1e-9)) & (grid <= f[-1] * (1 + 1e-9))
+        loss = np.interp(np.log(np.clip(grid[inside], f[0], f[-1])), np.log(f), g["loss"].to_numpy())
         better = loss < best_loss[inside]
         idx = np.nonzero(inside)[0][better]
         best_loss[idx], best_run[idx], best_n[idx] = loss[better], run, g["n_params"].iloc[-1]

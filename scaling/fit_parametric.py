@@ -238,7 +238,9 @@ def fit_approach3(
                "constraints": constraints.describe(),
                "free_parameters": constraints.free_names() + (["R_star"] if data_constrained else []),
                "degrees_of_freedom": n_runs - n_free,
-               "seconds_grid": t1 - t0, "seconds_bootstrap": time.perf_counter() - t1},
+               "seconds_grid": t1 - t0, "seconds_bootstrap": time.perf_counter() - t1,
+               # the runs fitted, so plots can show them and mark where the data end
+               "runs": {k: fit_df[k].astype(float).tolist() for k in ("n_params", "n_tokens", "flops")}},
     )
     if held is not None:
         if data_constrained:

@@ -25,7 +25,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     t = time.time()
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     first_wall = time.time() - t
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    # Nothing but our own messages on the terminal: no warnings, no tracebacks.
+    assert "Traceback" not in captured.err and "Warning" not in captured.err
 
     # results.csv: one row per planned run, the columns `chinchax fit` reads, losses that make sense.
     with (out / "results.csv").open() as f:
@@ -39,35 +42,53 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         assert abs(float(r["flops"]) / float(r["budget"]) - 1) < 0.1
     assert sum(1 for _ in (out / "curves.csv").open()) > 6
 
-    # Fits: approaches 2 and 3 as JSON with bootstrap intervals.
-    fits = {p.name: json.loads(p.read_text()) for p in out.glob("fit_*.json")}
-    assert {"fit_approach2.json", "fit_approach3.json"} <= set(fits)
-    # 3 sizes per budget: approach 2 bootstraps the losses around its parabolas, so its interval exists
-    approach2 = fits["fit_approach2.json"]
-    assert approach2["extra"]["bootstrap_method"] == "parametric"
-    assert all(v is not None for v in approach2["intervals"]["a"])
+    summary = json.loads((out / "summary.json").read_text())
+    # The learning rate was measured: every size of the smallest budget at >= 3 rates, the rule from them.
+    lr_plan = json.loads((out / "sweep_lr_quick" / "plan.json").read_text())
+    sizes = {r["d_model"] for r in plan["runs"] if r["budget"] == budgets[0]}
+    assert len(lr_plan["runs"]) >= 3 * len(sizes)
+    rule = summary["learning_rate"]
+    assert rule["base_lr"] > 0 and set(map(int, rule["best_by_width"])) == sizes
+    assert all(r["learning_rate"] for r in rows)
+    # Throughput, measured against this machine's jnp.dot in the same run.
+    throughput = summary["throughput"]
+    assert 0 < throughput["efficiency"] < 1 and throughput["peak_flops"] > 1e9 and throughput["runs_trained"] >= 16
+    # Noise: neighbouring sizes compared row by row on the same eval rows.
+    assert summary["noise"]["pairs"] and summary["noise"]["eval_rows"] == 4 * 16
+    # Fits: approaches 1 and 3 always fit here (approach 2 may refuse a budget whose best run is at an edge).
+    fits = {p.name for p in out.glob("fit_*.json")}
+    assert {"fit_approach1.json", "fit_approach3.json"} <= fits
+    assert "3" in summary["approaches"] and "agreement" in summary
+    # The held-out run at 3x the largest budget was trained and compared with its prediction.
+    prediction = summary["prediction"]
+    assert prediction["budget"] == 3 * budgets[-1]
+    assert prediction["predicted_lo"] <= prediction["predicted"] <= prediction["predicted_hi"]
+    assert abs(prediction["relative_error"] - (prediction["predicted"] / prediction["measured"] - 1)) < 1e-12
+    assert (out / "sweep_holdout_quick" / "runs" / prediction["run"] / "run.json").exists()
 
     # The report embeds every plot it names, and the plots exist.
     report = (out / "report.md").read_text()
-    for section in ("## Compute-optimal allocation", "## Fitted laws", "## How much to trust this", "## Runs"):
+    for section in ("## Throughput", "## Learning rates (measured)", "## Compute-optimal allocation",
+                    "## Fitted laws", "## Noise", "## Prediction of a run the fits did not see",
+                    "## How much to trust this", "## Runs"):
         assert section in report
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert len(images) >= 2
+    assert len(images) >= 3 and "prediction.png" in images
     for name in images:
         assert (out / name).stat().st_size > 5000
-    assert "within a factor" in report  # the honest interval statement
     # The compute-optimal table is printed: a header and one line per (budget, approach), with intervals.
     assert "N_opt [95% interval]" in printed
     table_lines = [line for line in printed.splitlines() if re.match(r"\d(\.\d+)?e\+\d\d", line)]
-    assert len(table_lines) == 4 * 2  # (2 budgets + 10x + 100x the largest) x approaches 2 and 3
+    assert len(table_lines) == 4 * len(summary["approaches"])  # (2 budgets + 10x + 100x the largest) x approaches
     assert all(any(line.startswith(f"{b:.3g}") for line in table_lines) for b in budgets)
 
     # Re-running resumes: every run is skipped, only the fits and the report are redone.
     t = time.time()
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert time.time() - t < first_wall
-    assert json.loads((out / "summary.json").read_text())["runs"] == 6
-    assert Path(out / "report.md").exists()
+    again = json.loads((out / "summary.json").read_text())
+    assert again["runs"] == 6 and again["throughput"]["from_previous_call"]
+    assert again["throughput"]["efficiency"] == throughput["efficiency"]
 
 
 def test_the_report_names_budgets_whose_best_run_is_at_the_edge_of_the_grid():

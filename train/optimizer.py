@@ -80,5 +80,7 @@ def schedule_values(schedule: optax.Schedule, total_steps: int):
     import jax
     import numpy as np
 
-    steps = np.arange(max(total_steps, 1), dtype=np.int32)
-    return np.asarray(jax.device_get(jax.vmap(schedule)(steps)), dtype=np.float32)
+    # A power-of-two length, so runs of different lengths reuse the same compiled eager ops.
+    length = 1 << max(total_steps - 1, 1).bit_length()
+    steps = np.arange(length, dtype=np.int32)
+    return np.asarray(jax.device_get(jax.vmap(schedule)(steps)), dtype=np.float32)[:total_steps]

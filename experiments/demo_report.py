@@ -1,0 +1,246 @@
+"""report.md of `chinchax demo`: what was done, what it found, and in plain words how far to trust it."""
+
+from __future__ import annotations
+
+import math
+
+
+def _si(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _md_table(head: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def optimal_rows(fits: dict) -> list[list]:
+    rows = []
+    for o in fits["optimal"]:
+        extrapolated = " (extrapolated)" if o["extrapolated"] else ""
+        rows.append([f"{o['budget']:.3g}{extrapolated}", o["approach"],
+                     f"{_si(o['n_opt'])} [{_si(o['n_lo'])}, {_si(o['n_hi'])}]",
+                     f"{_si(o['d_opt'])} [{_si(o['d_lo'])}, {_si(o['d_hi'])}]",
+                     f"{o['d_opt'] / o['n_opt']:.3g}"])
+    return rows
+
+
+def edge_winners(rows: list[dict]) -> dict[str, list[float]]:
+    """Budgets whose lowest loss is at the smallest or the largest model size: there the grid does not
+    bracket the optimum, and an approach-2 minimum is an extrapolation."""
+    edges: dict[str, list[float]] = {"smallest": [], "largest": []}
+    for budget in sorted({float(r["budget"]) for r in rows}):
+        runs = sorted((r for r in rows if float(r["budget"]) == budget), key=lambda r: float(r["n_params"]))
+        best = min(range(len(runs)), key=lambda i: float(runs[i]["loss"]))
+        if best == 0:
+            edges["smallest"].append(budget)
+        elif best == len(runs) - 1:
+            edges["largest"].append(budget)
+    return edges
+
+
+def _bracketing(rows: list[dict]) -> str:
+    edges = edge_winners(rows)
+    parts = []
+    if edges["smallest"]:
+        parts.append(f"At {len(edges['smallest'])} of {len({r['budget'] for r in rows})} budgets "
+                     f"({', '.join(f'{b:.3g}' for b in edges['smallest'])}) the smallest model had the lowest loss: "
+                     "the compute-optimal size there is at or below the smallest model of the grid.")
+    if edges["largest"]:
+        parts.append(f"At {', '.join(f'{b:.3g}' for b in edges['largest'])} the largest model had the lowest loss: "
+                     "the optimum is at or above the grid.")
+    return (" " + " ".join(parts)) if parts else " Every budget's best run is inside its grid of sizes."
+
+
+def _interval(v) -> str:
+    value, lo, hi = v
+    return f"{value:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+def _laws(summary: dict, fits: dict) -> str:
+    lines = []
+    for key, label in (("1", "Approach 1 (envelope of the training curves)"), ("2", "Approach 2 (isoFLOP parabolas)"),
+                       ("3", "Approach 3 (L = E + A/N^α + B/D^β)")):
+        a = summary["approaches"].get(key)
+        if a is None:
+            continue
+        lines.append(f"- {label}: N_opt ∝ C^a with a = {a['a']:.3g} [{a['a_lo']:.3g}, {a['a_hi']:.3g}] "
+                     f"(width {a['a_width']:.2g}); D_opt ∝ C^b with b = {_interval(a['b'])}.")
+    three = summary["approaches"].get("3")
+    if three:
+        p = three["params"]
+        lines.append(f"- Approach 3's parameters: E = {_interval(p['E'])}, A = {_interval(p['A'])}, "
+                     f"B = {_interval(p['B'])}, α = {_interval(p['alpha'])}, β = {_interval(p['beta'])}.")
+    for name, error in fits["errors"].items():
+        lines.append(f"- Approach {name[-1]} could not be fitted on these runs: {error}")
+    for name, notes in fits.get("notes", {}).items():
+        for note in notes:
+            lines.append(f"- Note ({name}): {note}")
+    lines.append("- For reference, Chinchilla found a ≈ 0.50 (approaches 1, 2) and a ≈ 0.46 (approach 3) at "
+                 "10^18-10^24 FLOPs.")
+    return "\n".join(lines)
+
+
+def _agreement(summary: dict) -> str:
+    ag = summary["agreement"]
+    if not ag.get("comparable"):
+        return f"Not comparable: {ag.get('reason')}."
+    verdict = "**agree**" if ag["agree"] else "**do not meet the bar**"
+    return (f"Approaches 2 and 3 {verdict}: their 95% intervals of a are {ag['a2_width']:.2g} and {ag['a3_width']:.2g} "
+            f"wide (the bar: at most {ag['max_width']}) and {'overlap' if ag['overlap'] else 'do not overlap'}.")
+
+
+def _noise(summary: dict) -> str:
+    noise = summary["noise"]
+    if not noise["pairs"]:
+        return "No paired evaluation rows were found."
+    rows = [[f"{p['budget']:.3g}", f"{_si(p['n_smaller'])} → {_si(p['n_larger'])}", f"{p['difference']:+.4f}",
+             f"{p['stderr']:.4f}", f"{p['ratio']:.1f}"] for p in noise["pairs"]]
+    return (f"Every run is scored on the same {noise['eval_rows']} validation rows ({noise['eval_tokens']:,} tokens), so "
+            "two runs are compared row by row: the paired standard error leaves out how hard each row is. "
+            f"The smallest |difference| / s.e. between neighbouring sizes is **{noise['min_ratio']:.1f}** (median "
+            f"{noise['median_ratio']:.1f}; the bar is 3).\n\n"
+            + _md_table(["budget", "sizes", "loss difference", "paired s.e.", "|diff| / s.e."], rows))
+
+
+def _prediction(summary: dict) -> str:
+    p = summary["prediction"]
+    if not p:
+        return "No held-out run: approach 3 was not fitted."
+    return (f"Trained after the fits, never seen by them: one run at {p['budget']:.3g} FLOPs "
+            f"({p['budget'] / max(summary['scale']['budgets']):.0f}x the largest fitted budget) at approach 3's "
+            f"N_opt = {_si(p['n_opt'])} (the nearest shape: d_model {p['d_model']} x {p['n_layers']} layers, "
+            f"N = {_si(p['n_params'])}, D = {_si(p['n_tokens'])} tokens). Predicted loss "
+            f"**{p['predicted']:.4f}** [{p['predicted_lo']:.4f}, {p['predicted_hi']:.4f}], measured "
+            f"**{p['measured']:.4f}**: error **{p['relative_error']:+.2%}** "
+            f"({'inside' if p['inside_interval'] else 'outside'} the interval).")
+
+
+def _throughput(summary: dict) -> str:
+    t = summary["throughput"]
+    again = " (figures of the call that trained the runs; this call trained none)" if t.get("from_previous_call") else ""
+    return (f"Sweep efficiency **{t['efficiency']:.1%}** of this machine's float32 `jnp.dot` peak "
+            f"({t['peak_flops'] / 1e9:.1f} GFLOP/s, measured at the start of the run): {t['flops_detailed']:.3g} "
+            f"FLOPs (every matmul, forward and backward) in {t['training_wall_s']:.0f} s of training wall time over "
+            f"{t['runs_trained']} runs, start-ups, compiles, evals and checkpoints included. Counted as 6ND the "
+            f"same runs are {t['efficiency_6nd']:.1%}.{again}")
+
+
+def _trust(summary: dict, rows: list[dict]) -> str:
+    scale, ag, p = summary["scale"], summary["agreement"], summary["prediction"]
+    can, cannot = [], []
+    if ag.get("agree"):
+        can.append("the allocation exponent a at this scale, to within the stated intervals")
+    else:
+        cannot.append("a precise allocation exponent: the approaches' intervals are too wide or disagree")
+    if p and abs(p["relative_error"]) <= 0.01:
+        can.append(f"the loss of a compute-optimal run about {HOLDOUT_TEXT} beyond the fitted budgets (it predicted one to "
+                   f"{abs(p['relative_error']):.1%})")
+    elif p:
+        cannot.append(f"loss predictions beyond the fitted budgets to better than {abs(p['relative_error']):.1%}")
+    cannot.append("anything about models of millions of parameters or more: byte-level models of "
+                  f"{_si(min(float(r['n_params']) for r in rows))}-{_si(max(float(r['n_params']) for r in rows))} "
+                  f"parameters over {scale['budget_decades']:.1f} decades of compute, one corpus (Python source), one "
+                  "seed per run, learning rates tuned at the smallest budget only")
+    text = ""
+    if can:
+        text += "What it supports: " + "; ".join(can) + ". "
+    text += "What it cannot support: " + "; ".join(cannot) + "."
+    return text + _bracketing(rows)
+
+
+HOLDOUT_TEXT = "3x"
+
+
+def render(summary: dict, plan, rows: list[dict], fits: dict, machine: dict, sweep_dir: str) -> tuple[str, str]:
+    """report.md text, and the compute-optimal table as plain text for the terminal."""
+    level = fits["level"]
+    head = ["budget (FLOPs)", "approach", f"N_opt [{level:.0%} interval]", "D_opt (tokens)", "D/N"]
+    table_rows = optimal_rows(fits)
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *table_rows, strict=False)]
+    opt_text = "\n".join("  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)) for r in [head, *table_rows])
+    lr = summary["learning_rate"]
+    lr_rows = [[d, f"{lr['best_by_width'][d]:.3g}", lr["how"][d],
+                ", ".join(f"{a:.3g}: {b:.4f}" for a, b in lr["points"][d])] for d in sorted(lr["best_by_width"])]
+    scale, corpus = summary["scale"], summary["corpus"]
+    budgets = scale["budgets"]
+    runs_md = _md_table(
+        ["run", "budget", "d_model x layers", "N (non-emb.)", "D", "lr", "eval loss ± s.e.", "wall s"],
+        [[r["run"], f"{float(r['budget']):.3g}", f"{r['d_model']} x {r['n_layers']}",
+          f"{_si(float(r['n_params']))} ({_si(float(r['n_params_non_embedding']))})", _si(float(r["n_tokens"])),
+          f"{float(r['learning_rate']):.3g}", f"{float(r['loss']):.4f} ± {float(r.get('eval_loss_stderr') or 0):.4f}",
+          f"{float(r.get('wall_time_s') or 0):.0f}"] for r in rows])
+    plots = "\n\n".join(f"![{title}]({name})" for title, name in fits["plots"])
+    text = f"""# chinchax demo: a compute-optimal scaling study on {machine['cpus']} CPU cores
+
+{"**Quick mode** (`--quick`): a smoke test of the pipeline; its fits are not meant to be read. " if summary["quick"] else ""}\
+Wall time: **{summary['wall_time_s'] / 60:.1f} min** on {machine['processor']} ({machine['cpus']} cores), \
+{machine['platform']}, Python {machine['python']}.
+
+## What was done
+
+- **Data**: the Python {corpus['python']} standard library as a text corpus ({corpus['documents']:,} files; \
+{corpus['train_documents']:,} train / {corpus['validation_documents']:,} validation), byte-level tokens \
+(vocabulary {corpus['vocab_size']}), rows of {rows[0]['seq_len']} tokens.
+- **Models**: causal decoders (pre-LN, RoPE, GELU, tied embeddings), d_model / n_layers fixed by the shape rule.
+- **Sweep**: {len(rows)} runs at {len(budgets)} FLOP budgets ({", ".join(f"{b:.3g}" for b in budgets)}; \
+{scale['budget_decades']:.2f} decades), non-embedding N spanning {scale['n_non_embedding_span']:.0f}x; C = 6·N·D with \
+N = all parameters (with a tied head and no position table, exactly the matmuls a token pays for). \
+{scale['flops_total']:.3g} training FLOPs in all (sweep {scale['flops_sweep']:.3g}, learning-rate sweep \
+{scale['flops_lr_sweep']:.3g}, held-out run the rest). Cosine schedule to 10%.
+- **Fits**: Chinchilla approaches 1, 2 and 3, each with {fits['n_bootstrap']} bootstrap resamples of the runs; \
+{level:.0%} percentile intervals.
+
+## Throughput
+
+{_throughput(summary)}
+
+## Learning rates (measured)
+
+At the smallest budget each size was trained at 1/3x, 1x and 3x the planned rate; a parabola in log(lr) gives each \
+size's best rate, and a power law through those gives the rule every run then used: \
+lr = {lr['base_lr']:.3g} x ({lr['base_d_model']} / d_model)^{lr['width_exponent']:.2f} ({lr['exponent_source']}).
+
+{_md_table(["d_model", "best lr", "how", "lr: eval loss"], lr_rows)}
+
+## Compute-optimal allocation
+
+{_md_table(head, table_rows)}
+
+## Fitted laws
+
+{_laws(summary, fits)}
+
+{_agreement(summary)}
+
+## Noise
+
+{_noise(summary)}
+
+## Prediction of a run the fits did not see
+
+{_prediction(summary)}
+
+## How much to trust this
+
+{_trust(summary, rows)}
+
+## Plots
+
+{plots}
+
+## Runs
+
+{runs_md}
+
+Files: `results.csv` (one row per run, what `chinchax fit` reads), `curves.csv` (per-step losses), `summary.json` \
+(every figure above, docs/interfaces.md), {", ".join(f"`{name}`" for name in fits["files"])}, `{sweep_dir}/` (plan, \
+configs, run directories).
+"""
+    return text, opt_text

@@ -1,0 +1,40 @@
+"""The demo's measured learning-rate rule: best rate per size, the power law in width, and widening the range."""
+
+import math
+
+import pytest
+
+from chinchax.experiments import demo_lr
+
+
+def test_best_lr_is_the_parabola_vertex_inside_the_range_and_the_edge_otherwise():
+    lrs = [1e-3, 3e-3, 9e-3]
+    # a loss valley with its minimum at 4e-3: quadratic in log lr
+    losses = [(math.log(lr) - math.log(4e-3)) ** 2 + 2.0 for lr in lrs]
+    best, how = demo_lr.best_lr(lrs, losses)
+    assert how == "parabola" and best == pytest.approx(4e-3, rel=1e-9)
+    assert demo_lr.best_lr(lrs, [3.0, 2.9, 2.8]) == (pytest.approx(9e-3), "the highest rate tried")
+    assert demo_lr.best_lr(lrs, [2.8, 2.9, 3.0]) == (pytest.approx(1e-3), "the lowest rate tried")
+
+
+def test_the_width_exponent_is_measured_and_the_prior_used_when_it_cannot_be():
+    truth = {32: 8e-3, 64: 8e-3 * (32 / 64) ** 0.7, 128: 8e-3 * (32 / 128) ** 0.7}
+    rule = demo_lr.fit_lr_rule(truth, base_d_model=64)
+    assert rule["width_exponent"] == pytest.approx(0.7, abs=1e-3) and rule["exponent_source"] == "measured"
+    assert rule["base_lr"] == pytest.approx(truth[64], rel=1e-3)
+    one = demo_lr.fit_lr_rule({32: 6e-3}, base_d_model=64)
+    assert one["width_exponent"] == demo_lr.PRIOR_EXPONENT and "one width" in one["exponent_source"]
+    assert one["base_lr"] == pytest.approx(6e-3 * (32 / 64) ** demo_lr.PRIOR_EXPONENT, rel=1e-3)
+    wild = demo_lr.fit_lr_rule({32: 1e-3, 64: 1e-2}, base_d_model=64)  # lr rising 10x with width: not trusted
+    assert wild["width_exponent"] == demo_lr.PRIOR_EXPONENT and "outside" in wild["exponent_source"]
+
+
+def test_tune_reads_results_rows_and_the_range_widens_past_an_edge():
+    rows = [{"d_model": d, "learning_rate": lr, "loss": loss}
+            for d, points in {16: [(1e-3, 3.0), (3e-3, 2.9), (9e-3, 2.95)],
+                              32: [(1e-3, 3.0), (3e-3, 2.9), (9e-3, 2.8)]}.items() for lr, loss in points]
+    rule = demo_lr.tune(rows, base_d_model=64)
+    assert rule["how"] == {16: "parabola", 32: "the highest rate tried"}
+    assert demo_lr.extensions(rule, [1 / 3, 1.0, 3.0]) == [9.0]
+    rule["how"][32] = "parabola"
+    assert demo_lr.extensions(rule, [1 / 3, 1.0, 3.0]) == []
