@@ -42,6 +42,10 @@ class DataConfig:
     mlm_probability: float = 0.15  # masked LM (BERT): share of tokens chosen for the loss
     seed: int = 0  # shuffling and objective randomness of the TRAIN stream (eval never depends on it)
     shuffle: bool = True
+    # Train rows are shuffled within a window of this many rows after packing (0 = off). Concatenated rows
+    # come in document order, so a small batch is otherwise a few consecutive pieces of one or two files:
+    # gradients are far from i.i.d. and where a short run ends up depends on the last files it saw.
+    shuffle_rows: int = 0
     eval_batches: int = 8  # fixed number of validation batches, identical for every run of this config
     # grain worker processes (0 = in the training process). Each worker packs its own slice of the
     # documents, so the stream (still deterministic and resumable) differs between worker counts; the
@@ -78,6 +82,8 @@ class DataConfig:
             raise UserError(f"data.eval_batches={self.eval_batches} must be at least 1")
         if self.worker_count < 0:
             raise UserError(f"data.worker_count={self.worker_count} must be >= 0 (0 = no worker processes)")
+        if self.shuffle_rows < 0:
+            raise UserError(f"data.shuffle_rows={self.shuffle_rows} must be >= 0 (0 = no row shuffle)")
         if self.packing_bins < 0:
             raise UserError(f"data.packing_bins={self.packing_bins} must be >= 0 (0 = the per-host batch size)")
         if not 0 <= self.seed < 2**31:

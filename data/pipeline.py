@@ -292,6 +292,8 @@ def build_dataset(
     )
     num_bins = cfg.packing_bins or max(batch_size, 16)
     rows = _rows(cfg, tokens, variant, special, seed=host_seed, num_bins=num_bins)
+    if shuffle and cfg.shuffle_rows:  # checkpointable: the window's state is part of the iterator's
+        rows = grain.experimental.WindowShuffleIterDataset(rows, window_size=cfg.shuffle_rows, seed=host_seed)
     return rows.batch(batch_size, drop_remainder=True)
 
 
@@ -329,12 +331,14 @@ def eval_batches(
 
     The validation split is read in order (cycled if it is too small, with a warning) by one logical
     reader, so the global batches do not depend on the number of hosts; this host gets its rows of each.
+    With `data.shuffle_rows`, its documents and rows are shuffled with a fixed seed (never data.seed), so
+    the rows sample many documents instead of the first few, and are still the same for every run.
     """
     per_host = _per_host(global_batch_size, process_count)
 
     def first_batches(repeat: bool) -> list[dict[str, np.ndarray]]:
         ds = build_dataset(cfg, tokenizer, batch_size=global_batch_size, split=cfg.eval_split, variant=variant,
-                           seed=EVAL_SEED, shuffle=False, repeat=repeat)
+                           seed=EVAL_SEED, shuffle=cfg.shuffle_rows > 0, repeat=repeat)
         it = iter(ds)
         out = []
         for batch in it:

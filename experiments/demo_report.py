@@ -140,8 +140,9 @@ def _trust(summary: dict, rows: list[dict]) -> str:
     else:
         cannot.append("a precise allocation exponent: the approaches' intervals are too wide or disagree")
     if p and abs(p["relative_error"]) <= 0.01:
-        can.append(f"the loss of a compute-optimal run about {HOLDOUT_TEXT} beyond the fitted budgets (it predicted one to "
-                   f"{abs(p['relative_error']):.1%})")
+        factor = p["budget"] / max(scale["budgets"])
+        can.append(f"the loss of a compute-optimal run {factor:.0f}x beyond the largest fitted budget (it predicted one "
+                   f"to {abs(p['relative_error']):.1%})")
     elif p:
         cannot.append(f"loss predictions beyond the fitted budgets to better than {abs(p['relative_error']):.1%}")
     cannot.append("anything about models of millions of parameters or more: byte-level models of "
@@ -153,9 +154,6 @@ def _trust(summary: dict, rows: list[dict]) -> str:
         text += "What it supports: " + "; ".join(can) + ". "
     text += "What it cannot support: " + "; ".join(cannot) + "."
     return text + _bracketing(rows)
-
-
-HOLDOUT_TEXT = "3x"
 
 
 def render(summary: dict, plan, rows: list[dict], fits: dict, machine: dict, sweep_dir: str) -> tuple[str, str]:
