@@ -21,7 +21,7 @@ from pathlib import Path
 
 from chinchax.errors import UserError
 
-SOURCE_FORMS = "'stdlib', 'text:PATH_OR_GLOB' or 'tfds:NAME[/CONFIG][:VERSION]'"
+SOURCE_FORMS = "'stdlib', 'site-packages', 'text:PATH_OR_GLOB' or 'tfds:NAME[/CONFIG][:VERSION]'"
 # Where TFDS (and most catalog datasets) download from; probed before a download so that an offline
 # machine fails in seconds rather than after minutes of tfds retries.
 _PROBE_HOSTS = (("storage.googleapis.com", 443),)
@@ -101,6 +101,8 @@ def corpus_spec(source: str, *, max_files: int | None = None, skip_bad_files: bo
 
     if source == "stdlib":
         return text_builder.stdlib_corpus_spec(max_files=max_files, **params)
+    if source == "site-packages":
+        return text_builder.site_packages_corpus_spec(max_files=max_files, **params)
     if source.startswith("text:") and len(source) > len("text:"):
         return text_builder.text_corpus_spec(source[len("text:"):], max_files=max_files,
                                              skip_bad_files=skip_bad_files, **params)

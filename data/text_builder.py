@@ -119,6 +119,24 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / f
 
 
+def site_packages_corpus_spec(max_files: int | None = None, **params) -> CorpusSpec:
+    """The larger offline corpus: the .py files of the running environment's site-packages (hundreds of MB
+    with the project's extras installed; enough for a GPU-sized study without repeating data much). Its
+    name carries a digest of the file list, since every environment has other packages."""
+    root = Path(sysconfig.get_paths()["purelib"]).resolve()
+    files = sorted((p for p in _walk(root) if p.suffix == ".py"), key=lambda p: p.relative_to(root).as_posix())
+    if max_files is not None:
+        if max_files < 2:
+            raise UserError(f"site-packages max_files={max_files}: need at least 2 files (train and validation).")
+        files = files[:max_files]
+    if len(files) < 2:
+        raise UserError(f"No .py files found in site-packages at {root}.")
+    digest = hashlib.sha256("\n".join(p.relative_to(root).as_posix() for p in files).encode()).hexdigest()[:12]
+    name = f"site-packages-py{sys.version_info.major}.{sys.version_info.minor}-{digest}"
+    params.setdefault("skip_bad_files", True)
+    return CorpusSpec(name=name, kind="site-packages", root=root, files=tuple(files), **params)
+
+
 def stdlib_corpus_spec(max_files: int | None = None, **params) -> CorpusSpec:
     """The embedded default corpus: the .py files of the running interpreter's standard library."""
     root = Path(sysconfig.get_paths()["stdlib"]).resolve()

@@ -33,6 +33,7 @@ QUICK_OVERRIDES = ("name=demo_quick", "budgets=[1.0e+10,3.0e+10]", "sizes.per_bu
 # ...and, appended to every run's overrides: a shorter eval, no intermediate checkpoints, fewer log lines.
 QUICK_RUN_OVERRIDES = ("data.eval_batches=4", "trainer.checkpoint_every=0", "trainer.log_every=10")
 HOLDOUT_FACTOR = 3.0  # the held-out run's budget, in multiples of the largest fitted budget
+SCALES = {"cpu": "demo_sweep.yaml", "gpu": "demo_gpu_sweep.yaml"}
 
 
 def register(subparsers) -> None:
@@ -46,6 +47,9 @@ def register(subparsers) -> None:
         "JSON. Re-running resumes: finished runs are skipped.",
     )
     p.add_argument("--quick", action="store_true", help="a toy-sized study (2 budgets x 3 sizes) for CI and smoke tests")
+    p.add_argument("--scale", choices=sorted(SCALES), default="cpu",
+                   help="cpu: experiments/demo_sweep.yaml (this machine, ~15 min); gpu: experiments/demo_gpu_sweep.yaml "
+                   "(one H100/H200, ~15 min, ~1.6e17 FLOPs; use --parallel 1)")
     p.add_argument("--out", default="demo", help="output directory (default ./demo)")
     p.add_argument("--parallel", type=int, default=2, help="worker processes training at a time (default 2)")
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 200; 30 with --quick)")
@@ -54,7 +58,9 @@ def register(subparsers) -> None:
 
 
 def _handle(args) -> int:
-    report = run_demo(Path(args.out), quick=args.quick, parallel=args.parallel,
+    if args.quick and args.scale != "cpu":
+        raise UserError("--quick is the CPU study at toy size; drop --scale, or drop --quick")
+    report = run_demo(Path(args.out), quick=args.quick, parallel=args.parallel, scale=args.scale,
                       n_bootstrap=args.bootstrap or (30 if args.quick else 200), max_retries=args.max_retries)
     print(report["optimal_table"])
     print(f"\nsweep efficiency {report['summary']['throughput']['efficiency']:.1%} of jnp.dot; "
@@ -88,7 +94,7 @@ class Phases:
 
 
 def run_demo(out: Path, *, quick: bool = False, parallel: int = 2, n_bootstrap: int = 200,
-             max_retries: int = 1, train_command=None) -> dict:
+             max_retries: int = 1, train_command=None, scale: str = "cpu") -> dict:
     """The demo as a function (the CLI and the tests call this); returns the report's numbers.
     `train_command` (tests) replaces the worker processes with that subprocess command."""
     from chinchax.experiments import demo_lr
@@ -97,12 +103,12 @@ def run_demo(out: Path, *, quick: bool = False, parallel: int = 2, n_bootstrap: 
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    corpus = prepare_corpus()
-    _say(f"corpus: {corpus['documents']:,} stdlib documents (Python {corpus['python']}), byte tokenizer")
+    corpus = prepare_corpus("site-packages" if scale == "gpu" else "stdlib")
+    _say(f"corpus: {corpus['documents']:,} {corpus['source']} documents (Python {corpus['python']}), byte tokenizer")
     peak = measure_peak()
     _say(f"jnp.dot peak of this machine now: {peak / 1e9:.1f} GFLOP/s (float32)")
 
-    sweep_yaml = Path(str(resources.files("chinchax.experiments").joinpath("demo_sweep.yaml")))
+    sweep_yaml = Path(str(resources.files("chinchax.experiments").joinpath(SCALES[scale])))
     cfg, base_dir = load_sweep(sweep_yaml, list(QUICK_OVERRIDES) if quick else [])
     if quick:
         cfg = dataclasses.replace(cfg, overrides=[*cfg.overrides, *QUICK_RUN_OVERRIDES]).validate()
@@ -285,15 +291,15 @@ def _json_default(x):
     raise TypeError(f"{type(x).__name__} is not JSON serialisable")
 
 
-def prepare_corpus() -> dict:
-    """Build (once) the stdlib corpus; the tokenizer is byte-level and needs no training."""
+def prepare_corpus(source: str = "stdlib") -> dict:
+    """Build (once) the corpus; the tokenizer is byte-level and needs no training."""
     from chinchax.data.sources import open_source
     from chinchax.data.tokenizers import load_tokenizer
 
-    train = open_source("stdlib", "train")
-    validation = open_source("stdlib", "validation")
+    train = open_source(source, "train")
+    validation = open_source(source, "validation")
     tokenizer = load_tokenizer("byte")
-    return {"documents": len(train) + len(validation), "train_documents": len(train),
+    return {"source": source, "documents": len(train) + len(validation), "train_documents": len(train),
             "validation_documents": len(validation), "python": platform.python_version(),
             "tokenizer": "byte", "vocab_size": tokenizer.vocab_size, "metadata": dict(train.metadata)}
 

@@ -183,7 +183,7 @@ Wall time: **{summary['wall_time_s'] / 60:.1f} min** on {machine['processor']} (
 
 ## What was done
 
-- **Data**: the Python {corpus['python']} standard library as a text corpus ({corpus['documents']:,} files; \
+- **Data**: {"the Python " + corpus['python'] + " standard library" if corpus['source'] == "stdlib" else "the environment's site-packages"} as a text corpus ({corpus['documents']:,} files; \
 {corpus['train_documents']:,} train / {corpus['validation_documents']:,} validation), byte-level tokens \
 (vocabulary {corpus['vocab_size']}), rows of {rows[0]['seq_len']} tokens.
 - **Models**: causal decoders (pre-LN, RoPE, GELU, tied embeddings), d_model / n_layers fixed by the shape rule.

@@ -48,3 +48,15 @@ def _count_boms(manifest) -> int:
     root = Path(sysconfig.get_paths()["stdlib"])
     return sum((root / f["path"]).read_bytes().startswith(b"\xef\xbb\xbf") for f in manifest["files"]
                if f["path"] not in manifest["skipped"])
+
+
+def test_site_packages_corpus_is_the_environments_python_files(tmp_path):
+    import sysconfig
+
+    train = open_source("site-packages", "train", tmp_path, max_files=60)
+    val = open_source("site-packages", "validation", tmp_path, max_files=60)
+    manifest = json.loads((Path(train.metadata["data_dir"]) / "manifest.json").read_text())
+    root = Path(sysconfig.get_paths()["purelib"]).resolve()
+    assert train.metadata["source_kind"] == "site-packages" and manifest["num_files"] == 60
+    assert all(f["path"].endswith(".py") and (root / f["path"]).is_file() for f in manifest["files"])
+    assert len(train) > 0 and len(val) > 0 and "site-packages-py" in train.metadata["data_dir"]
