@@ -118,7 +118,7 @@ def run_demo(out: Path, *, quick: bool = False, parallel: int = 2, n_bootstrap: 
 
     # 1. the learning-rate rule, measured at the smallest budget
     multipliers = list(demo_lr.MULTIPLIERS)
-    for _ in range(demo_lr.MAX_ROUNDS):  # widen the range until every size's best rate is inside it
+    for _ in range(1 if quick else demo_lr.MAX_ROUNDS):  # widen the range until every best rate is inside it
         lr_plan = demo_lr.plan_lr_sweep(cfg, base_dir, multipliers)
         _say(f"learning-rate sweep ({len(lr_plan.runs)} runs at {min(cfg.budgets):.3g} FLOPs, "
              f"x{', x'.join(f'{m:.3g}' for m in sorted(multipliers))} the planned rate)")

@@ -113,6 +113,7 @@ def noise_table(sweep, plan) -> dict:
     n_rows = len(runs[0]["rows"]["weight"]) if runs else 0
     tokens = int(sum(runs[0]["rows"]["weight"])) if runs else 0
     return {"pairs": pairs, "min_ratio": min(ratios) if ratios else float("nan"),
+            "share_at_least_3": sum(r >= 3 for r in ratios) / len(ratios) if ratios else float("nan"),
             "median_ratio": sorted(ratios)[len(ratios) // 2] if ratios else float("nan"),
             "eval_rows": n_rows, "eval_tokens": tokens}
 

@@ -104,8 +104,11 @@ def _noise(summary: dict) -> str:
              f"{p['stderr']:.4f}", f"{p['ratio']:.1f}"] for p in noise["pairs"]]
     return (f"Every run is scored on the same {noise['eval_rows']} validation rows ({noise['eval_tokens']:,} tokens), so "
             "two runs are compared row by row: the paired standard error leaves out how hard each row is. "
-            f"The smallest |difference| / s.e. between neighbouring sizes is **{noise['min_ratio']:.1f}** (median "
-            f"{noise['median_ratio']:.1f}; the bar is 3).\n\n"
+            f"|difference| / s.e. between neighbouring sizes: median **{noise['median_ratio']:.1f}**, smallest "
+            f"{noise['min_ratio']:.1f}; {noise['share_at_least_3']:.0%} of the pairs are at least 3 (the bar). The pairs below "
+            "it sit at the bottom of an isoFLOP valley, on both sides of the optimum, where two sizes can truly be "
+            "equally good: there no validation set separates them, and none needs to (the parabola is fitted "
+            "through all of them).\n\n"
             + _md_table(["budget", "sizes", "loss difference", "paired s.e.", "|diff| / s.e."], rows))
 
 
