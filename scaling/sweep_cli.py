@@ -58,14 +58,15 @@ def register(subparsers) -> None:
 
 def _open(args, plan_fresh: bool):
     """(plan, SweepDir, SweepConfig | None) from a YAML (planned now) or a sweep dir (its saved plan)."""
+    from chinchax.fileio import is_remote
     from chinchax.scaling.plan import load_sweep, plan_sweep
     from chinchax.scaling.results import SweepDir
 
     path = Path(args.sweep)
-    if path.is_dir():
+    if is_remote(args.sweep) or path.is_dir():  # a sweep dir, local or gs:// (e.g. `sweep collect gs://b/s`)
         if getattr(args, "overrides", None):
             raise UserError("overrides apply to a sweep YAML, not to a sweep directory")
-        sweep = SweepDir(args.out or path)
+        sweep = SweepDir(args.out or args.sweep)
         return sweep.load_plan(), sweep, None
     cfg, base_dir = load_sweep(path, getattr(args, "overrides", None) or [])
     sweep = SweepDir(args.out or Path("runs") / "sweeps" / cfg.name)

@@ -47,8 +47,9 @@ def serve() -> None:
     _exit_with_parent()
     for line in sys.stdin:
         request = json.loads(line)
+        config = request["config"]
         with open(request["log"], "a") as log:
-            returncode = _with_output_to(log.fileno(), lambda: train_in_process(request["config"]))
+            returncode = _with_output_to(log.fileno(), lambda: train_in_process(config))  # noqa: B023 (called now)
         answers.write(json.dumps({"returncode": returncode}) + "\n")
 
 
