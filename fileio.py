@@ -10,7 +10,13 @@ from pathlib import Path
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename: readers never see half a file,
-    and a crash leaves the previous version in place."""
+    and a crash leaves the previous version in place. On gs:// one upload does the same: an object appears
+    whole or not at all."""
+    if is_remote(path):
+        path = run_path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -24,5 +30,85 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def sha256_file(path: str | Path) -> str:
+    if is_remote(path):
+        digest = hashlib.sha256()
+        with run_path(path).open("rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        return digest.hexdigest()
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# --- run directories on object stores (gs://) -----------------------------------------------------------
+# A run directory may be a local folder or a gs:// URI (Cloud TPU: every host writes there and it outlives the
+# VM). URIs become etils.epath paths (what orbax itself uses; gs:// goes through fsspec/gcsfs); local paths stay
+# plain pathlib paths, handled exactly as before. GCS has no rename, no append and no flock: whole-object
+# uploads are atomic (an object appears complete or not at all), which is what the writers below rely on.
+
+
+def is_remote(path) -> bool:
+    """A URI such as gs://bucket/dir (not a local path)."""
+    return "://" in str(path)
+
+
+def run_path(path):
+    """`path` as the object every run-dir reader and writer uses: an etils.epath.Path for a URI (gs://...),
+    else an absolute pathlib.Path (never `Path('gs://b').absolute()`, which is a local folder named `gs:`)."""
+    if is_remote(path):
+        from etils import epath
+
+        _no_listing_cache()
+        return epath.Path(str(path))
+    return Path(path).absolute()
+
+
+def _no_listing_cache() -> None:
+    """A run dir on GCS is written by several writers: orbax's tensorstore (not through gcsfs), other hosts,
+    the trainer subprocesses of a sweep. gcsfs caches folder listings per process and would then show a
+    folder as it was (a checkpoint missing files, a run.json not there yet): turn that cache off for the
+    gcsfs instances made from here on (fsspec's config supplies default keyword arguments)."""
+    import fsspec.config
+
+    for protocol in ("gs", "gcs"):
+        fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
+
+
+def file_size(path) -> int:
+    st = path.stat()
+    return st.st_size if hasattr(st, "st_size") else int(st.length)
+
+
+def files_under(root) -> list:
+    """Every file below `root` (recursively), sorted. gs:// paths are walked folder by folder: epath refuses
+    `rglob` there."""
+    if not is_remote(root):
+        return sorted(p for p in Path(root).rglob("*") if p.is_file())
+    out = []
+    for folder, _, names in root.walk():
+        scheme = str(root).split("://")[0]
+        base = run_path(str(folder) if "://" in str(folder) else f"{scheme}://{folder}")
+        out += [base / n for n in names]
+    return sorted(out, key=str)
+
+
+def copy_tree(source, target) -> None:
+    """Copy a folder (local or gs://, either way round) file by file."""
+    import shutil
+
+    if not is_remote(source) and not is_remote(target):
+        shutil.copytree(source, target)
+        return
+    for f in files_under(source):
+        dst = run_path(str(target).rstrip("/") + "/" + str(f)[len(str(source).rstrip("/")) + 1 :])
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(f.read_bytes())
+
+
+def remove_tree(path) -> None:
+    import shutil
+
+    if is_remote(path):
+        path.rmtree(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)

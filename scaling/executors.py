@@ -38,6 +38,7 @@ from chinchax.scaling.results import (
     read_json,
     write_atomic,
 )
+from chinchax.fileio import files_under, is_remote, remove_tree
 
 DEFAULT_TRAIN_COMMAND = (sys.executable, "-m", "chinchax.cli", "train")
 EXECUTORS = ("local", "worker", "ray", "tpu")
@@ -54,10 +55,15 @@ class Outcome:
 def write_run_config(sweep: SweepDir, run: PlannedRun, run_dir: str | None = None) -> Path:
     """The run's resolved config with its run_dir filled in, as the YAML `chinchax train` is given."""
     config = json.loads(json.dumps(run.config))
-    config["trainer"]["run_dir"] = run_dir or str(sweep.run_dir(run.run_id).resolve())
+    config["trainer"]["run_dir"] = run_dir or _dir_str(sweep.run_dir(run.run_id))
     path = sweep.config_path(run.run_id)
     write_atomic(path, yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def _dir_str(path) -> str:
+    """A run dir as the trainer is given it: absolute locally, the URI itself on gs://."""
+    return str(path) if is_remote(path) else str(Path(path).resolve())
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -202,7 +208,7 @@ def _run_local(plan, sweep, parallel, max_retries, train_command, skip_failed, e
     def train_one(run: PlannedRun) -> Outcome:
         seed_branch(sweep, run, plan)
         config = write_run_config(sweep, run)
-        return run_with_retries(run.run_id, str(config), str(sweep.run_dir(run.run_id).resolve()),
+        return run_with_retries(run.run_id, str(config), _dir_str(sweep.run_dir(run.run_id)),
                                 train_command, max_retries, env, launch)
 
     # Trunks (and unbranched runs) first, then the branches that need a trunk's checkpoint.
@@ -246,6 +252,8 @@ def seed_branch(sweep: SweepDir, run: PlannedRun, plan: Plan) -> bool:
     if not run.branch_of:
         return False
     d = sweep.run_dir(run.run_id)
+    if is_remote(d):
+        return _seed_branch_remote(sweep, run)
     if (d / CHECKPOINTS).is_dir() and any((d / CHECKPOINTS).iterdir()):
         return True  # seeded before (or already training): the trainer resumes from what is there
     trunk_dir = sweep.run_dir(run.branch_of)
@@ -263,6 +271,38 @@ def seed_branch(sweep: SweepDir, run: PlannedRun, plan: Plan) -> bool:
         kept = [line for line in metrics.read_text().splitlines() if _step_of(line) <= run.branch_step]
         write_atomic(d / "metrics.jsonl", "".join(line + "\n" for line in kept))
     os.replace(tmp, d / CHECKPOINTS)  # all or nothing: a half-copied checkpoint is never seen
+    write_atomic(d / BRANCH_MARKER, json.dumps({"trunk": run.branch_of, "step": run.branch_step}))
+    return True
+
+
+def _seed_branch_remote(sweep: SweepDir, run: PlannedRun) -> bool:
+    """`seed_branch` for a sweep dir on gs://, which has no rename: the files are copied into
+    checkpoints/<step>/ with the manifest last, so the trainer never trusts a half-copied step (a copy cut
+    short leaves a step without its manifest, which the trainer sets aside: the branch trains from scratch)."""
+    d, trunk_dir = sweep.run_dir(run.run_id), sweep.run_dir(run.branch_of)
+    if (d / CHECKPOINTS).exists() and any((d / CHECKPOINTS).iterdir()):
+        return True
+    source = trunk_dir / CHECKPOINTS / str(run.branch_step)
+    if not (source / CHECKPOINT_MANIFEST).is_file():
+        print(f"[sweep] {run.run_id}: trunk {run.branch_of} has no finished checkpoint at step "
+              f"{run.branch_step}; training the branch from scratch", file=sys.stderr)
+        return False
+    metrics = trunk_dir / "metrics.jsonl"
+    if metrics.is_file():
+        kept = [line for line in metrics.read_text().splitlines() if _step_of(line) <= run.branch_step]
+        write_atomic(d / "metrics.jsonl", "".join(line + "\n" for line in kept))
+    target = d / CHECKPOINTS / str(run.branch_step)
+    manifest = source / CHECKPOINT_MANIFEST
+    try:
+        for f in files_under(source):
+            if f.name != CHECKPOINT_MANIFEST:
+                dst = target / str(f.relative_to(source))
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(f.read_bytes())
+        (target / CHECKPOINT_MANIFEST).write_bytes(manifest.read_bytes())
+    except BaseException:
+        remove_tree(d / CHECKPOINTS)
+        raise
     write_atomic(d / BRANCH_MARKER, json.dumps({"trunk": run.branch_of, "step": run.branch_step}))
     return True
 
@@ -397,7 +437,7 @@ def run_ray(
         bar.update(len(outcomes))
 
     def submit(run: PlannedRun, config: Path):
-        return remote.remote(run.run_id, str(config), str(sweep.run_dir(run.run_id).resolve()),
+        return remote.remote(run.run_id, str(config), _dir_str(sweep.run_dir(run.run_id)),
                              list(train_command), max_retries, env)
 
     try:
@@ -495,7 +535,8 @@ def tpu_run_commands(settings: TpuSettings, node: str, run: PlannedRun, config_p
          "--command=mkdir -p chinchax_sweep"],
         [gcloud, "compute", "tpus", "tpu-vm", "scp", str(config_path), f"{node}:{remote_cfg}",
          *_where(settings), "--worker=all"],
-        tpu_ssh(settings, node, f"chinchax train {remote_cfg}", gcloud),
+        # CHINCHAX_DISTRIBUTED=1: every host joins one jax.distributed job (train/distributed.py)
+        tpu_ssh(settings, node, f"CHINCHAX_DISTRIBUTED=1 chinchax train {remote_cfg}", gcloud),
         [gcloud, "storage", "cp", f"{remote_dir}/run.json", f"{remote_dir}/metrics.jsonl", f"{local_run_dir}/"],
     ]
 

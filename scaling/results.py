@@ -28,6 +28,7 @@ from pathlib import Path
 
 from chinchax.errors import UserError
 from chinchax.evaluation.results import flat_metrics, read_results
+from chinchax.fileio import is_remote, run_path
 from chinchax.fileio import write_text_atomic as write_atomic
 from chinchax.scaling.plan import Plan, PlannedRun
 
@@ -73,7 +74,7 @@ def trainer_holding(run_dir: Path) -> dict | None:
 
 class SweepDir:
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = run_path(root) if is_remote(root) else Path(root)  # gs://: an etils.epath path
 
     # --- layout ---
     @property

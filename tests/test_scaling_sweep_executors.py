@@ -172,7 +172,7 @@ def test_tpu_dry_run_prints_every_command_and_runs_nothing(sweep, tmp_path):
         assert f"queued-resources create {node}" in text and f"queued-resources delete {node}" in text
         assert text.count(f"tpu-vm ssh {node}") == 1 + 2 * 2  # setup + (mkdir, train) per run, 2 runs each
     for run in plan.runs:
-        assert f"'--command=chinchax train chinchax_sweep/{run.run_id}.yaml'" in text
+        assert f"'--command=CHINCHAX_DISTRIBUTED=1 chinchax train chinchax_sweep/{run.run_id}.yaml'" in text
         assert f"gs://bucket/sweeps/fake/{run.run_id}/run.json" in text
         config = s.config_path(run.run_id).read_text()
         assert f"run_dir: gs://bucket/sweeps/fake/{run.run_id}" in config  # every host writes to GCS
@@ -216,15 +216,15 @@ def test_tpu_executor_with_a_fake_gcloud(sweep, tmp_path):
     assert verbs[1:3] == ["queued-resources describe"] * 2  # polled until ACTIVE
     assert calls[3][-1] == "--command=pip install -U 'chinchax[tpu]'"  # setup on every host
     assert verbs[-1] == "queued-resources delete"  # deleted even though a run failed
-    trains = [c[-1] for c in calls if c[-1].startswith("--command=chinchax train")]
-    assert trains.count("--command=chinchax train chinchax_sweep/r1.yaml") == 2  # retried once
+    trains = [c[-1] for c in calls if c[-1].startswith("--command=CHINCHAX_DISTRIBUTED=1 chinchax train")]
+    assert trains.count("--command=CHINCHAX_DISTRIBUTED=1 chinchax train chinchax_sweep/r1.yaml") == 2  # retried once
     assert s.states(plan) == {"r0": "done", "r1": "failed", "r2": "done", "r3": "done"}
     assert "preempted" in s.failure("r1")["error"]
     # Re-run: everything done is skipped; only r1 goes to the (new) slice.
     log.unlink()
     executors.run_tpu(plan, s, st, max_retries=0, gcloud=str(gcloud), echo=lambda _: None)
     trains = [json.loads(line)[-1] for line in log.read_text().splitlines() if "chinchax train" in line]
-    assert trains == ["--command=chinchax train chinchax_sweep/r1.yaml"]
+    assert trains == ["--command=CHINCHAX_DISTRIBUTED=1 chinchax train chinchax_sweep/r1.yaml"]
 
 
 def test_tpu_needs_a_gcs_run_root(sweep):
@@ -295,7 +295,7 @@ def test_tpu_executor_seeds_wsd_branches_on_gcs_after_their_trunks(tmp_path):
 
     calls, echoed, states = run_with(listing="", copy_fails=False)
     assert states == {"r0": "done", "r1": "done", "r2": "done"}
-    trains = [i for i, c in enumerate(calls) if c[-1].startswith("--command=chinchax train")]
+    trains = [i for i, c in enumerate(calls) if c[-1].startswith("--command=CHINCHAX_DISTRIBUTED=1 chinchax train")]
     order = [calls[i][-1].split("/")[-1] for i in trains]
     assert order.index("r0.yaml") == 2  # the branch runs after both trunks, on whichever slice
     seeds = [c for c in calls if c[1:3] == ["storage", "cp"] and "gs://b/x/r0/" in c[-1]]

@@ -31,6 +31,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from chinchax.fileio import copy_tree, file_size, files_under, is_remote, remove_tree, run_path
 from chinchax.fileio import sha256_file as _sha256
 
 MANIFEST = "chinchax_manifest.json"
@@ -76,13 +77,17 @@ class IteratorStateRestore(ocp.args.CheckpointArgs):
 
 # --- manifests ------------------------------------------------------------------------------------------
 def _files(step_dir: Path) -> list[Path]:
-    return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return [p for p in files_under(step_dir) if p.name != MANIFEST]
 
 
 def write_manifest(step_dir: Path) -> None:
-    entries = {str(p.relative_to(step_dir)): [p.stat().st_size, _sha256(p)] for p in _files(step_dir)}
+    entries = {str(p.relative_to(step_dir)): [file_size(p), _sha256(p)] for p in _files(step_dir)}
+    text = json.dumps({"files": entries}, indent=0, sort_keys=True)
+    if is_remote(step_dir):  # one upload: the manifest object appears whole or not at all
+        (step_dir / MANIFEST).write_text(text)
+        return
     tmp = step_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"files": entries}, indent=0, sort_keys=True))
+    tmp.write_text(text)
     os.replace(tmp, step_dir / MANIFEST)
 
 
@@ -100,8 +105,8 @@ def verify(step_dir: Path, *, full: bool = True) -> str | None:
         path = present.get(name)
         if path is None:
             return f"file {name} is missing"
-        if path.stat().st_size != size:
-            return f"file {name} has {path.stat().st_size} bytes, the manifest says {size}"
+        if file_size(path) != size:
+            return f"file {name} has {file_size(path)} bytes, the manifest says {size}"
         if full and _sha256(path) != digest:
             return f"file {name} does not match its checksum"
     extra = sorted(set(present) - set(recorded))
@@ -126,7 +131,7 @@ class Checkpointer:
     """Async orbax saves of (train state, data-iterator state) with verified, fallback-safe restore."""
 
     def __init__(self, directory: str | Path, *, max_to_keep: int, use_async: bool = True):
-        self.directory = Path(directory).absolute()
+        self.directory = run_path(directory)  # gs:// stays a URI (etils.epath, as orbax uses)
         self.max_to_keep = max_to_keep
         self._unverified: list[int] = []  # saved steps whose manifest is not written yet
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -229,7 +234,11 @@ class Checkpointer:
         if jax.process_index() == 0:
             target = self.directory / DAMAGED_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
             target.parent.mkdir(exist_ok=True)
-            shutil.move(str(self._step_dir(step)), str(target))
+            if is_remote(target):  # no rename on GCS: copy, then delete
+                copy_tree(self._step_dir(step), target)
+                remove_tree(self._step_dir(step))
+            else:
+                shutil.move(str(self._step_dir(step)), str(target))
             _say(f"moved step {step} to {target.relative_to(self.directory)}")
         _barrier("chinchax_quarantine")
         self._manager.reload()
@@ -255,7 +264,7 @@ def load_numpy_state(step_dir: str | Path) -> Any:
     (for inspection, tests and export; the trainer restores onto its mesh with `restore_latest`)."""
     import numpy as np
 
-    path = Path(step_dir).absolute() / "state"
+    path = run_path(step_dir) / "state"
     checkpointer = ocp.PyTreeCheckpointer()
     metadata = checkpointer.metadata(path)
     tree = getattr(metadata, "item_metadata", metadata)

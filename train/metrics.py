@@ -7,10 +7,12 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from chinchax.errors import UserError
+from chinchax.fileio import is_remote, run_path
 from chinchax.fileio import write_text_atomic as atomic_write_text
 
 # Fields of a row that depend on wall-clock time: they differ between two runs of the same config.
@@ -28,7 +30,7 @@ def _jsonable(x):
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    path = Path(path)
+    path = run_path(path)
     if not path.is_file():
         return []
     rows = []
@@ -49,26 +51,51 @@ def _clean(value):
 
 class MetricsLogger:
     """Appends rows to metrics.jsonl (and wandb); on resume, drops rows after the restored step first, so
-    the file reads exactly like an uninterrupted run's."""
+    the file reads exactly like an uninterrupted run's.
+
+    On gs:// (objects cannot be appended to) the rows are kept here and the whole file is uploaded again by
+    `flush`: before every checkpoint (the trainer calls it, so a trusted checkpoint never has rows missing
+    before it), every `REMOTE_FLUSH_S` seconds, and at close. Rows after the last upload are lost in a kill,
+    as they would be dropped on resume anyway."""
+
+    REMOTE_FLUSH_S = 60.0
 
     def __init__(self, run_dir: Path, *, resume_step: int, enabled: bool, wandb_run=None):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = run_path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         self.wandb_run = wandb_run
+        self._remote = is_remote(self.path)
         if enabled:
             kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-            self._file = open(self.path, "a")
+            if self._remote:
+                self._lines = [json.dumps(r) + "\n" for r in kept]
+                self._flushed_at = time.monotonic()
+            else:
+                self._file = open(self.path, "a")
 
     def rows(self) -> list[dict]:
+        if self.enabled and self._remote:
+            return [json.loads(line) for line in self._lines]
         return read_jsonl(self.path) if self.enabled else []
+
+    def flush(self) -> None:
+        """Store every row logged so far (gs://: one upload of the whole file; local: already on disk)."""
+        if self.enabled and self._remote:
+            atomic_write_text(self.path, "".join(self._lines))
+            self._flushed_at = time.monotonic()
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
         row = {k: _clean(v) for k, v in row.items()}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        if self._remote:
+            self._lines.append(json.dumps(row) + "\n")
+            if time.monotonic() - self._flushed_at > self.REMOTE_FLUSH_S:
+                self.flush()
+        else:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
         if self.wandb_run is not None:
             self.wandb_run.log(
                 {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
@@ -77,7 +104,10 @@ class MetricsLogger:
 
     def close(self) -> None:
         if self.enabled:
-            self._file.close()
+            if self._remote:
+                self.flush()
+            else:
+                self._file.close()
             if self.wandb_run is not None:
                 self.wandb_run.finish()
 
@@ -131,7 +161,7 @@ def start_wandb(project: str | None, mode: str, run_dir: Path, run_name: str, co
         id=run_name,
         resume="allow",
         mode=mode,
-        dir=str(run_dir),
+        dir=None if is_remote(run_dir) else str(run_dir),  # wandb writes locally; on gs:// into ./wandb
         config=config,
     )
 

@@ -11,6 +11,11 @@ train run after run in one process.
 too. On network filesystems flock may be local to one machine (NFS emulates it with fcntl locks, which
 work across clients; some others do not): a run directory on such a filesystem shared by two machines
 is protected only as far as that filesystem honours it.
+
+On gs:// (an object store: no flock, no lock a dead holder releases) the lock is skipped: `hold` takes
+nothing and `probe` reports nobody. What guards a gs:// run dir is whoever launches trainers there: the
+tpu executor runs one run per slice at a time, and its sweep directory's `sweep_running.json` marker (held
+while the executor lives) makes a second `sweep run` refuse the run (chinchax.scaling.results).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from chinchax.errors import UserError
+from chinchax.fileio import is_remote
 
 LOCK_NAME = ".lock"
 # A `probe` holds the lock for microseconds; a trainer starting at that moment retries for this long
@@ -43,7 +49,7 @@ def _holder(path: Path) -> dict:
 @contextlib.contextmanager
 def hold(run_dir: str | Path, enabled: bool = True) -> Iterator[None]:
     """Hold the run directory's lock for the duration of the block (created if missing)."""
-    if not enabled:
+    if not enabled or is_remote(run_dir):  # gs://: no flock there (module docstring)
         yield
         return
     run_dir = Path(run_dir)
@@ -78,7 +84,9 @@ def hold(run_dir: str | Path, enabled: bool = True) -> Iterator[None]:
 
 def probe(run_dir: str | Path) -> dict | None:
     """The holder ({"pid", "host"}) if a trainer holds the run directory's lock now, else None. Takes the
-    lock for an instant (non-blocking) when it is free."""
+    lock for an instant (non-blocking) when it is free. Always None on gs:// (no lock there)."""
+    if is_remote(run_dir):
+        return None
     path = Path(run_dir) / LOCK_NAME
     try:
         fd = os.open(path, os.O_RDONLY)

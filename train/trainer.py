@@ -25,6 +25,7 @@ import numpy as np
 
 from chinchax import configlib
 from chinchax.errors import UserError
+from chinchax.fileio import is_remote, run_path
 from chinchax.train.config import RESUME_SAFE_KEYS, ExperimentConfig
 from chinchax.train.metrics import MetricsLogger, Progress, atomic_write_text, start_wandb, write_json
 
@@ -58,7 +59,12 @@ def check_resume_compatible(run_dir: Path, cfg: ExperimentConfig) -> int | None:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    old = _flatten(configlib.read_yaml(path))
+    if is_remote(path):
+        import yaml
+
+        old = _flatten(yaml.safe_load(path.read_text()) or {})
+    else:
+        old = _flatten(configlib.read_yaml(path))
     new = _flatten(configlib.to_dict(cfg))
     ignored = RESUME_SAFE_KEYS | LENGTH_KEYS
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ignored)
@@ -145,7 +151,7 @@ def train(
 
     # One trainer per run dir (the primary host holds the lock; the others share its run): released when
     # this call returns or raises, so a sweep worker can train one run after another in one process.
-    with runlock.hold(Path(cfg.trainer.run_dir).absolute(), enabled=jax.process_index() == 0):
+    with runlock.hold(run_path(cfg.trainer.run_dir), enabled=jax.process_index() == 0):
         return _train(cfg, data)
 
 
@@ -164,7 +170,7 @@ def _train(cfg: ExperimentConfig, data) -> dict:
     t_start = time.time()
     tc = cfg.trainer
     primary = jax.process_index() == 0
-    run_dir = Path(tc.run_dir).absolute()
+    run_dir = run_path(tc.run_dir)  # gs://... stays a URI (etils.epath), a local path becomes absolute
     old_steps = check_resume_compatible(run_dir, cfg)  # config.yaml is written once the restore agrees
 
     mesh = make_mesh(tc.mesh)
@@ -332,6 +338,7 @@ def _train(cfg: ExperimentConfig, data) -> dict:
                 if last_eval:
                     logger.log(last_eval)
             if save_now:
+                logger.flush()  # on gs:// the rows up to a checkpoint are stored before it can be trusted
                 ckpt.save(done, state, train_it.get_state())
         if pending is not None:
             handle(*pending)
