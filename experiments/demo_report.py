@@ -204,8 +204,9 @@ N = all parameters (with a tied head and no position table, exactly the matmuls 
 
 ## Learning rates (measured)
 
-At the smallest budget each size was trained at 1/3x, 1x and 3x the planned rate; a parabola in log(lr) gives each \
-size's best rate, and a power law through those gives the rule every run then used: \
+At the smallest budget each size was trained at 1/3x, 1x and 3x the planned rate, and the range widened by 3x \
+while some size's best rate sat at its edge; a parabola in log(lr) gives each size's best rate, and a power law \
+through those gives the rule every run then used: \
 lr = {lr['base_lr']:.3g} x ({lr['base_d_model']} / d_model)^{lr['width_exponent']:.2f} ({lr['exponent_source']}).
 
 {_md_table(["d_model", "best lr", "how", "lr: eval loss"], lr_rows)}

@@ -240,7 +240,10 @@ def fit_approach3(
                "degrees_of_freedom": n_runs - n_free,
                "seconds_grid": t1 - t0, "seconds_bootstrap": time.perf_counter() - t1,
                # the runs fitted, so plots can show them and mark where the data end
-               "runs": {k: fit_df[k].astype(float).tolist() for k in ("n_params", "n_tokens", "flops")}},
+               "runs": {"n_params": fit_df["n_params"].astype(float).tolist(),
+                        "n_tokens": fit_df["n_tokens"].astype(float).tolist(),
+                        "flops": (fit_df["flops"] if "flops" in fit_df.columns
+                                  else 6.0 * fit_df["n_params"] * fit_df["n_tokens"]).astype(float).tolist()}},
     )
     if held is not None:
         if data_constrained:
