@@ -104,12 +104,12 @@ def _noise(summary: dict) -> str:
              f"{p['stderr']:.4f}", f"{p['ratio']:.1f}"] for p in noise["pairs"]]
     return (f"Every run is scored on the same {noise['eval_rows']} validation rows ({noise['eval_tokens']:,} tokens), so "
             "two runs are compared row by row: the paired standard error leaves out how hard each row is. "
-            f"|difference| / s.e. between neighbouring sizes: median **{noise['median_ratio']:.1f}**, smallest "
-            f"{noise['min_ratio']:.1f}; {noise['share_at_least_3']:.0%} of the pairs are at least 3 (the bar). The pairs below "
-            "it sit at the bottom of an isoFLOP valley, on both sides of the optimum, where two sizes can truly be "
-            "equally good: there no validation set separates them, and none needs to (the parabola is fitted "
-            "through all of them).\n\n"
-            + _md_table(["budget", "sizes", "loss difference", "paired s.e.", "|diff| / s.e."], rows))
+            f"Absolute difference / s.e. between neighbouring sizes: median **{noise['median_ratio']:.1f}**, smallest "
+            f"{noise['min_ratio']:.1f}; {noise['share_at_least_3']:.0%} of the pairs are at least 3 (the bar)."
+            + (" The pairs below it sit at the bottom of an isoFLOP valley, on both sides of the optimum, where two "
+               "sizes can truly be equally good: there no validation set separates them, and none needs to (the "
+               "parabola is fitted through all of them)." if noise["share_at_least_3"] < 1 else "") + "\n\n"
+            + _md_table(["budget", "sizes", "loss difference", "paired s.e.", "difference / s.e. (abs)"], rows))
 
 
 def _prediction(summary: dict) -> str:
@@ -141,12 +141,30 @@ def _trust(summary: dict, rows: list[dict]) -> str:
     if ag.get("agree"):
         can.append("the allocation exponent a at this scale, to within the stated intervals")
     else:
-        cannot.append("a precise allocation exponent: the approaches' intervals are too wide or disagree")
+        narrow = [f"approach {k}'s a = {v['a']:.2f} [{v['a_lo']:.2f}, {v['a_hi']:.2f}]"
+                  for k, v in sorted(summary["approaches"].items()) if v["a_width"] <= ag.get("max_width", 0.25)]
+        wide = [f"approach {k}'s (interval {v['a_width']:.2f} wide)"
+                for k, v in sorted(summary["approaches"].items()) if not v["a_width"] <= ag.get("max_width", 0.25)]
+        tight = [v for v in summary["approaches"].values() if v["a_width"] <= ag.get("max_width", 0.25)]
+        consistent = max((v["a_lo"] for v in tight), default=0) <= min((v["a_hi"] for v in tight), default=1)
+        if narrow and consistent:
+            can.append("the allocation exponent as " + " and ".join(narrow) + ", and the compute-optimal sizes at "
+                       "the fitted budgets within their intervals")
+        elif narrow:
+            cannot.append("one allocation exponent: " + " and ".join(narrow) + " are each narrow but do not "
+                          "overlap (approach 1 reads training curves of cosine runs at points their schedule "
+                          "was not tuned for, which biases it)")
+        cannot.append("an exponent that every approach pins down"
+                      + (": " + ", ".join(wide) + " is not precise" if wide else "")
+                      + ("" if ag.get("overlap", True) else ", and the approaches disagree"))
     if p and abs(p["relative_error"]) <= 0.01:
         factor = p["budget"] / max(scale["budgets"])
         can.append(f"the loss of a compute-optimal run {factor:.0f}x beyond the largest fitted budget (it predicted one "
                    f"to {abs(p['relative_error']):.1%})")
     elif p:
+        if p["inside_interval"]:
+            can.append(f"a loss prediction {p['budget'] / max(scale['budgets']):.0f}x beyond the largest fitted budget "
+                       "within its 95% interval (the held-out run landed inside it)")
         cannot.append(f"loss predictions beyond the fitted budgets to better than {abs(p['relative_error']):.1%}")
     cannot.append("anything about models of millions of parameters or more: byte-level models of "
                   f"{_si(min(float(r['n_params']) for r in rows))}-{_si(max(float(r['n_params']) for r in rows))} "
