@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from chinchax import jsonio
+
 
 class SyntheticSource:
     """`n` documents generated from their index on demand (nothing held in memory): for the RSS probe."""
@@ -174,7 +176,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.memory_probe is not None:
-        print(json.dumps(memory_probe(args.memory_probe, args.batches)))
+        print(jsonio.dumps(memory_probe(args.memory_probe, args.batches)))
         return 0
 
     from chinchax.data.config import DataConfig
@@ -228,7 +230,7 @@ def main(argv=None) -> int:
         growth = probes[1]["rss_after_mib"] - probes[0]["rss_after_mib"]
         print(f"memory growth for 1000x the documents: {growth:+.1f} MiB")
     if args.json:
-        print(json.dumps(report, indent=1))
+        print(jsonio.dumps(report, indent=1))
     return 0
 
 

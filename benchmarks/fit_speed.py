@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from chinchax import jsonio
+
 N_BUDGETS = 8
 
 
@@ -50,7 +52,7 @@ def child_full_fit(runs: int, bootstrap: int) -> None:
     df = _table(runs)
     cpu1, wall1 = _cpu(), time.perf_counter()
     result = fit_approach3(df, n_bootstrap=bootstrap, seed=0)
-    print(json.dumps({
+    print(jsonio.dumps({
         "import_cpu_s": cpu1 - cpu0, "fit_cpu_s": _cpu() - cpu1, "fit_wall_s": time.perf_counter() - wall1,
         "seconds_grid": result.extra["seconds_grid"], "seconds_bootstrap": result.extra["seconds_bootstrap"],
         "params": result.params, "intervals": result.intervals, "objective": result.extra["objective"],

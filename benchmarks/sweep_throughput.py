@@ -14,11 +14,12 @@ speed-up of the worker executor over one `chinchax train` process per run on the
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from importlib import resources
 from pathlib import Path
+
+from chinchax import jsonio
 
 DEFAULT_OVERRIDES = ("name=throughput", "budgets=[4.7e+11,1.5e+12]", "sizes.per_budget=3")
 
@@ -75,7 +76,7 @@ def main(argv=None) -> dict:
         result.update(local_wall_s=local["wall_s"], local_sweep_efficiency=local["flops_detailed"] / local["wall_s"] / peak,
                       speedup_worker_vs_local=local["wall_s"] / worker["wall_s"])
     if args.json:
-        print(json.dumps(result))
+        print(jsonio.dumps(result))
     else:
         print(f"plan: {len(plan.runs)} runs, {plan.flops_independent:.3g} FLOPs (6ND); sweeps in {root}")
         print(f"jnp.dot peak (float32, best of 512/1024/2048): {peak / 1e9:.1f} GFLOP/s")

@@ -16,8 +16,9 @@ with the mesh given by --mesh, default data-parallel).
 from __future__ import annotations
 
 import argparse
-import json
 import time
+
+from chinchax import jsonio
 
 PRESETS = {
     # name: (d_model, n_layers, n_heads, d_ff, vocab, seq_len, batch, dtype)
@@ -179,7 +180,7 @@ def main(argv=None) -> dict:
         "loss": float(metrics["loss"]),
     }
     if args.json:
-        print(json.dumps(result))
+        print(jsonio.dumps(result))
     else:
         for k, v in result.items():
             print(f"{k:>26}: {v:,.4g}" if isinstance(v, float) else f"{k:>26}: {v}")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from chinchax import jsonio
 
 SOURCE_HELP = ("'stdlib' (the Python standard library of this interpreter), 'text:PATH_OR_GLOB' (.txt, .jsonl, "
                "code), or 'tfds:NAME[/CONFIG][:VERSION]' (any TFDS catalog dataset)")
@@ -84,7 +85,7 @@ def _build(args) -> int:
     if args.source.startswith("tfds:"):
         builder = sources.prepare_tfds(args.source[len("tfds:"):], data_dir)
         splits = {name: s.num_examples for name, s in builder.info.splits.items()}
-        print(f"{args.source}: prepared in {builder.data_dir}: {json.dumps(splits)}")
+        print(f"{args.source}: prepared in {builder.data_dir}: {jsonio.dumps(splits)}")
         return 0
     if args.max_files is not None and args.max_files < 1:
         raise UserError(f"--max-files {args.max_files}: must be at least 1")
@@ -117,7 +118,7 @@ def _info(args) -> int:
     stats = {"source": args.source, "split": args.split, "tokenizer": args.tokenizer,
              "tokenizer_hash": tokenizer.hash, **stats, **{k: v for k, v in docs.metadata.items()}}
     if args.json:
-        print(json.dumps(stats, indent=1))
+        print(jsonio.dumps(stats, indent=1))
         return 0
     width = max(map(len, stats))
     for key, value in stats.items():

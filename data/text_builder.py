@@ -45,6 +45,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from chinchax import jsonio
 from chinchax.errors import UserError
 from chinchax.fileio import sha256_file as _sha256_file
 
@@ -351,7 +352,7 @@ def _locked(lock_path: Path):
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    tmp.write_text(jsonio.dumps(obj, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 

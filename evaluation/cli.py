@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from chinchax import jsonio
 
 
 def register(subparsers) -> None:
@@ -77,7 +78,7 @@ def _generate(args) -> int:
     for prompt, tokens in zip(args.prompt, result.as_lists(), strict=True):
         text = tok.decode(tokens)
         if args.json:
-            print(json.dumps({"prompt": prompt, "completion": text, "tokens": tokens}))
+            print(jsonio.dumps({"prompt": prompt, "completion": text, "tokens": tokens}))
         else:
             print(f"{prompt}\u2192{text}")
     return 0
@@ -118,7 +119,7 @@ def _eval(args) -> int:
         for key, metrics in measured.items():
             results_lib.record(run.run_dir, run.step, key, metrics)
             shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items() if k != "samples"}
-            print(f"{run.run_dir.name} {key}: {json.dumps(shown)}")
+            print(f"{run.run_dir.name} {key}: {jsonio.dumps(shown)}")
         print(f"-> {run.run_dir / results_lib.EVAL_FILE} (step {run.step})")
     return 2 if failed else 0
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from chinchax import jsonio
 
 
 def register(subparsers) -> None:
@@ -57,7 +58,7 @@ def _info(args) -> int:
     shapes = [] if args.no_shapes else describe_shapes(cfg)
     if args.json:
         print(
-            json.dumps(
+            jsonio.dumps(
                 {
                     "config": to_dict(cfg),
                     "n_params": counts.total,

@@ -5,8 +5,9 @@ Heavy imports (jax, pandas, matplotlib) happen inside the handlers so `chinchax 
 
 from __future__ import annotations
 
-import json
 import sys
+
+from chinchax import jsonio
 
 FIT_LAWS = ("chinchilla-1", "chinchilla-2", "chinchilla-3", "kaplan", "data-constrained")
 
@@ -214,7 +215,7 @@ def _print_holdout(holdout: dict) -> None:
         print(f"  held-out {holdout.get('split', '')} ({n_runs} runs): |relative error| of the loss "
               f"mean {holdout['mean_abs_rel_error']:.2%}, max {holdout['max_abs_rel_error']:.2%}{inside}")
     else:
-        print("  held-out:", json.dumps({k: v for k, v in holdout.items() if k != "runs"}))
+        print("  held-out:", jsonio.dumps({k: v for k, v in holdout.items() if k != "runs"}))
 
 
 def _predict(args) -> int:
@@ -233,8 +234,8 @@ def _predict(args) -> int:
                      "loss": loss, "loss_lo": lo, "loss_hi": hi})
     rows += [{**fit.frontier(c), "compute_optimal": True} for c in args.flops]
     if args.json:
-        json.dump({"fit": args.fit, "level": CONFIDENCE, "n_draws": len(next(iter(fit.bootstrap_params.values()), [])),
-                   "predictions": rows}, sys.stdout, indent=1)
+        jsonio.dump({"fit": args.fit, "level": CONFIDENCE, "n_draws": len(next(iter(fit.bootstrap_params.values()), [])),
+                     "predictions": rows}, sys.stdout, indent=1)  # an interval with no draws (nan) is null
         print()
         return 0
     print(f"{fit.law} fit on {fit.n_runs} runs; {CONFIDENCE:.0%} bootstrap intervals")
@@ -255,7 +256,7 @@ def _optimal(args) -> int:
     flops = args.flops if args.flops is not None else gpu_hours_to_flops(args.gpu_hours, args.device, args.mfu)
     rows = allocation_rows(flops, args.law or None, unique_tokens=args.unique_tokens)
     if args.json:
-        json.dump(rows, sys.stdout, indent=1)
+        jsonio.dump(rows, sys.stdout, indent=1)
         print()
     else:
         if args.gpu_hours is not None:

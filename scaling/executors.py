@@ -28,7 +28,9 @@ from pathlib import Path
 
 import yaml
 
+from chinchax import jsonio
 from chinchax.errors import UserError
+from chinchax.fileio import files_under, is_remote, remove_tree
 from chinchax.scaling.plan import Plan, PlannedRun, RaySettings, TpuSettings
 from chinchax.scaling.results import (
     FAILED_MARKER,
@@ -38,7 +40,6 @@ from chinchax.scaling.results import (
     read_json,
     write_atomic,
 )
-from chinchax.fileio import files_under, is_remote, remove_tree
 
 DEFAULT_TRAIN_COMMAND = (sys.executable, "-m", "chinchax.cli", "train")
 EXECUTORS = ("local", "worker", "ray", "tpu")
@@ -94,7 +95,7 @@ def run_with_retries(
     d.mkdir(parents=True, exist_ok=True)
     (d / FAILED_MARKER).unlink(missing_ok=True)
     lock = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
-    write_atomic(d / LOCK_MARKER, json.dumps(lock))
+    write_atomic(d / LOCK_MARKER, jsonio.dumps(lock))
     command = [*train_command, str(config_path)] if launch is None else ["chinchax", "train", str(config_path)]
     where = "" if launch is None else " (in a long-lived worker)"
     error, returncode = "", None
@@ -119,7 +120,7 @@ def run_with_retries(
                 error += "\n(the train command exited 0 but wrote no run.json with status done)"
         failure = {"status": "failed", "attempts": max_retries + 1, "returncode": returncode,
                    "signal": signal_name(returncode), "error": error, "command": command, "at": _now()}
-        write_atomic(d / FAILED_MARKER, json.dumps(failure, indent=1))
+        write_atomic(d / FAILED_MARKER, jsonio.dumps(failure, indent=1))
         return Outcome(run_id, "failed", max_retries + 1, error)
     finally:
         (d / LOCK_MARKER).unlink(missing_ok=True)
@@ -271,7 +272,7 @@ def seed_branch(sweep: SweepDir, run: PlannedRun, plan: Plan) -> bool:
         kept = [line for line in metrics.read_text().splitlines() if _step_of(line) <= run.branch_step]
         write_atomic(d / "metrics.jsonl", "".join(line + "\n" for line in kept))
     os.replace(tmp, d / CHECKPOINTS)  # all or nothing: a half-copied checkpoint is never seen
-    write_atomic(d / BRANCH_MARKER, json.dumps({"trunk": run.branch_of, "step": run.branch_step}))
+    write_atomic(d / BRANCH_MARKER, jsonio.dumps({"trunk": run.branch_of, "step": run.branch_step}))
     return True
 
 
@@ -303,7 +304,7 @@ def _seed_branch_remote(sweep: SweepDir, run: PlannedRun) -> bool:
     except BaseException:
         remove_tree(d / CHECKPOINTS)
         raise
-    write_atomic(d / BRANCH_MARKER, json.dumps({"trunk": run.branch_of, "step": run.branch_step}))
+    write_atomic(d / BRANCH_MARKER, jsonio.dumps({"trunk": run.branch_of, "step": run.branch_step}))
     return True
 
 
@@ -481,7 +482,7 @@ def _record_lost_task(sweep: SweepDir, run: PlannedRun, error: BaseException, lo
     d = sweep.run_dir(run.run_id)
     message = f"ray task failed ({lost + 1} tasks lost): {type(error).__name__}: {error}"
     d.mkdir(parents=True, exist_ok=True)
-    write_atomic(d / FAILED_MARKER, json.dumps(
+    write_atomic(d / FAILED_MARKER, jsonio.dumps(
         {"status": "failed", "attempts": lost + 1, "returncode": None, "signal": None, "error": message[-4000:],
          "at": _now()}, indent=1))
     (d / LOCK_MARKER).unlink(missing_ok=True)
@@ -641,7 +642,7 @@ def run_tpu(
                     except RuntimeError as e:
                         error = str(e)
                 else:
-                    write_atomic(local_dir / FAILED_MARKER, json.dumps(
+                    write_atomic(local_dir / FAILED_MARKER, jsonio.dumps(
                         {"status": "failed", "attempts": max_retries + 1, "error": error, "at": _now()}))
                     done.append(Outcome(run.run_id, "failed", max_retries + 1, error))
             return done

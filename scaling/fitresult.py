@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chinchax import jsonio
 from chinchax.errors import UserError
 from chinchax.scaling.laws import FLOPS_PER_PARAM_TOKEN, Allocation
 
@@ -139,7 +140,7 @@ class FitResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(asdict(self)), f, indent=1)
+            jsonio.dump(asdict(self), f, indent=1)  # strict JSON: a nan or inf is written as null
         os.replace(tmp, path)
         return path
 
@@ -160,7 +161,7 @@ class FitResult:
         if missing or unknown or not all(isinstance(data[k], dict) for k in ("params", "allocation")):
             what = [f"missing {', '.join(missing)}"] * bool(missing) + [f"unknown keys {', '.join(unknown[:5])}"] * bool(unknown)
             raise UserError(f"{path} is not a chinchax fit ({'; '.join(what) or 'params/allocation are not objects'}); {fix}")
-        return cls(**data)
+        return cls(**_nan_for_null(data))
 
 
 def summarise(best: dict[str, float], draws: dict[str, np.ndarray]) -> tuple[dict, dict]:
@@ -251,15 +252,17 @@ def _out(x):
     return float(x) if np.ndim(x) == 0 else np.asarray(x)
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
+def _nan_for_null(data: dict) -> dict:
+    """The floats to_json wrote as null (nan, inf) read back as nan: in params, stderr, intervals and draws."""
+    nan = lambda v: float("nan") if v is None else v  # noqa: E731
+    out = dict(data)
+    for key in ("params", "stderr", "allocation"):
+        if isinstance(out.get(key), dict):
+            out[key] = {k: nan(v) for k, v in out[key].items()}
+    for key in ("intervals", "bootstrap_params"):
+        if isinstance(out.get(key), dict):
+            out[key] = {k: [nan(x) for x in v] if isinstance(v, list) else nan(v) for k, v in out[key].items()}
+    if isinstance(out.get("bootstrap_allocation"), list):
+        out["bootstrap_allocation"] = [[nan(x) for x in r] if isinstance(r, list) else r
+                                       for r in out["bootstrap_allocation"]]
+    return out

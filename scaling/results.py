@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from chinchax import jsonio
 from chinchax.errors import UserError
 from chinchax.evaluation.results import flat_metrics, read_results
 from chinchax.fileio import is_remote, run_path
@@ -94,7 +95,7 @@ class SweepDir:
             raise UserError(
                 f"{self.root} already holds sweep {existing.name!r}; pick another --out for sweep {plan.name!r}"
             )
-        write_atomic(self.plan_path, json.dumps(plan.to_json(), indent=1) + "\n")
+        write_atomic(self.plan_path, jsonio.dumps(plan.to_json(), indent=1) + "\n")
         write_atomic(self.root / "plan.csv", _csv([r.row() for r in plan.runs], list(plan.runs[0].row()) if plan.runs else []))
 
     def load_plan(self) -> Plan:

@@ -75,6 +75,28 @@ def test_the_draws_survive_the_json_round_trip_and_stay_small(fit, tmp_path):
     assert back.frontier(1e21) == pytest.approx(fit.frontier(1e21), rel=1e-12)
 
 
+
+def _strict_json(text):
+    """Parsed by a strict JSON parser: a bare NaN, Infinity or -Infinity raises."""
+    return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"not JSON: {c}")))
+
+
+def test_a_fit_with_nan_stderr_round_trips_as_strict_json(fit, tmp_path, capsys):
+    nan = float("nan")
+    odd = FitResult(**{**fit.__dict__, "stderr": {**fit.stderr, "E": nan},
+                       "intervals": {**fit.intervals, "E": [nan, nan]}, "bootstrap_params": {}})
+    path = odd.to_json(tmp_path / "fit.json")
+    data = _strict_json(path.read_text())
+    assert data["stderr"]["E"] is None and data["intervals"]["E"] == [None, None]
+    back = FitResult.from_json(path)
+    assert np.isnan(back.stderr["E"]) and np.isnan(back.intervals["E"]).all()
+    assert {k: v for k, v in back.stderr.items() if k != "E"} == {k: v for k, v in fit.stderr.items() if k != "E"}
+    assert back.predict_loss(1e9, 2e10)[0] == fit.predict_loss(1e9, 2e10)[0]
+    # `chinchax predict --json` of a fit without draws: its intervals are nan, printed as null
+    assert main(["predict", str(path), "--n-params", "1e9", "--tokens", "2e10", "--flops", "1e22", "--json"]) == 0
+    one, frontier = _strict_json(capsys.readouterr().out)["predictions"]
+    assert one["loss_lo"] is None and frontier["n_opt_hi"] is None and one["loss"] > 0
+
 def test_extreme_draws_predict_without_overflow_warnings(fit):
     draws = {k: list(v) for k, v in fit.bootstrap_params.items()}
     draws["log_A"][:3] = [800.0, 1500.0, -900.0]  # A = e^800 overflows a float; its log does not

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from chinchax import jsonio
 from chinchax.errors import UserError
 from chinchax.fileio import is_remote
 
@@ -73,7 +74,7 @@ def hold(run_dir: str | Path, enabled: bool = True) -> Iterator[None]:
                     ) from None
                 time.sleep(0.02)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+        os.pwrite(fd, jsonio.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
         try:
             yield
         finally:

@@ -257,7 +257,7 @@ def convert_hf_checkpoint(
         info = {"source": str(Path(hf_dir).absolute()), "model_type": hf_config.model_type,
                 "architectures": getattr(hf_config, "architectures", None), "n_params": n_params,
                 "unused_hf_keys": unused}  # fmt: skip
-        (tmp / "conversion.json").write_text(json.dumps(info, indent=2) + "\n")
+        (tmp / "conversion.json").write_text(json.dumps(info, indent=2, allow_nan=False) + "\n")
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above)
         os.replace(tmp, out_dir)

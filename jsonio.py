@@ -1,0 +1,35 @@
+"""Strict JSON out: every JSON file or line chinchax writes parses with any standard parser.
+
+Python's json writes NaN and Infinity as bare words by default, which JSON does not have (jq, JavaScript and
+strict parsers reject the file). Here a non-finite float is written as null, numpy scalars and arrays as
+plain numbers and lists, and `allow_nan=False` guards against anything this misses. Readers that want the
+float back turn null into nan (`FitResult.from_json` does).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+
+def strict(x):
+    """`x` with every non-finite float replaced by None, numpy scalars/arrays as Python numbers/lists,
+    tuples as lists and dict keys as strings."""
+    if isinstance(x, dict):
+        return {str(k): strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):  # numpy array or scalar
+        return strict(x.tolist())
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    return x
+
+
+def dumps(x, **kwargs) -> str:
+    """json.dumps of strict(x), refusing (ValueError) any NaN/Infinity left."""
+    return json.dumps(strict(x), allow_nan=False, **kwargs)
+
+
+def dump(x, f, **kwargs) -> None:
+    json.dump(strict(x), f, allow_nan=False, **kwargs)
