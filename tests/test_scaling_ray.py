@@ -1,7 +1,7 @@
 """The Ray executor on real Ray processes: a private instance listens on 127.0.0.1 only, and a sweep on a
 two-node cluster survives a node killed mid-run (the lost runs resume elsewhere; nothing is trained twice).
 
-Cheap: the fake `chinchax train` of tests/test_scaling_sweep_fakes.py (loaded by path), wrapped in a script
+Cheap: the fake `chinchax train` of tests/sweep_fakes.py (loaded by path), wrapped in a script
 that takes a few seconds and leaves a "checkpoint" half-way. Ray is kept small (1 CPU per node, 80 MB object
 stores) for the 2 shared cores.
 """
@@ -27,7 +27,7 @@ from chinchax.scaling import executors  # noqa: E402
 from chinchax.scaling.plan import RaySettings  # noqa: E402
 from chinchax.scaling.results import LOCK_MARKER, SweepDir  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("sweep_fakes", Path(__file__).with_name("test_scaling_sweep_fakes.py"))
+_spec = importlib.util.spec_from_file_location("sweep_fakes", Path(__file__).with_name("sweep_fakes.py"))
 fakes = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fakes)
 

@@ -17,7 +17,7 @@ from chinchax.scaling import executors
 from chinchax.scaling.plan import RaySettings, TpuSettings
 from chinchax.scaling.results import FAILED_MARKER, LOCK_MARKER, SweepDir
 
-_spec = importlib.util.spec_from_file_location("sweep_fakes", Path(__file__).with_name("test_scaling_sweep_fakes.py"))
+_spec = importlib.util.spec_from_file_location("sweep_fakes", Path(__file__).with_name("sweep_fakes.py"))
 fakes = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fakes)
 

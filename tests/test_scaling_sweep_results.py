@@ -14,7 +14,7 @@ from chinchax.cli import main
 from chinchax.scaling import executors
 from chinchax.scaling.results import RESULT_COLUMNS, SweepDir, collect, write_atomic
 
-_spec = importlib.util.spec_from_file_location("sweep_fakes", Path(__file__).with_name("test_scaling_sweep_fakes.py"))
+_spec = importlib.util.spec_from_file_location("sweep_fakes", Path(__file__).with_name("sweep_fakes.py"))
 fakes = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fakes)
 

@@ -1,7 +1,7 @@
 """Shared helpers of the sweep tests: a fake `chinchax train` and hand-made plans (no jax needed).
 
-Loaded by path from the other tests/test_scaling_sweep_*.py (pytest runs in importlib mode); it holds
-no tests itself.
+Loaded by path from tests/test_scaling_sweep_*.py and tests/test_scaling_ray.py (pytest runs in importlib
+mode); it holds no tests, so its name does not start with test_ and pytest does not collect it.
 """
 
 from __future__ import annotations
