@@ -1,6 +1,7 @@
 """The transformer family (Flax NNX). Imports nothing of chinchax but its own config.
 
 Heavy names (Transformer, counting) load on first use, so `chinchax --help` and config code stay fast.
+Array names carry their shapes (`x_BLD`, `logits_BLV`): the letters are defined at the top of attention.py.
 """
 
 from chinchax.model.config import ModelConfig

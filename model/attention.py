@@ -1,7 +1,15 @@
 """Attention: masks, position encodings (RoPE, ALiBi, T5 relative buckets) and the attention module.
 
-Letters: B batch, L query length, S key length, D d_model, H query heads, G key/value heads,
-K head size. Grouped-query attention shares each of the G key/value heads among H/G query heads.
+Shape letters in names (`x_BLD`) and einsum strings, the legend for all of model/:
+B batch, L query (sequence) length, S key length (the cache length when decoding), D d_model,
+F d_ff (the MLP's hidden width), V vocabulary, H query heads, G key/value heads, K head size,
+N the fused query/key/value heads (H + 2G), 1 a kept axis of size one;
+R relative-position buckets (T5's bias table, `table_RH`) or, in grouped attention, the H/G query
+heads that share one key/value head (`q_BLGRK`);
+P learned positions (`position_embedding_PD`, one row per position) or, when decoding, the width of
+the left-padded prompts (`tokens_BP`);
+T token types (BERT's `token_type_embedding_TD`) or, when decoding, the stop tokens (`stop_T`).
+Grouped-query attention shares each of the G key/value heads among H/G query heads.
 """
 
 from __future__ import annotations
