@@ -1,9 +1,17 @@
 """Parameter counts equal the reference implementations exactly; FLOP conventions are consistent."""
 
+import re
+import resource
+import time
+import tracemalloc
+from pathlib import Path
+
 import pytest
 
 from chinchax.configlib import load_model_config, preset_names
 from chinchax.model.counting import count_params, flops_per_token
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Totals of the Hugging Face reference models (num_parameters() of the *ForMaskedLM / *LMHeadModel /
 # *ForConditionalGeneration classes). BART's final_logits_bias is a buffer there, a parameter here.
@@ -58,7 +66,28 @@ def test_detailed_flops_grow_with_context_and_halve_causal_attention():
     assert extra == pytest.approx(3 * 2 * (2 * 128 * 64), rel=1e-12)
 
 
+def readme_parameter_counts() -> dict[str, int]:
+    """{preset: parameters} from the presets table of README.md (its rows end in the parameter count)."""
+    rows = re.findall(r"^\| `([\w.-]+)` \|.*\| ([\d,]+) \|$", (ROOT / "README.md").read_text(), re.M)
+    return {name: int(count.replace(",", "")) for name, count in rows}
+
+
 def test_every_preset_counts_without_memory():
-    # llama2-7b would need 27 GB materialised; counting is abstract, so every preset counts quickly.
-    for name in preset_names():
-        assert count_params(load_model_config(name)).total > 0
+    # llama2-7b would need 27 GB materialised; counting is abstract, so every preset counts quickly and small.
+    count_params(load_model_config("tiny-llama"))  # imports and jax's start-up are not the counting's memory
+    rss_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    try:
+        start = time.perf_counter()
+        totals = {"llama2-7b": count_params(load_model_config("llama2-7b")).total}
+        seconds = time.perf_counter() - start
+        peak_bytes = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak_bytes < 200e6 and seconds < 5.0, (peak_bytes, seconds)  # measured: 0.2 MB, 0.16 s
+    totals |= {name: count_params(load_model_config(name)).total for name in preset_names() if name not in totals}
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before_kb) * 1024 < 200e6  # no new peak RSS
+    assert all(n > 0 for n in totals.values())
+    published = readme_parameter_counts()
+    assert published == REFERENCE_TOTALS  # the README's table is the reference list
+    assert {name: totals[name] for name in published} == published

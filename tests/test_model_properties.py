@@ -1,5 +1,7 @@
 """What attention patterns must guarantee, checked by gradients and by perturbing inputs."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ from flax import nnx
 
 from chinchax.configlib import load_model_config
 from chinchax.model import Transformer
+from chinchax.model.transformer import REMAT_POLICIES
 
 L = 8
 
@@ -142,14 +145,40 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     np.testing.assert_allclose(logits, reference, atol=5e-2)  # bf16 rounding of a tiny model, not a bug budget
 
 
-@pytest.mark.parametrize("remat", ["full", "dots"])
-def test_remat_and_unrolled_layers_compute_the_same_function(remat):
-    base = build("tiny-llama")
+def logits_and_grads(cfg, tokens):
+    """(logits, gradients of a scalar of them w.r.t. every parameter, the program's jaxpr as text), jitted."""
+    graphdef, params, rest = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+
+    def loss(params):  # a pure function of the parameters: merge a copy, never close over the module
+        logits = nnx.merge(graphdef, params, rest, copy=True)(tokens)
+        return jnp.std(logits), logits
+
+    traced = jax.jit(jax.value_and_grad(loss, has_aux=True)).trace(params)
+    (_, logits), grads = traced.lower().compile()(params)
+    return logits, grads, str(traced.jaxpr)
+
+
+@pytest.fixture(scope="module")
+def reference_and_unrolled():
+    cfg = load_model_config("tiny-llama")
     tokens = jax.random.randint(jax.random.key(3), (2, L), 0, 512)
-    expected = base(tokens)
-    for variant in (base.cfg.replace(remat=remat), base.cfg.replace(scan_layers=False)):
-        other = Transformer(variant, rngs=nnx.Rngs(0))
-        np.testing.assert_allclose(other(tokens), expected, atol=1e-6)
+    return cfg, tokens, logits_and_grads(cfg, tokens), logits_and_grads(cfg.replace(scan_layers=False), tokens)
+
+
+REMAT_OP = re.compile(r"\b(?:remat2?|checkpoint)\[")  # jax.checkpoint's primitive, as jaxprs print it
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_and_unrolled_layers_compute_the_same_function(remat, reference_and_unrolled):
+    cfg, tokens, (expected, expected_grads, plain_jaxpr), unrolled = reference_and_unrolled
+    assert not REMAT_OP.search(plain_jaxpr)
+    for variant, (logits, grads, jaxpr) in ((cfg.replace(remat=remat), logits_and_grads(cfg.replace(remat=remat), tokens)),
+                                            (cfg.replace(scan_layers=False), unrolled)):
+        np.testing.assert_allclose(logits, expected, atol=1e-6)
+        # remat changes only what the backward pass recomputes: the gradients must be the same ones
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, expected_grads)
+        if variant.remat != "none":  # the flag really put a checkpoint, with its policy, into the program
+            assert len(REMAT_OP.findall(jaxpr)) == 1 and f"policy={REMAT_POLICIES[remat]}" in jaxpr
 
 
 def test_prefix_mask_on_a_causal_model_is_an_error():
