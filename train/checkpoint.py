@@ -174,11 +174,22 @@ class Checkpointer:
         self._manager.wait_until_finished()
         if not self._unverified:
             return
+        # orbax's wait_until_finished does not raise when a background save failed: it logs the error and drops
+        # the step from its list. Such a step (its files half written, in the final folder on GCS) must get no
+        # manifest, or a resume would trust it.
+        saved = set(self._manager.all_steps())
+        failed = [s for s in self._unverified if s not in saved]
         if jax.process_index() == 0:
             for step in self._unverified:
-                write_manifest(self._step_dir(step))
+                if step not in failed:
+                    write_manifest(self._step_dir(step))
         self._unverified.clear()
         _barrier("chinchax_manifest")
+        if failed:
+            raise RuntimeError(
+                f"checkpoint save of step {failed} failed (orbax's error is logged above); it has no manifest "
+                "and will not be resumed from"
+            )
         self._enforce_max_to_keep()
 
     def _enforce_max_to_keep(self) -> None:
