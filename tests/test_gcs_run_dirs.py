@@ -15,6 +15,7 @@ the command on this machine and whose `storage cp`/`ls` talk to the emulator.
 from __future__ import annotations
 
 import csv
+import importlib.util  # noqa: E402
 import json
 import os
 import signal
@@ -29,8 +30,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-import importlib.util  # noqa: E402
 
 # find_spec, not import: gcsfs chooses its class from GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT when first imported,
 # which must happen after the fixture has set it.

@@ -29,7 +29,6 @@ from chinchax.fileio import is_remote, run_path
 from chinchax.train.config import RESUME_SAFE_KEYS, ExperimentConfig
 from chinchax.train.metrics import MetricsLogger, Progress, atomic_write_text, start_wandb, write_json
 
-
 # Every eval row's loss sum and weight at the end of the run (rows are the same for every run of one data
 # config), so two runs can be compared row by row: a paired difference has a far smaller standard error.
 EVAL_ROWS = "eval_rows.json"
