@@ -165,10 +165,11 @@ def run_demo(out: Path, *, quick: bool = False, parallel: int = 2, n_bootstrap: 
     summary = _summary(quick=quick, wall=wall, corpus=corpus, rule=rule, plan=plan, lr_plan=lr_plan, rows=rows,
                        fits=fits, noise=noise, prediction=prediction, throughput=throughput)
     text, optimal_table = render(summary, plan, rows, fits, _machine(), sweep.root.name)
+    from chinchax import jsonio
     from chinchax.fileio import write_text_atomic
 
     write_text_atomic(out / "report.md", text)
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, default=_json_default, allow_nan=False))
+    write_text_atomic(out / "summary.json", jsonio.dumps(summary, indent=1))  # NaN -> null: strict JSON
     return {"wall_time_s": wall, "optimal_table": optimal_table, "fits": fits, "rows": rows, "summary": summary}
 
 
@@ -281,14 +282,6 @@ def _summary(*, quick, wall, corpus, rule, plan, lr_plan, rows, fits, noise, pre
         "fit_errors": fits["errors"],
         "files": fits["files"],
     }
-
-
-def _json_default(x):
-    import numpy as np
-
-    if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
 
 
 def prepare_corpus(source: str = "stdlib") -> dict:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chinchax import jsonio
 from chinchax.errors import UserError
 from chinchax.fileio import is_remote, run_path
 from chinchax.fileio import write_text_atomic as atomic_write_text
@@ -20,7 +21,7 @@ TIMING_FIELDS = ("step_time_s", "tokens_per_s", "mfu")
 
 
 def write_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    atomic_write_text(path, jsonio.dumps(data, indent=2) + "\n")
 
 
 def _jsonable(x):
@@ -67,9 +68,9 @@ class MetricsLogger:
         self._remote = is_remote(self.path)
         if enabled:
             kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write_text(self.path, "".join(jsonio.dumps(r) + "\n" for r in kept))
             if self._remote:
-                self._lines = [json.dumps(r) + "\n" for r in kept]
+                self._lines = [jsonio.dumps(r) + "\n" for r in kept]
                 self._flushed_at = time.monotonic()
             else:
                 self._file = open(self.path, "a")
@@ -90,11 +91,11 @@ class MetricsLogger:
             return
         row = {k: _clean(v) for k, v in row.items()}
         if self._remote:
-            self._lines.append(json.dumps(row) + "\n")
+            self._lines.append(jsonio.dumps(row) + "\n")
             if time.monotonic() - self._flushed_at > self.REMOTE_FLUSH_S:
                 self.flush()
         else:
-            self._file.write(json.dumps(row) + "\n")
+            self._file.write(jsonio.dumps(row) + "\n")
             self._file.flush()
         if self.wandb_run is not None:
             self.wandb_run.log(
