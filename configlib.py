@@ -32,8 +32,10 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
+def read_yaml(path) -> dict:
+    """A YAML mapping from a local path, or from any path object with is_file/read_text (an etils.epath
+    on gs://, as a run dir's config.yaml may be)."""
+    path = path if hasattr(path, "read_text") else Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; pass a YAML file or a preset name")
     try:

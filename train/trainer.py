@@ -25,7 +25,7 @@ import numpy as np
 
 from chinchax import configlib
 from chinchax.errors import UserError
-from chinchax.fileio import is_remote, run_path
+from chinchax.fileio import run_path
 from chinchax.train.config import RESUME_SAFE_KEYS, ExperimentConfig
 from chinchax.train.metrics import MetricsLogger, Progress, atomic_write_text, start_wandb, write_json
 
@@ -58,12 +58,7 @@ def check_resume_compatible(run_dir: Path, cfg: ExperimentConfig) -> int | None:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    if is_remote(path):
-        import yaml
-
-        old = _flatten(yaml.safe_load(path.read_text()) or {})
-    else:
-        old = _flatten(configlib.read_yaml(path))
+    old = _flatten(configlib.read_yaml(path))
     new = _flatten(configlib.to_dict(cfg))
     ignored = RESUME_SAFE_KEYS | LENGTH_KEYS
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ignored)
