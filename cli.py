@@ -23,6 +23,9 @@ _COMMAND_MODULES = (
     "chinchax.scaling.sweep_cli",
     "chinchax.evaluation.cli",
     "chinchax.experiments.demo",
+    "chinchax.experiments.compare",
+    "chinchax.posttrain.finetune_cli",
+    "chinchax.posttrain.align_cli",
 )
 
 

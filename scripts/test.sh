@@ -12,7 +12,7 @@ fi
 # The parity tests need a CPU build of PyTorch. On this project's machines torch 2.13.0 (CPU) lies on disk and
 # pip takes it from there; elsewhere install a CPU wheel first (PyTorch's own CPU index) or any torch >= 2.5.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-"$VENV/bin/python" -m pip install -q -e ".[dev,ray,eval]"
+"$VENV/bin/python" -m pip install -q -e ".[dev,ray,eval,posttrain]"
 export WANDB_MODE="${WANDB_MODE:-offline}"
 # Many tests (and the subprocesses they start) compile the same tiny models: share compiled programs.
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$PWD/.jax-cache}"
