@@ -18,6 +18,7 @@ planned = nothing on disk yet.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -32,18 +33,13 @@ from chinchax.evaluation.results import flat_metrics, read_results
 from chinchax.fileio import is_remote, run_path
 from chinchax.fileio import write_text_atomic as write_atomic
 from chinchax.scaling.plan import Plan, PlannedRun
+from chinchax.scaling.run_rows import EXTRA_COLUMNS, RESULT_COLUMNS, flops_key, run_row
 
 STATES = ("planned", "running", "interrupted", "failed", "done")
 FAILED_MARKER = "sweep_failed.json"
 LOCK_MARKER = "sweep_running.json"
 TRAIN_LOG = "sweep_train.log"
 
-RESULT_COLUMNS = ("run", "n_params", "n_params_non_embedding", "n_tokens", "flops", "loss", "budget")
-EXTRA_COLUMNS = (
-    "family", "d_model", "n_layers", "n_heads", "d_ff", "n_params_embedding", "steps", "batch_size",
-    "seq_len", "learning_rate", "flops_6nd", "flops_6nd_non_embedding", "flops_detailed", "eval_loss",
-    "eval_loss_stderr", "eval_bits_per_byte", "final_train_loss", "wall_time_s", "mfu",
-)
 CURVE_COLUMNS = ("run", "step", "n_params", "n_params_non_embedding", "n_tokens", "flops", "loss", "budget")
 
 
@@ -147,38 +143,9 @@ class SweepDir:
 # --- collecting results --------------------------------------------------------------------------
 
 
-def _flops(run_json: dict, convention: str) -> float:
-    key = "flops_6nd" if convention == "total" else "flops_6nd_non_embedding"
-    return float(run_json[key])
-
-
 def result_row(run: PlannedRun, run_json: dict, convention: str) -> dict:
-    """One results.csv row from a finished run's run.json (measured values win over planned ones)."""
-    eval_loss = run_json.get("eval_loss")
-    loss = eval_loss if eval_loss is not None else run_json.get("final_train_loss")
-    row = {
-        "run": run.run_id,
-        "n_params": int(run_json.get("n_params", run.n_params)),
-        "n_params_non_embedding": int(run_json.get("n_params_non_embedding", run.n_params_non_embedding)),
-        "n_tokens": int(run_json.get("n_tokens", run.n_tokens)),
-        "flops": _flops(run_json, convention),
-        "loss": float(loss),
-        "budget": run.budget,
-        "family": run.family,
-        "d_model": run.d_model,
-        "n_layers": run.n_layers,
-        "n_heads": run.n_heads,
-        "d_ff": run.d_ff,
-        "n_params_embedding": int(run_json.get("n_params_embedding", run.n_params_embedding)),
-        "steps": int(run_json.get("steps", run.steps)),
-        "batch_size": run.batch_size,
-        "seq_len": run.seq_len,
-        "learning_rate": run.lr,
-    }
-    for key in EXTRA_COLUMNS:
-        if key not in row:
-            row[key] = run_json.get(key)
-    return row
+    """One results.csv row from a finished run's run.json (chinchax.scaling.run_rows, shared with `fit`)."""
+    return run_row(run_json, convention=convention, planned=dataclasses.asdict(run))
 
 
 def curve_rows(run: PlannedRun, run_dir: Path, convention: str) -> Iterable[dict]:
@@ -186,7 +153,7 @@ def curve_rows(run: PlannedRun, run_dir: Path, convention: str) -> Iterable[dict
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return
-    key = "flops_6nd" if convention == "total" else "flops_6nd_non_embedding"
+    key = flops_key(convention)
     n_total = run.n_params
     with path.open() as f:
         for line in f:

@@ -8,7 +8,6 @@ Every problem is a `UserError` that names the file, the column and the fix.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from chinchax.errors import UserError
+from chinchax.scaling.run_rows import sweep_dir_rows
 
 REQUIRED = ("n_params", "n_tokens", "loss")
 NUMERIC = ("n_params", "n_tokens", "loss", "flops", "n_params_non_embedding", "budget", "unique_tokens")
@@ -77,33 +77,11 @@ def _is_text(head: bytes) -> bool:
 
 
 def _read_sweep_dir(path: Path) -> tuple[pd.DataFrame, list[str]]:
-    """One row per finished run.json under `path` (eval loss when there is one, else train loss)."""
-    rows, where = [], []
-    for run_json in sorted(path.rglob("run.json")):
-        try:
-            rec = json.loads(run_json.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{run_json} is not valid JSON ({e}); re-run or delete that run") from None
-        if rec.get("status", "done") != "done":
-            continue
-        loss = rec.get("eval_loss")
-        if loss is None or not np.isfinite(loss):
-            loss = rec.get("final_train_loss")
-        rows.append(
-            {
-                "run": rec.get("run", run_json.parent.name),
-                "n_params": rec.get("n_params"),
-                "n_params_non_embedding": rec.get("n_params_non_embedding"),
-                "n_tokens": rec.get("n_tokens"),
-                "flops": rec.get("flops_6nd"),
-                "loss": loss,
-                **({"budget": rec["budget"]} if "budget" in rec else {}),
-            }
-        )
-        where.append(str(run_json))
-    if not rows:
+    """One row per finished run under `path`, made exactly as results.csv makes it (run_rows)."""
+    found = list(sweep_dir_rows(path))
+    if not found:
         raise UserError(f"{path} holds no finished run.json (status 'done'); run the sweep first")
-    return pd.DataFrame(rows), where
+    return pd.DataFrame([row for row, _ in found]), [str(where) for _, where in found]
 
 
 def validate_table(df: pd.DataFrame, name: str = "table", where: list[str] | None = None) -> pd.DataFrame:

@@ -138,3 +138,33 @@ def test_collect_adds_eval_json_columns(tmp_path):
     assert float(table["r1"]["eval/copa/0shot/acc_stderr"]) == 0.05
     assert table["r2"]["eval/copa/0shot/acc"] == ""
     assert "eval/copa/0shot/note" not in table["r0"]
+
+
+@pytest.mark.parametrize("law", ["chinchilla-3", "kaplan"])
+def test_fit_of_sweep_dir_equals_fit_of_its_results_csv(tmp_path, capsys, law):
+    """`chinchax fit SWEEP` and `chinchax fit SWEEP/results.csv` read the same rows (scaling/run_rows.py):
+    the plan's N convention for flops and its planned budgets, not 6·N_total·D and budgets guessed by rounding."""
+    import dataclasses
+
+    from chinchax.scaling.table import load_table
+
+    s = SweepDir(tmp_path / "sweep")
+    plan = dataclasses.replace(fakes.fake_plan(6), n_convention="non_embedding")
+    s.write_plan(plan)
+    executors.run_local(plan, s, train_command=fakes.fake_train_command(tmp_path), progress=False)
+    collect(s, plan)
+    from_dir, from_csv = load_table(s.root), load_table(s.root / "results.csv")
+    core = ["run", "n_params", "n_params_non_embedding", "n_tokens", "flops", "loss", "budget"]
+    pd = pytest.importorskip("pandas")
+    pd.testing.assert_frame_equal(from_dir[core], from_csv[core])
+    assert list(from_dir["budget"]) == [r.budget for r in plan.runs]  # planned, not guessed
+    run_json = json.loads((s.run_dir("r0") / "run.json").read_text())
+    assert from_dir["flops"].iloc[0] == run_json["flops_6nd_non_embedding"] != run_json["flops_6nd"]
+    fits = []
+    for source in (s.root, s.root / "results.csv"):
+        out = tmp_path / f"{source.name}.{law}.json"
+        assert main(["fit", str(source), "--law", law, "--bootstrap", "4", "--coarse-grid", "--out", str(out)]) == 0
+        fits.append(json.loads(out.read_text()))
+    printed = capsys.readouterr().out
+    assert fits[0]["params"] == fits[1]["params"] and fits[0]["intervals"] == fits[1]["intervals"]
+    assert fits[0]["n_runs"] == fits[1]["n_runs"] == 6, printed
