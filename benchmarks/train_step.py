@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
+
 from chinchax import jsonio
 
 PRESETS = {
@@ -41,6 +43,14 @@ def parse_args(argv=None):
         action="store_true",
         help="run the layers with nnx.scan (the trainer's default: fast compiles for deep models); "
         "by default they are unrolled, which was 1.2x faster per step on CPU (docs/benchmarks.md)",
+    )
+    p.add_argument(
+        "--packed",
+        type=int,
+        default=0,
+        metavar="DOCS",
+        help="pack DOCS documents of random lengths into each row (segment_ids and positions in the batch, as "
+        "the data pipeline's packing makes them): the attention then has a segment mask (0 = one document)",
     )
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes; -1 = fill")
     p.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
@@ -76,10 +86,23 @@ def sustained_dot(dtype: str, n: int, seconds: float) -> float:
     return 2.0 * n**3 * count / (time.perf_counter() - t0)
 
 
+def pack_documents(batch: dict, docs: int, rng) -> dict:
+    """Cut every row into `docs` documents at random points: segment ids 1..docs, positions restarting at
+    0 in each, as data/packing.py's rows have them."""
+    B, L = batch["inputs"].shape
+    segment_ids_BL = np.zeros((B, L), np.int32)
+    positions_BL = np.zeros((B, L), np.int32)
+    for b in range(B):
+        cuts = np.sort(rng.choice(np.arange(1, L), size=docs - 1, replace=False)) if docs > 1 else []
+        for i, (start, end) in enumerate(zip([0, *cuts], [*cuts, L], strict=True), start=1):
+            segment_ids_BL[b, start:end] = i
+            positions_BL[b, start:end] = np.arange(end - start)
+    return {**batch, "segment_ids": segment_ids_BL, "positions": positions_BL}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import jax
-    import numpy as np
 
     from chinchax.model.config import ModelConfig
     from chinchax.model.counting import count_params, flops_per_token
@@ -120,6 +143,8 @@ def main(argv=None) -> dict:
     batches = TokenArrayBatches(
         rng.integers(1, vocab, 1 << 20).astype(np.int32), global_batch_size=batch, seq_len=seq
     )
+    if args.packed:
+        batches = (pack_documents(b, args.packed, rng) for b in batches)
     data = batch_sharding(mesh)
     put = lambda b: {k: jax.device_put(v, data) for k, v in b.items()}  # noqa: E731
     first = put(next(batches))
@@ -165,6 +190,7 @@ def main(argv=None) -> dict:
         "batch": batch,
         "remat": args.remat,
         "scan_layers": args.scan_layers,
+        "packed_docs": args.packed,
         "n_params": count_params(cfg).total,
         "compile_s": compile_s,
         "step_s": step_s,
