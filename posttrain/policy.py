@@ -1,0 +1,100 @@
+"""What every alignment method needs from a chinchax model, built from its public pieces (`embed`, `encode`,
+`decoder`, `logits`): final hidden states of prompt + completion rows, per-token log-probabilities of the
+completion, sampling completions with `model.decoding.generate`, and the KL to a reference policy.
+
+Batches are the arrays of `posttrain.preference.encode_sequences` (tokens, segments, completion, last, and
+encoder/encoder_segments for encoder-decoders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from chinchax.errors import UserError
+
+
+def hidden_states(backbone, batch: dict) -> jax.Array:
+    """[B, L, D] final hidden states of the rows. Padding is its own segment (id 0), so it is never attended
+    to by real tokens; a prefix-LM decoder sees its prompt bidirectionally, as it was trained."""
+    cfg = backbone.cfg
+    tokens_BL, segments_BL = batch["tokens"], batch["segments"]
+    if cfg.variant == "encoder_only":
+        return backbone.encode(tokens_BL, encoder_segment_ids_BS=segments_BL)
+    encoder_BSD = None
+    if cfg.variant == "encoder_decoder":
+        encoder_BSD = backbone.encode(batch["encoder"], encoder_segment_ids_BS=batch["encoder_segments"])
+    prefix_BL = None
+    if cfg.attention == "prefix":
+        prefix_BL = (segments_BL > 0) & (batch["completion"] == 0)
+    positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1], dtype=jnp.int32), tokens_BL.shape)
+    return backbone.decoder(
+        backbone.embed(tokens_BL),
+        positions_BL=positions_BL,
+        segment_ids_BL=segments_BL,
+        prefix_mask_BL=prefix_BL,
+        encoder_BSD=encoder_BSD,
+        encoder_segment_ids_BS=batch.get("encoder_segments"),
+    )
+
+
+def token_logps(backbone, batch: dict, hidden_BLD=None) -> tuple[jax.Array, jax.Array]:
+    """(log p of each next token [B, L-1], mask [B, L-1]: 1 where that token belongs to the completion).
+    Position t predicts token t+1; float32."""
+    if backbone.cfg.variant == "encoder_only":
+        raise UserError("an encoder-only model is not a policy (it cannot generate); use it as a reward model")
+    hidden_BLD = hidden_states(backbone, batch) if hidden_BLD is None else hidden_BLD
+    logits_BLV = backbone.logits(hidden_BLD[:, :-1])
+    targets_BT = batch["tokens"][:, 1:]
+    logp_BT = jnp.take_along_axis(jax.nn.log_softmax(logits_BLV, axis=-1), targets_BT[..., None], axis=-1)[..., 0]
+    mask_BT = batch["completion"][:, 1:].astype(jnp.float32)
+    return logp_BT * mask_BT, mask_BT
+
+
+def sequence_logps(backbone, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """(summed completion log-probability [B], completion token count [B])."""
+    logp_BT, mask_BT = token_logps(backbone, batch)
+    return jnp.sum(logp_BT, axis=1), jnp.sum(mask_BT, axis=1)
+
+
+def sample_completions(
+    model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float, seed: int
+) -> list[str]:
+    """One sampled completion per prompt (stops at EOS, which is not part of the text)."""
+    from chinchax.model.decoding import SamplingConfig, generate
+
+    cfg = model.cfg
+    ids = [tokenizer.encode(p) for p in prompts]
+    kw = {}
+    if cfg.variant == "encoder_decoder":
+        kw["encoder_inputs"] = [i or [tokenizer.eos_id] for i in ids]
+        rows = [[tokenizer.bos_id] for _ in ids]
+    else:
+        rows = [[tokenizer.bos_id, *i] for i in ids]
+    sampling = SamplingConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=(tokenizer.eos_id,), seed=seed
+    )
+    result = generate(model, rows, sampling, pad_id=tokenizer.pad_id, **kw)
+    out = []
+    for row in result.as_lists():
+        row = [t for t in row if t != tokenizer.eos_id]
+        out.append(tokenizer.decode(row))
+    return out
+
+
+def check_same_vocabulary(policy_tokenizer, reward_tokenizer, *, what: str = "reward model") -> None:
+    """A reward model reads the policy's completions as text re-tokenized with its own tokenizer; a different
+    tokenizer would still run but score something else than it was trained on when ids differ. Refuse."""
+    if policy_tokenizer.hash != reward_tokenizer.hash:
+        raise UserError(
+            f"the {what} uses another vocabulary ({reward_tokenizer!r}, hash {reward_tokenizer.hash[:12]}) than "
+            f"the policy ({policy_tokenizer!r}, hash {policy_tokenizer.hash[:12]}); train the {what} with the "
+            "policy's tokenizer (reward.tokenizer / --init from a run of the same tokenizer)"
+        )
+
+
+def to_device(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return {k: jnp.asarray(v) for k, v in batch.items()}
