@@ -1,0 +1,318 @@
+"""`finetune(base, cfg)`: full, LoRA, QLoRA or prompt-tuning fine-tuning of a trained or converted model,
+run by the pretraining trainer (chinchax.train.trainer.train) with fine-tuning programs.
+
+The train state keeps the trainer's shape {"step", "params", "opt_state"}, with
+    params = {"trainable": what the optimizer updates, "frozen": the base, untouched}
+    full:           trainable = every base parameter              frozen = {}
+    lora:           trainable = LoRA A, B per adapted kernel      frozen = the float32 base
+    qlora:          trainable = LoRA A, B                         frozen = the base, kernels in NF4 (+ double quant)
+    prompt_tuning:  trainable = P soft-prompt vectors             frozen = the float32 base
+so the trainer's mesh, jitted steps (this module wraps `train.step.train_step`: gradients only of the
+trainable part), orbax checkpoints with the data-iterator state (bitwise resume), metrics.jsonl, wandb
+and run.json all serve a fine-tune unchanged. The run dir adds finetune.yaml (the method, checked on
+resume), and at the end merged/ (model.yaml + params/, the format of a converted checkpoint: adapters
+merged, NF4 dequantized), which `chinchax eval`/`generate` can load like any converted model.
+
+The trainer takes its programs from `chinchax.train.programs.programs_for`; while a fine-tune runs that
+function is swapped for one returning these programs (`_programs_for`). A `programs=` argument on
+`train()` would say the same without the swap: see docs/finetuning.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chinchax.data.config import DataConfig
+from chinchax.errors import UserError
+from chinchax.posttrain import adapters as lora_lib
+from chinchax.posttrain.adapters import LoraConfig
+from chinchax.train.config import ExperimentConfig, OptimizerConfig, TrainerConfig
+
+METHODS = ("full", "lora", "qlora", "prompt_tuning")
+
+
+@dataclass(frozen=True)
+class LoraSection:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q", "v"])
+
+    def lora(self) -> LoraConfig:
+        return LoraConfig(self.rank, self.alpha, self.dropout, tuple(self.targets)).validate()
+
+
+@dataclass(frozen=True)
+class QloraSection:
+    group_size: int = 64  # NF4 block size (QLoRA: 64)
+    double_quant: bool = True
+
+
+@dataclass(frozen=True)
+class PromptSection:
+    length: int = 20  # P soft-prompt vectors
+    seed: int = 0  # which vocabulary rows initialise them
+
+
+@dataclass(frozen=True)
+class FinetuneSection:
+    method: str = "lora"
+    lora: LoraSection = field(default_factory=LoraSection)
+    qlora: QloraSection = field(default_factory=QloraSection)
+    prompt: PromptSection = field(default_factory=PromptSection)
+
+    def validate(self) -> FinetuneSection:
+        if self.method not in METHODS:
+            raise UserError(f"finetune.method={self.method!r} is not a method; choose one of {', '.join(METHODS)}")
+        if self.method in ("lora", "qlora"):
+            self.lora.lora()
+        if self.method == "prompt_tuning" and self.prompt.length <= 0:
+            raise UserError(f"finetune.prompt.length={self.prompt.length} must be a positive number of vectors")
+        return self
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """An experiment YAML for `chinchax finetune`: the sections of `chinchax train` but `model` (the base's)."""
+
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def validate(self) -> FinetuneConfig:
+        self.finetune.validate()
+        return self
+
+
+# --- the base model ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Base:
+    model: Any  # ModelConfig
+    flat: dict  # dotted path -> float32 numpy
+    tokenizer: str | None  # the data.tokenizer it was trained with (None: a converted HF checkpoint)
+    source: str
+
+
+def load_base(base: str | Path) -> Base:
+    """A `chinchax train` run dir (config.yaml + checkpoints/) or a converted HF checkpoint (model.yaml + params/)."""
+    from chinchax.model.convert.hf import flatten
+
+    path = Path(base)
+    if (path / "model.yaml").is_file() and (path / "params").is_dir():
+        from chinchax.model.convert.hf import load_converted
+
+        cfg, params = load_converted(path)
+        return Base(cfg, {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}, None, str(path))
+    if (path / "config.yaml").is_file():
+        from flax import nnx
+
+        from chinchax.evaluation.run_loading import load_run
+
+        run = load_run(path)
+        params = nnx.to_pure_dict(nnx.state(run.model, nnx.Param))
+        flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+        return Base(run.config.model, flat, run.config.data.tokenizer, str(path))
+    raise UserError(
+        f"BASE {base} is neither a run directory of `chinchax train` (config.yaml + checkpoints/) nor a converted "
+        "checkpoint of `chinchax model convert` (model.yaml + params/)"
+    )
+
+
+def check_vocabulary(base: Base, data: DataConfig) -> None:
+    from chinchax.data.tokenizers import load_tokenizer
+
+    if base.tokenizer is not None and base.tokenizer != data.tokenizer:
+        raise UserError(
+            f"data.tokenizer={data.tokenizer!r} is not the base model's vocabulary ({base.tokenizer!r}, from "
+            f"{base.source}): its token ids would index other embeddings. Set data.tokenizer={base.tokenizer}"
+        )
+    vocab = load_tokenizer(data.tokenizer).vocab_size
+    if vocab > base.model.vocab_size:
+        raise UserError(
+            f"data.tokenizer={data.tokenizer!r} has {vocab} tokens but the base model {base.source} embeds only "
+            f"{base.model.vocab_size}; use the tokenizer the base was trained (or converted) with"
+        )
+
+
+# --- trainable / frozen split -----------------------------------------------------------------------------
+
+
+@dataclass
+class Method:
+    """How one method splits the base into trainable and frozen parts and puts them back together."""
+
+    spec: FinetuneSection
+    model: Any
+    shapes: dict  # flat base shapes
+    targets: list = field(default_factory=list)  # AdaptedWeight, for lora/qlora
+
+    @property
+    def quant(self):
+        from chinchax.posttrain.quantize import QuantSpec
+
+        return QuantSpec("nf4", self.spec.qlora.group_size, self.spec.qlora.double_quant).validate()
+
+    def split(self, flat: dict, seed: int) -> tuple[dict, dict]:
+        import jax
+
+        from chinchax.model.convert.hf import unflatten
+
+        m = self.spec.method
+        if m == "full":
+            return unflatten(dict(flat)), {}
+        if m == "prompt_tuning":
+            from chinchax.posttrain.prompt_tuning import init_prompt
+
+            return {"prompt_PD": init_prompt(flat["embedding_VD"], self.spec.prompt)}, {"base": unflatten(dict(flat))}
+        adapters = lora_lib.init_adapters(self.targets, self.spec.lora.rank, jax.random.key(seed))
+        trainable = {"lora": unflatten({f"{p}.{k}": v for p, ab in adapters.items() for k, v in ab.items()})}
+        if m == "lora":
+            return trainable, {"base": unflatten(dict(flat))}
+        from chinchax.posttrain.quantize import quantize_flat
+
+        stored = quantize_flat(flat, self.quant)
+        rest = {k: v for k, v in flat.items() if k not in stored}
+        return trainable, {"base": unflatten(rest), "nf4": unflatten({f"{p}.{k}": v for p, s in stored.items()
+                                                                       for k, v in s.items()})}
+
+    def base_flat(self, frozen: dict) -> dict:
+        """The float32 base parameters (NF4 kernels dequantized)."""
+        from chinchax.model.convert.hf import flatten
+
+        flat = flatten(frozen["base"])
+        if "nf4" in frozen:
+            from chinchax.posttrain.quantize import dequantize_flat
+
+            stored = _regroup(flatten(frozen["nf4"]))
+            flat.update(dequantize_flat(stored, self.shapes, self.quant))
+        return flat
+
+    def params(self, trainable: dict, frozen: dict) -> dict:
+        """The model's params pure dict (adapters merged): what the unchanged forward pass runs on."""
+        from chinchax.model.convert.hf import flatten, unflatten
+
+        m = self.spec.method
+        if m == "full":
+            return trainable
+        flat = self.base_flat(frozen)
+        if m in ("lora", "qlora"):
+            adapters = _regroup(flatten(trainable["lora"]))
+            flat = lora_lib.merge(flat, adapters, self.targets, self.spec.lora.lora().scale)
+        return unflatten(flat)
+
+
+def _regroup(flat: dict) -> dict:
+    """{"path.a": x, "path.b": y} -> {"path": {"a": x, "b": y}}."""
+    out: dict = {}
+    for key, value in flat.items():
+        path, leaf = key.rsplit(".", 1)
+        out.setdefault(path, {})[leaf] = value
+    return out
+
+
+def make_method(spec: FinetuneSection, model, shapes: dict) -> Method:
+    method = Method(spec.validate(), model, shapes)
+    if spec.method in ("lora", "qlora"):
+        method.targets = lora_lib.find_targets(shapes, spec.lora.lora())
+    if spec.method == "prompt_tuning":
+        from chinchax.posttrain.prompt_tuning import check_model
+
+        check_model(model)
+    return method
+
+
+def trainable_count(method: Method, trainable) -> int:
+    import jax
+
+    return int(sum(math.prod(np.shape(x)) for x in jax.tree.leaves(trainable)))
+
+
+# --- the run --------------------------------------------------------------------------------------------
+
+
+def experiment(base: Base, cfg: FinetuneConfig) -> ExperimentConfig:
+    return ExperimentConfig(model=base.model, data=cfg.data, optimizer=cfg.optimizer, trainer=cfg.trainer)
+
+
+@contextlib.contextmanager
+def _programs_for(make):
+    import chinchax.train.programs as programs_mod
+
+    original = programs_mod.programs_for
+    programs_mod.programs_for = lambda cfg, mesh: make(cfg, mesh)
+    try:
+        yield
+    finally:
+        programs_mod.programs_for = original
+
+
+def _check_same_method(run_dir: Path, cfg: FinetuneConfig) -> None:
+    from chinchax import configlib
+
+    path = run_dir / "finetune.yaml"
+    if path.is_file():
+        old = configlib.read_yaml(path)
+        new = configlib.to_dict(cfg.finetune)
+        if old != new:
+            raise UserError(
+                f"{run_dir} holds a fine-tune with other finetune settings ({old} -> {new}); resuming would mix "
+                "two experiments. Restore them, or use a new trainer.run_dir"
+            )
+
+
+def finetune(base_dir: str | Path, cfg: FinetuneConfig, *, data=None) -> dict:
+    """Fine-tune `base_dir` (run dir or converted checkpoint); returns run.json (with a `finetune` entry).
+    `data` as in `train.trainer.train` (tests pass in-memory streams)."""
+    from chinchax import configlib, jsonio
+    from chinchax.fileio import write_text_atomic
+    from chinchax.posttrain.finetune_programs import FinetunePrograms
+    from chinchax.train.trainer import train
+
+    cfg = cfg.validate()
+    base = load_base(base_dir)
+    if data is None:
+        check_vocabulary(base, cfg.data)
+    method = make_method(cfg.finetune, base.model, {k: v.shape for k, v in base.flat.items()})
+    exp = experiment(base, cfg)
+    run_dir = Path(cfg.trainer.run_dir)
+    _check_same_method(run_dir, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "finetune.yaml", configlib.dump_yaml(cfg.finetune))
+    made: dict = {}
+
+    def make(exp_cfg, mesh):
+        made["programs"] = FinetunePrograms(exp_cfg, mesh, method, base.flat)
+        return made["programs"]
+
+    with _programs_for(make):
+        result = train(exp, data=data)
+    if not result:
+        return result
+    programs = made["programs"]
+    info = {
+        "method": cfg.finetune.method,
+        "base": str(Path(base_dir).absolute()),
+        "n_params_trainable": programs.n_trainable,
+        "frozen_base_bytes": programs.frozen_bytes,
+        "base_float32_bytes": int(sum(v.nbytes for v in base.flat.values())),
+        "examples_seen": result["steps"] * cfg.trainer.batch_size,
+        "settings": configlib.to_dict(cfg.finetune),
+    }
+    programs.export_merged(run_dir / "merged")
+    result = {**result, "finetune": info}
+    write_text_atomic(run_dir / "run.json", jsonio.dumps(result, indent=2) + "\n")
+    return result
+
+
+def replace_trainer(cfg: FinetuneConfig, **changes) -> FinetuneConfig:
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, **changes).validate())

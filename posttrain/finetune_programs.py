@@ -1,0 +1,179 @@
+"""The compiled programs of a fine-tune: what `chinchax.train.programs.Programs` is to pretraining
+(`abstract`, `init_state`, `train_step`, `eval_step`), for a state whose params are
+{"trainable", "frozen"} (chinchax.posttrain.finetune).
+
+The train step IS the pretraining step (`train.step.train_step`: loss, z-loss, microbatch accumulation,
+AdamW direction times the step's rate), run on the trainable part alone, with a `ModelParts` bound to
+the frozen part: its `merge` builds the model from `Method.params(trainable, frozen)`. Gradients exist
+only for the trainable leaves (the NF4 codes are integers and could have none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from chinchax.train import state as state_lib
+from chinchax.train import step as step_lib
+from chinchax.train.optimizer import make_direction
+
+
+@dataclass
+class _Bound:
+    """A ModelParts look-alike whose params are the trainable part; the frozen part is fixed (traced)."""
+
+    parts: Any
+    method: Any
+    frozen: Any
+
+    def rng_keys(self):
+        return self.parts.rng_keys()
+
+    def merge(self, trainable, rng_keys=None):
+        model = self.parts.merge(self.method.params(trainable, self.frozen), rng_keys)
+        return _wrap_prompt(self.method, model, trainable)
+
+
+def _wrap_prompt(method, model, trainable):
+    if method.spec.method != "prompt_tuning":
+        return model
+    from chinchax.posttrain.prompt_tuning import PromptedModel
+
+    return PromptedModel(model, trainable["prompt_PD"])
+
+
+def _shardings(abs_state, param_specs, base_flat: dict, mesh):
+    """A leaf whose path ends in a base parameter's path and has its shape (the frozen base, full
+    fine-tuning's params and their Adam moments) is sharded like it; the rest (adapters, prompts, NF4
+    codes, counters) is replicated: small, or, for NF4 codes, packed in a layout the specs don't describe."""
+    from chinchax.model.convert.hf import flatten
+
+    specs = flatten(param_specs)
+
+    def sharding(path, leaf):
+        keys = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
+        for start in range(len(keys)):
+            dotted = ".".join(keys[start:])
+            if dotted in specs and tuple(base_flat[dotted].shape) == tuple(leaf.shape):
+                return NamedSharding(mesh, specs[dotted])
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree_util.tree_map_with_path(sharding, abs_state)
+
+
+class FinetunePrograms:
+    def __init__(self, cfg, mesh, method, base_flat: dict):
+        self.cfg, self.mesh, self.method = cfg, mesh, method
+        self.parts = state_lib.model_parts(cfg.model, mesh, cfg.trainer.seed)
+        trainable, frozen = method.split(base_flat, cfg.trainer.seed)
+        decay = None
+        if method.spec.method == "full":
+            decay = self.parts.decay_mask
+        elif method.spec.method == "prompt_tuning":
+            decay = jax.tree.map(lambda _: False, trainable)  # soft prompts: no decay (Lester et al.)
+        self.tx = make_direction(cfg.optimizer, decay)
+        self._host = {"trainable": trainable, "frozen": frozen}
+        abs_state = jax.eval_shape(self._make_state, self._host)
+        self.shardings = _shardings(abs_state, self.parts.param_specs, base_flat, mesh)
+        self.abstract = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_state, self.shardings
+        )
+        self.n_trainable = int(sum(np.size(x) for x in jax.tree.leaves(trainable)))
+        self.frozen_bytes = int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(frozen.get("base", {}))))
+        self.frozen_bytes += int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(frozen.get("nf4", {}))))
+        self._train: dict = {}
+        self._eval: dict = {}
+
+    def _make_state(self, params):
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params["trainable"])}
+
+    def init_state(self, cfg) -> dict:
+        with jax.set_mesh(self.mesh):
+            return jax.jit(self._make_state, out_shardings=self.shardings)(self._host)
+
+    def _bound(self, frozen):
+        return _Bound(self.parts, self.method, frozen)
+
+    def train_step(self, batch_keys):
+        key = tuple(sorted(batch_keys))
+        if key not in self._train:
+            tc = self.cfg.trainer
+
+            def step(state, batch, lr):
+                frozen = state["params"]["frozen"]
+                inner = {"step": state["step"], "params": state["params"]["trainable"], "opt_state": state["opt_state"]}
+                new, metrics = step_lib.train_step(
+                    inner, batch, lr, parts=self._bound(frozen), tx=self.tx, microbatches=tc.microbatches,
+                    z_loss=self.cfg.optimizer.z_loss,
+                )
+                params = {"trainable": new["params"], "frozen": frozen}
+                return {"step": new["step"], "params": params, "opt_state": new["opt_state"]}, metrics
+
+            data = step_lib.batch_sharding(self.mesh)
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            self._train[key] = jax.jit(
+                step_lib.in_mesh(step, self.mesh),
+                in_shardings=(self.shardings, {k: data for k in key}, replicated),
+                out_shardings=(self.shardings, replicated),
+                donate_argnums=0,
+            )
+        return self._train[key]
+
+    def eval_step(self, batch_keys):
+        key = tuple(sorted(batch_keys))
+        if key not in self._eval:
+
+            def evaluate(params, batch):
+                parts = self._bound(params["frozen"])
+                return step_lib.eval_step(params["trainable"], batch, parts=parts)
+
+            data = step_lib.batch_sharding(self.mesh)
+            self._eval[key] = jax.jit(
+                step_lib.in_mesh(evaluate, self.mesh),
+                in_shardings=(self.shardings["params"], {k: data for k in key}),
+                out_shardings=data,
+            )
+        return self._eval[key]
+
+    def merged_params(self, params) -> dict:
+        """The plain model params of a fine-tuned state (adapters merged, NF4 dequantized), host numpy."""
+        merged = jax.jit(lambda p: self.method.params(p["trainable"], p["frozen"]))(params)
+        return jax.tree.map(np.asarray, merged)
+
+    def export_merged(self, out_dir: Path) -> None:
+        """model.yaml + params/ (a converted checkpoint's layout) from the run's last checkpoint. A prompt-
+        tuned model is not a plain model: its prompt is saved beside it as prompt_PD.npy."""
+        import shutil
+
+        import orbax.checkpoint as ocp
+        import yaml
+
+        from chinchax.train.checkpoint import Checkpointer, load_numpy_state
+
+        run_dir = out_dir.parent
+        steps = Checkpointer(run_dir / "checkpoints", max_to_keep=1, use_async=False)
+        try:
+            last = max(steps.steps())
+        finally:
+            steps.close()
+        state = load_numpy_state(run_dir / "checkpoints" / str(last))
+        merged = self.merged_params(state["params"])
+        tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        import dataclasses
+
+        (tmp / "model.yaml").write_text(yaml.safe_dump(dataclasses.asdict(self.cfg.model), sort_keys=False))
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save((tmp / "params").absolute(), merged)
+        checkpointer.wait_until_finished()
+        if self.method.spec.method == "prompt_tuning":
+            np.save(tmp / "prompt_PD.npy", np.asarray(state["params"]["trainable"]["prompt_PD"]))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
