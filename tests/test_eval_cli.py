@@ -92,7 +92,7 @@ def test_eval_cli_writes_losses_and_task_results_into_eval_json(run_dir, tmp_pat
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--loss"]) == 2
-    assert "not a run directory" in capsys.readouterr().err
+    assert "a run directory" in capsys.readouterr().err
     assert main(["eval", str(tmp_path)]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), "--task", str(tmp_path / "nope.jsonl")]) == 2
