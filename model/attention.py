@@ -34,22 +34,28 @@ def attention_mask(
     causal: bool,
     prefix_mask_BL: jax.Array | None = None,
     shape: tuple[int, int, int] | None = None,
+    kv_prefix_mask_BS: jax.Array | None = None,
+    q_offset: jax.Array | int = 0,
 ) -> jax.Array | None:
     """Boolean [B, 1, L, S]: True where query l may attend to key s.
 
     Same segment only (segment 0 is padding: padded queries attend to padding, so no row is empty);
     `causal` adds s <= l (by array index: packing keeps each document in order); `prefix_mask_BL`
     additionally lets positions of the prefix see each other both ways (prefix LM).
+    With a KV cache the keys are the cache's S slots and query l sits at slot `q_offset + l`;
+    `kv_prefix_mask_BS` marks the cached prefix keys (default: the queries' own `prefix_mask_BL`).
     """
     mask = None
     if q_segment_ids_BL is not None:
         mask = q_segment_ids_BL[:, :, None] == kv_segment_ids_BS[:, None, :]
     if causal:
         B, L, S = shape if shape else (*q_segment_ids_BL.shape, kv_segment_ids_BS.shape[1])
-        causal_LS = jnp.arange(L)[:, None] >= jnp.arange(S)[None, :]
+        q_slots_L = jnp.arange(L) if isinstance(q_offset, int) and q_offset == 0 else q_offset + jnp.arange(L)
+        causal_LS = q_slots_L[:, None] >= jnp.arange(S)[None, :]
         allowed_BLS = jnp.broadcast_to(causal_LS, (B, L, S))
         if prefix_mask_BL is not None:
-            allowed_BLS = allowed_BLS | (prefix_mask_BL[:, :, None] & prefix_mask_BL[:, None, :])
+            kv_prefix_BS = prefix_mask_BL if kv_prefix_mask_BS is None else kv_prefix_mask_BS
+            allowed_BLS = allowed_BLS | (prefix_mask_BL[:, :, None] & kv_prefix_BS[:, None, :])
         mask = allowed_BLS if mask is None else mask & allowed_BLS
     return None if mask is None else mask[:, None, :, :]
 
@@ -213,14 +219,35 @@ class Attention(nnx.Module):
         kv_BSD: jax.Array | None = None,
         is_causal: bool = False,
         within_causal: bool = False,
-    ) -> jax.Array:
-        """Self-attention over x, or cross-attention to `kv_BSD` (no positions on cross-attention)."""
-        if kv_BSD is not None:
+        cache: dict | None = None,
+        cache_index: jax.Array | int | None = None,
+    ):
+        """Self-attention over x, or cross-attention to `kv_BSD` (no positions on cross-attention).
+
+        With a `cache` ({"k", "v"}, each [B, S, G, K]) it returns (out, new cache). Self-attention
+        (`cache_index` given) writes this chunk's keys and values at slots cache_index.. and attends over
+        all S slots (the mask hides the unwritten ones). Cross-attention stores the keys and values of
+        `kv_BSD` when given (pass `cache={}`), and otherwise reads them: the encoder runs once per generation.
+        """
+        if cache is not None and cache_index is not None:
+            q_BLHK, k_new_BLGK, v_new_BLGK = self.project_qkv(x_BLD, positions_BL)
+            k_BSGK = jax.lax.dynamic_update_slice(
+                cache["k"], k_new_BLGK.astype(cache["k"].dtype), (0, cache_index, 0, 0)
+            )
+            v_BSGK = jax.lax.dynamic_update_slice(
+                cache["v"], v_new_BLGK.astype(cache["v"].dtype), (0, cache_index, 0, 0)
+            )
+            cache = {"k": k_BSGK, "v": v_BSGK}
+        elif kv_BSD is not None:
             q_BLHK = self.project_q(x_BLD, None)
             k_BSGK, v_BSGK = self.project_kv(kv_BSD, None)
+            cache = None if cache is None else {"k": k_BSGK, "v": v_BSGK}
+        elif cache is not None:
+            q_BLHK = self.project_q(x_BLD, None)
+            k_BSGK, v_BSGK = cache["k"], cache["v"]
         else:
             q_BLHK, k_BSGK, v_BSGK = self.project_qkv(x_BLD, positions_BL)
-        return self.attend_and_project(
+        out_BLD = self.attend_and_project(
             q_BLHK,
             k_BSGK,
             v_BSGK,
@@ -229,6 +256,7 @@ class Attention(nnx.Module):
             is_causal=is_causal,
             within_causal=within_causal,
         )
+        return out_BLD if cache is None else (out_BLD, cache)
 
 
 def attend(

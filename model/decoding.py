@@ -1,26 +1,23 @@
-"""KV-cache decoding for decoder-only and encoder-decoder transformers, built from the model's public pieces.
+"""Generation for decoder-only and encoder-decoder transformers: a sampling loop around the model's KV cache.
 
     result = generate(model, [[bos, 5, 6], [bos, 7]], SamplingConfig(max_new_tokens=16, top_p=0.9))
     result.tokens   # [B, N] int32, pad_id after a row stopped;  result.lengths  # [B] tokens emitted
 
 How it works
+- The forward pass is the model's own (`Transformer.__call__` with `cache=`, see transformer.py): the
+  cache holds keys (RoPE applied) and values of every self-attention layer, `k`, `v` [layers, B, S, G, K]
+  with logical axes CACHE_AXES, S = P + max_new_tokens, and an encoder-decoder's cross-attention keys and
+  values of the encoder output, computed once at prefill.
 - Prompts of different lengths are LEFT-padded to a common width P, so every row writes the same cache slot
-  at every step; each row's positions start at 0 on its first real token (`positions = index - pad`), and
-  padded keys are masked out. A row's result is therefore the same as decoding it alone.
-- The cache holds keys (RoPE already applied) and values of every self-attention layer, stacked over layers
-  like the parameters: `k`, `v` of shape [layers, B, S, G, K] with logical axes
-  (`layers`, `batch`, `length`, `kv_heads`, `kv`), S = P + max_new_tokens. An encoder-decoder also caches the
-  cross-attention keys/values of the encoder output once, `cross_k`/`cross_v` [layers, B, S_enc, G, K].
-- One function (`forward_chunk`) runs L new tokens against the cache: the prompt (prefill, L = P, logits of
-  its last position only) and then one token per step (L = 1) inside a `lax.while_loop`, all under one
-  `jax.jit`. A prefix-LM decoder sees its prompt bidirectionally (it was trained with the input as a
-  bidirectional prefix) and the rest causally.
+  at every step; left padding is segment 0 (masked out like padding in training) and each row's positions
+  start at 0 on its first real token (`positions = slot - pad`). A row's result is therefore the same as
+  decoding it alone.
+- The prompt runs once (prefill, logits of its last position only), then one token per step inside a
+  `lax.while_loop`, all under one `jax.jit`. A prefix-LM decoder sees its prompt bidirectionally (it was
+  trained with the input as a bidirectional prefix) and the rest causally.
 - Sampling: greedy (temperature 0), temperature, top-k, top-p (nucleus); filters apply in the order
   temperature -> top-k -> top-p (as HF transformers does); seeded with a JAX key folded per step. Sampling
   settings, seed and stop tokens are traced arrays: changing them never recompiles (shapes do).
-
-This file mirrors `Stack.__call__`/`Block.__call__`/`Attention.__call__` of `transformer.py`/`attention.py`
-step by step (their tests: cached == uncached to float precision for every position encoding).
 """
 
 from __future__ import annotations
@@ -29,16 +26,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from chinchax.errors import UserError
-from chinchax.model.attention import alibi_bias
+from chinchax.model.transformer import CACHE_AXES
 
-CACHE_AXES = ("layers", "batch", "length", "kv_heads", "kv")
+__all__ = ["CACHE_AXES", "GenerationResult", "SamplingConfig", "generate", "init_cache", "left_pad", "right_pad"]
 
 
 @dataclass(frozen=True)
@@ -114,127 +110,24 @@ def sample_logits(logits_BV: jax.Array, key: jax.Array, *, temperature, top_k, t
 # --- the model, one chunk of tokens at a time -----------------------------------------------------------
 
 
-def _residual(cfg, x_BLD, norm, branch):
-    if cfg.norm_position == "pre":
-        out = x_BLD + branch(norm(x_BLD))
-    else:
-        out = norm(x_BLD + branch(x_BLD))
-    return nn.with_logical_constraint(out, ("batch", "length", "embed"))
-
-
-def _scan_layers(blocks, fn, carry, *xs):
-    """lax.scan over a stacked `Block`: fn(block_of_one_layer, carry, *layer_slices) -> (carry, outputs)."""
-    graphdef, state = nnx.split(blocks)
-
-    def body(carry, layer):
-        block_state, *slices = layer
-        return fn(nnx.merge(graphdef, block_state), carry, *slices)
-
-    return jax.lax.scan(body, carry, (state, *xs))
-
-
 def init_cache(model, batch: int, length: int) -> dict:
-    cfg = model.cfg
-    dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-    shape = (cfg.n_layers, batch, length, cfg.kv_heads, cfg.head_size)
-    zeros = nn.with_logical_constraint(jnp.zeros(shape, dtype), CACHE_AXES)
-    return {"k": zeros, "v": zeros}
+    """The model's empty KV cache (`Transformer.init_cache`): `k`, `v` [layers, B, S, G, K] and per-slot state."""
+    return model.init_cache(batch, length)
 
 
-def encode_for_decoding(model, cache: dict, encoder_inputs_BS, encoder_segment_ids_BS) -> dict:
-    """Run the encoder once and cache every decoder layer's cross-attention keys and values."""
-    encoder_BSD = model.encode(encoder_inputs_BS, encoder_segment_ids_BS=encoder_segment_ids_BS)
-
-    def layer(block, carry, *_):
-        k_BSGK, v_BSGK = block.cross_attention.project_kv(encoder_BSD, None)
-        return carry, (k_BSGK, v_BSGK)
-
-    _, (cross_k, cross_v) = _scan_layers(model.decoder.blocks, layer, None)
-    return {
-        **cache,
-        "cross_k": nn.with_logical_constraint(cross_k, CACHE_AXES),
-        "cross_v": nn.with_logical_constraint(cross_v, CACHE_AXES),
-        "encoder_segment_ids": encoder_segment_ids_BS,
+def _chunk_inputs(model, tokens_BL, *, index, pads_B, prefix_end) -> dict:
+    """The model's batch keys for L new tokens at cache slots index..index+L-1 of left-padded rows: left
+    padding is segment 0 (no real token sees it), positions start at 0 on each row's first real token, and
+    slots in [pads_B, prefix_end) form the bidirectional prefix of a prefix-LM decoder."""
+    slots_1L = (index + jnp.arange(tokens_BL.shape[1]))[None, :]
+    real_BL = slots_1L >= pads_B[:, None]
+    inputs = {
+        "segment_ids": real_BL.astype(jnp.int32),
+        "positions": jnp.maximum(slots_1L - pads_B[:, None], 0).astype(jnp.int32),
     }
-
-
-def forward_chunk(model, cache: dict, tokens_BL, *, index, pads_B, prefix_end=0, last_only: bool = False):
-    """Logits [B, L, V] of L new tokens written at cache slots index..index+L-1, and the updated cache.
-    `last_only`: logits of the last new token only, [B, 1, V] (a prefill needs no more: saves P x V).
-
-    `pads_B`: left padding of each row (its first real token sits at slot pads_B). Slots in
-    [pads_B, prefix_end) form a bidirectional prefix (prefix-LM decoders; 0 = none; may be traced).
-    """
-    cfg, stack = model.cfg, model.decoder
-    B, L = tokens_BL.shape
-    S = cache["k"].shape[2]
-    q_index_L = index + jnp.arange(L)
-    k_index_S = jnp.arange(S)
-    positions_BL = jnp.maximum(q_index_L[None, :] - pads_B[:, None], 0).astype(jnp.int32)
-    kv_positions_BS = jnp.maximum(k_index_S[None, :] - pads_B[:, None], 0).astype(jnp.int32)
-
-    x_BLD = model.embed(tokens_BL)
-    if cfg.position == "learned":
-        x_BLD = x_BLD + stack.position_embedding_PD[...][positions_BL + cfg.position_offset].astype(x_BLD.dtype)
-    if cfg.embedding_norm:
-        x_BLD = stack.embed_norm(x_BLD)
-    x_BLD = stack.embed_dropout(x_BLD)
-
-    # Which cached slot each new token may see: written, real (not left padding), causal, or both in the prefix.
-    key_real_BS = (k_index_S[None, :] >= pads_B[:, None]) & (k_index_S[None, :] < index + L)
-    allowed_BLS = jnp.broadcast_to(k_index_S[None, None, :] <= q_index_L[None, :, None], (B, L, S))
-    q_prefix_BL = (q_index_L[None, :] >= pads_B[:, None]) & (q_index_L[None, :] < prefix_end)
-    k_prefix_BS = key_real_BS & (k_index_S[None, :] < prefix_end)
-    allowed_BLS = allowed_BLS | (q_prefix_BL[:, :, None] & k_prefix_BS[:, None, :])
-    allowed_BLS = allowed_BLS & key_real_BS[:, None, :]
-    # A padding query sees only itself, so no softmax row is empty.
-    allowed_BLS = allowed_BLS | (k_index_S[None, None, :] == q_index_L[None, :, None])
-    mask_B1LS = allowed_BLS[:, None]
-
-    bias_BHLS = None
-    if cfg.position == "t5_relative":
-        bias_BHLS = stack.relative_bias(positions_BL, kv_positions_BS)
-    elif cfg.position == "alibi":
-        bias_BHLS = alibi_bias(positions_BL, kv_positions_BS, cfg.n_heads)
-
-    cross = "cross_k" in cache
-    cross_mask_B1LS = None
-    if cross:
-        cross_mask_B1LS = jnp.broadcast_to((cache["encoder_segment_ids"] != 0)[:, None, None, :], (B, 1, L, cache["cross_k"].shape[2]))
-
-    def layer(block, x_BLD, k_BSGK, v_BSGK, cross_k_BSGK, cross_v_BSGK):
-        attn = block.self_attention
-        new = {}
-
-        def self_attention(h_BLD):
-            q_BLHK = attn.project_q(h_BLD, positions_BL)
-            k_new_BLGK, v_new_BLGK = attn.project_kv(h_BLD, positions_BL)
-            new["k"] = jax.lax.dynamic_update_slice(k_BSGK, k_new_BLGK.astype(k_BSGK.dtype), (0, index, 0, 0))
-            new["v"] = jax.lax.dynamic_update_slice(v_BSGK, v_new_BLGK.astype(v_BSGK.dtype), (0, index, 0, 0))
-            return attn.attend_and_project(q_BLHK, new["k"], new["v"], mask_B1LS=mask_B1LS, bias_BHLS=bias_BHLS)
-
-        x_BLD = _residual(cfg, x_BLD, block.self_attention_norm, self_attention)
-        if cross:
-            cross_attn = block.cross_attention
-            x_BLD = _residual(
-                cfg,
-                x_BLD,
-                block.cross_attention_norm,
-                lambda h: cross_attn.attend_and_project(
-                    cross_attn.project_q(h, None), cross_k_BSGK, cross_v_BSGK, mask_B1LS=cross_mask_B1LS, bias_BHLS=None
-                ),
-            )
-        x_BLD = _residual(cfg, x_BLD, block.mlp_norm, block.mlp)
-        return x_BLD, (new["k"], new["v"])
-
-    cross_kv = (cache["cross_k"], cache["cross_v"]) if cross else (None, None)
-    x_BLD, (k, v) = _scan_layers(stack.blocks, layer, x_BLD, cache["k"], cache["v"], *cross_kv)
-    if last_only:
-        x_BLD = x_BLD[:, -1:]
-    if cfg.final_norm:
-        x_BLD = stack.final_norm(x_BLD)
-    cache = {**cache, "k": nn.with_logical_constraint(k, CACHE_AXES), "v": nn.with_logical_constraint(v, CACHE_AXES)}
-    return model.logits(x_BLD), cache
+    if model.cfg.attention == "prefix":
+        inputs["prefix_mask"] = real_BL & (slots_1L < prefix_end)
+    return inputs
 
 
 # --- the jitted generation loop ---------------------------------------------------------------------------
@@ -257,13 +150,22 @@ def _generate(
 ):
     model = nnx.merge(graphdef, state)
     model.eval()
+    # The loop body merges the model (in eval mode) from state it carries: nnx transforms inside the body
+    # (the layer scan) refuse variables of the enclosing trace.
+    graphdef, state = nnx.split(model)
     B, P = tokens_BP.shape
     N = max_new_tokens
-    cache = init_cache(model, B, P + N)
-    if encoder_inputs_BS is not None:
-        cache = encode_for_decoding(model, cache, encoder_inputs_BS, encoder_segment_ids_BS)
-    step = partial(forward_chunk, model, pads_B=pads_B, prefix_end=jnp.where(prefix, P, 0))
-    logits_B1V, cache = step(cache, tokens_BP, index=0, last_only=True)
+    chunk = partial(_chunk_inputs, model, pads_B=pads_B, prefix_end=jnp.where(prefix, P, 0))
+    # Prefill: the prompt (and the encoder, whose keys and values the cache keeps); logits of its last slot only.
+    hidden_BPD, cache = model.hidden_states(
+        tokens_BP,
+        **chunk(tokens_BP, index=0),
+        encoder_inputs=encoder_inputs_BS,
+        encoder_segment_ids=encoder_segment_ids_BS,
+        cache=init_cache(model, B, P + N),
+        cache_index=0,
+    )
+    logits_B1V = model.logits(hidden_BPD[:, -1:])
     stop_T, key = sampling["stop_tokens"], sampling["key"]
     V = logits_B1V.shape[-1]
 
@@ -289,7 +191,11 @@ def _generate(
         if return_logits:
             out["step_logits"] = carry["step_logits"].at[:, i].set(carry["logits"])
         # (the last iteration's forward is not needed; skipping it would cost a lax.cond per step)
-        logits_B1V, out["cache"] = step(carry["cache"], token_B[:, None], index=P + i)
+        token_B1 = token_B[:, None]
+        out["state"] = carry["state"]
+        logits_B1V, out["cache"] = nnx.merge(graphdef, carry["state"])(
+            token_B1, **chunk(token_B1, index=P + i), cache=carry["cache"], cache_index=P + i
+        )
         out["logits"] = logits_B1V[:, 0]
         return out
 
@@ -300,6 +206,7 @@ def _generate(
         "done": jnp.zeros((B,), bool),
         "cache": cache,
         "logits": logits_B1V[:, 0],
+        "state": state,
     }
     if return_logits:
         carry["step_logits"] = jnp.zeros((B, N, V), jnp.float32)
