@@ -81,11 +81,11 @@ def merge(graphdef, params, rest) -> nnx.Module:
     return nnx.merge(graphdef, params, rest, copy=True)
 
 
-def optimizer(opt_cfg, total_steps: int):
+def optimizer(opt_cfg, total_steps: int, decay_mask=None):
     """(tx at a unit rate, learning rate of every step): train.optimizer's AdamW and schedule."""
     from chinchax.train.optimizer import make_optimizer, schedule_values
 
-    tx, schedule = make_optimizer(opt_cfg, total_steps)
+    tx, schedule = make_optimizer(opt_cfg, total_steps, decay_mask)
     return tx, schedule_values(schedule, total_steps)
 
 
@@ -108,9 +108,11 @@ def run_loop(
     batch_for_step: Callable[[int, Any], Any],  # (step, params) -> batch (a pytree of arrays)
     config: dict,
     tag: str,
-    after_step: Callable[[int, dict], None] | None = None,
+    evaluate: Callable[[int, Any], dict] | None = None,
+    eval_steps: frozenset[int] = frozenset(),
 ) -> tuple[dict, list[dict]]:
-    """Train (or resume) to `len(lr_by_step)` steps; returns (final state, metrics rows of this run dir)."""
+    """Train (or resume) to `len(lr_by_step)` steps; returns (final state, metrics rows of this run dir).
+    `evaluate(step, params)` runs after the steps in `eval_steps`; its dict is logged as an eval row."""
     from chinchax.train import runlock
     from chinchax.train.checkpoint import Checkpointer
     from chinchax.train.metrics import MetricsLogger
@@ -140,8 +142,8 @@ def run_loop(
                     row = {"step": done, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
                     row["elapsed_s"] = time.perf_counter() - t0
                     logger.log(row)
-                    if after_step is not None:
-                        after_step(done, row)
+                if evaluate is not None and done in eval_steps:
+                    logger.log({"step": done, "eval": True, **evaluate(done, state["params"])})
                 if done == total or (trainer_cfg.checkpoint_every and done % trainer_cfg.checkpoint_every == 0):
                     ckpt.save(done, state, {"step": done, "config_hash": digest})
             ckpt.wait_until_finished()

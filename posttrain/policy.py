@@ -9,6 +9,7 @@ encoder/encoder_segments for encoder-decoders).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -98,3 +99,96 @@ def check_same_vocabulary(policy_tokenizer, reward_tokenizer, *, what: str = "re
 
 def to_device(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+# --- rollouts as exact token rows -----------------------------------------------------------------------
+
+
+def generate_rows(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float, seed: int):
+    """Sample one completion per prompt; returns (texts, rows): `rows` are `encode_sequences`-style arrays of
+    exactly the sampled tokens ([bos] + prompt + completion, EOS only if it was sampled), right-padded to
+    a fixed width (so every rollout batch has one shape)."""
+    from chinchax.model.decoding import SamplingConfig, generate
+
+    if model.cfg.variant != "decoder_only":
+        raise UserError(
+            f"policy optimisation here supports decoder-only policies; model.variant={model.cfg.variant!r} "
+            "(reward models take any variant)"
+        )
+    ids = [tokenizer.encode(p) for p in prompts]
+    sampling = SamplingConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=(tokenizer.eos_id,), seed=seed
+    )
+    result = generate(model, [[tokenizer.bos_id, *i] for i in ids], sampling, pad_id=tokenizer.pad_id)
+    gens = result.as_lists()
+    width = max(len(i) for i in ids) + 1 + max_new_tokens
+    B = len(prompts)
+    rows = {
+        "tokens": np.zeros((B, width), np.int32),
+        "segments": np.zeros((B, width), np.int32),
+        "completion": np.zeros((B, width), np.float32),
+        "last": np.zeros((B,), np.int32),
+    }
+    texts = []
+    for b, (p, g) in enumerate(zip(ids, gens, strict=True)):
+        row = [tokenizer.bos_id, *p, *g]
+        rows["tokens"][b, : len(row)] = row
+        rows["segments"][b, : len(row)] = 1
+        rows["completion"][b, len(p) + 1 : len(row)] = 1.0
+        rows["last"][b] = len(row) - 1
+        texts.append(tokenizer.decode([t for t in g if t != tokenizer.eos_id]))
+    return texts, rows
+
+
+@partial(jax.jit, static_argnums=0)
+def _token_logps_jit(graphdef, params, rest, batch):
+    from flax import nnx
+
+    return token_logps(nnx.merge(graphdef, params, rest), batch)
+
+
+def model_token_logps(model, batch: dict, params=None):
+    """(token log-probs [B, T], mask [B, T]) of `model` (or of `params` in its structure), jitted once per
+    model structure and batch shape."""
+    from flax import nnx
+
+    graphdef, own, rest = nnx.split(model, nnx.Param, ...)
+    return _token_logps_jit(graphdef, own if params is None else params, rest, to_device(batch))
+
+
+def load_policy(run_dir):
+    """The pretrained (or aligned) policy of a run directory: chinchax.evaluation's LoadedRun."""
+    from chinchax.evaluation.run_loading import load_run
+
+    run = load_run(run_dir)
+    if run.config.model.variant != "decoder_only":
+        raise UserError(
+            f"{run_dir} holds a {run.config.model.variant} model; policy optimisation here takes decoder-only "
+            "policies (train an encoder or encoder-decoder as a reward model instead)"
+        )
+    return run
+
+
+def policy_run_config(init_cfg, *, run_dir, steps: int, optimizer_cfg, seed: int):
+    """The config.yaml of an aligned policy: its base run's config with this run's optimizer, length and
+    directory, so `chinchax eval`, sweeps and `load_run` read an aligned policy like a pretrained one."""
+    import dataclasses
+
+    trainer = dataclasses.replace(init_cfg.trainer, run_dir=str(run_dir), steps=steps, tokens=None, seed=seed)
+    return dataclasses.replace(init_cfg, optimizer=optimizer_cfg, trainer=trainer)
+
+
+def write_policy_config(run_dir, exp_cfg) -> None:
+    from pathlib import Path
+
+    from chinchax import configlib
+    from chinchax.fileio import write_text_atomic
+
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(run_dir) / "config.yaml", configlib.dump_yaml(exp_cfg))
+
+
+def decay_mask(model_cfg, mesh, seed: int):
+    from chinchax.train.state import model_parts
+
+    return model_parts(model_cfg, mesh, seed).decay_mask

@@ -16,7 +16,14 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 
-from chinchax.model.convert.hf import config_from_hf, flatten, model_from_params, params_from_hf, params_to_hf, unflatten  # noqa: E402,E501
+from chinchax.model.convert.hf import (  # noqa: E402,E501
+    config_from_hf,
+    flatten,
+    model_from_params,
+    params_from_hf,
+    params_to_hf,
+    unflatten,
+)
 from chinchax.posttrain import adapters as lora_lib  # noqa: E402
 from chinchax.posttrain.peft_format import CONFIG, WEIGHTS, export_peft, import_peft  # noqa: E402
 
