@@ -2,7 +2,7 @@
 
 - `validation_loss`: nats per token on fixed batches (`chinchax.data.pipeline.eval_batches` gives every run
   of a sweep the same ones), its standard error, and bits per byte. The arithmetic is the trainer's
-  (`chinchax.train.evaluate`), so `chinchax eval --loss` reproduces run.json's eval_loss exactly.
+  (`chinchax.model.losses`, `chinchax.train.evaluate`), so `chinchax eval --loss` reproduces run.json's eval_loss exactly.
 - `conditional_loss`: nats per target token of a target given an input, each variant scored the natural
   way (`chinchax.evaluation.scoring`), on pairs cut from the validation split with a fixed rule
   (`conditional_pairs`), so every model of a comparison sees the same (input, target) tokens.
@@ -15,21 +15,18 @@ from collections.abc import Sequence
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from chinchax.evaluation.scoring import Scorer, batch_logits
 from chinchax.model import MODEL_INPUT_KEYS
+from chinchax.model.losses import weighted_row_losses
 from chinchax.train.evaluate import bits_per_byte, count_bytes, summarize
 
 
 @partial(jax.jit, static_argnames=("graphdef",))
 def _row_losses(graphdef, state, batch: dict) -> dict:
-    logits_BLV = batch_logits(graphdef, state, batch)
-    ce_BL = jax.nn.logsumexp(logits_BLV, axis=-1) - jnp.take_along_axis(logits_BLV, batch["targets"][..., None], -1)[..., 0]
-    w_BL = batch["loss_weights"].astype(jnp.float32)
-    return {"loss_sum_B": jnp.sum(ce_BL * w_BL, axis=1), "weight_B": jnp.sum(w_BL, axis=1)}
+    return weighted_row_losses(batch_logits(graphdef, state, batch), batch["targets"], batch["loss_weights"])
 
 
 def validation_loss(model, batches: Sequence[dict], *, byte_lengths: np.ndarray | None = None) -> dict:

@@ -31,6 +31,7 @@ from flax import nnx
 
 from chinchax.errors import UserError
 from chinchax.model import MODEL_INPUT_KEYS
+from chinchax.model.losses import token_cross_entropy
 
 LENGTH_BUCKET = 32
 
@@ -57,8 +58,8 @@ def batch_logits(graphdef, state, batch: dict) -> jax.Array:
 @partial(jax.jit, static_argnames=("graphdef",))
 def _row_scores(graphdef, state, batch: dict) -> dict:
     logits_BLV = batch_logits(graphdef, state, batch)
-    logp_BLV = jax.nn.log_softmax(logits_BLV, axis=-1)
-    target_logp_BL = jnp.take_along_axis(logp_BLV, batch["targets"][..., None], axis=-1)[..., 0]
+    ce_BL, _ = token_cross_entropy(logits_BLV, batch["targets"])  # the training loss: log p = -ce
+    target_logp_BL = -ce_BL
     w_BL = batch["loss_weights"]
     greedy_BL = (jnp.argmax(logits_BLV, axis=-1) == batch["targets"]) | (w_BL == 0)
     return {

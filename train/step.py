@@ -19,6 +19,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from chinchax.model import MODEL_INPUT_KEYS
+from chinchax.model.losses import token_cross_entropy, weighted_row_losses
 from chinchax.sharding import LOGICAL_AXIS_RULES, logical_to_spec
 from chinchax.train.state import ModelParts
 
@@ -60,17 +61,9 @@ def forward(parts: ModelParts, params, batch: dict, rng_keys=None, *, train: boo
     return _constrain(logits_BLV, ("batch", "length", "vocab"))
 
 
-def token_losses(logits_BLV: jax.Array, targets_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(cross-entropy, log Z) per token, in float32."""
-    logits_BLV = logits_BLV.astype(jnp.float32)
-    log_z_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
-    target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
-    return log_z_BL - target_logit_BL, log_z_BL
-
-
 def _objective(params, batch, rng_keys, parts: ModelParts, z_loss: float):
     logits_BLV = forward(parts, params, batch, rng_keys, train=True)
-    ce_BL, log_z_BL = token_losses(logits_BLV, batch["targets"])
+    ce_BL, log_z_BL = token_cross_entropy(logits_BLV, batch["targets"])
     w_BL = batch["loss_weights"].astype(jnp.float32)
     ce_sum = jnp.sum(ce_BL * w_BL)
     z_sum = z_loss * jnp.sum(jnp.square(log_z_BL) * w_BL)
@@ -133,9 +126,7 @@ def train_step(state: dict, batch: dict, lr, *, parts: ModelParts, tx, microbatc
 def eval_step(params, batch: dict, *, parts: ModelParts) -> dict:
     """Per-row sums (so the caller can compute a mean and its standard error over rows)."""
     logits_BLV = forward(parts, params, batch, train=False)
-    ce_BL, _ = token_losses(logits_BLV, batch["targets"])
-    w_BL = batch["loss_weights"].astype(jnp.float32)
-    return {"loss_sum_B": jnp.sum(ce_BL * w_BL, axis=1), "weight_B": jnp.sum(w_BL, axis=1)}
+    return weighted_row_losses(logits_BLV, batch["targets"], batch["loss_weights"])
 
 
 def jit_train_step(mesh, state_shardings, batch_keys, **static) -> Any:
