@@ -99,7 +99,7 @@ class FinetuneConfig:
 class Base:
     model: Any  # ModelConfig
     flat: dict  # dotted path -> float32 numpy
-    tokenizer: str | None  # the data.tokenizer it was trained with (None: a converted HF checkpoint)
+    tokenizer: str | None  # the data.tokenizer it was trained with (None: a converted checkpoint without one)
     source: str
 
 
@@ -112,7 +112,13 @@ def load_base(base: str | Path) -> Base:
         from chinchax.model.convert.hf import load_converted
 
         cfg, params = load_converted(path)
-        return Base(cfg, {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}, None, str(path))
+        try:  # the tokenizer recorded at conversion (newer converters record one)
+            from chinchax.model.convert.hf import converted_tokenizer
+
+            tokenizer = converted_tokenizer(path)
+        except ImportError:
+            tokenizer = None
+        return Base(cfg, {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}, tokenizer, str(path))
     if (path / "config.yaml").is_file():
         from flax import nnx
 
@@ -308,10 +314,37 @@ def finetune(base_dir: str | Path, cfg: FinetuneConfig, *, data=None) -> dict:
         "examples_seen": result["steps"] * cfg.trainer.batch_size,
         "settings": configlib.to_dict(cfg.finetune),
     }
-    programs.export_merged(run_dir / "merged")
+    from chinchax.posttrain.model_dir import absolute_tokenizer
+
+    programs.export_merged(run_dir / "merged", tokenizer=absolute_tokenizer(cfg.data.tokenizer, Path.cwd()),
+                           info={"source": str(run_dir.absolute()), "finetune": cfg.finetune.method})
+    model_type = _converted_model_type(Path(base_dir))
+    if model_type and cfg.finetune.method in ("lora", "qlora"):  # adapters also in peft's format
+        from chinchax.model.convert.hf import flatten
+        from chinchax.posttrain.peft_format import export_peft
+
+        adapters = _regroup(flatten(programs.last_trainable["lora"]))
+        export_peft(run_dir / "adapter", base.model, model_type, adapters, cfg.finetune.lora.lora(),
+                    base_model=_converted_source(Path(base_dir)))
+        info["peft_adapter"] = str((run_dir / "adapter").absolute())
     result = {**result, "finetune": info}
     write_text_atomic(run_dir / "run.json", jsonio.dumps(result, indent=2) + "\n")
     return result
+
+
+def _conversion(base_dir: Path) -> dict:
+    import json
+
+    path = base_dir / "conversion.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _converted_model_type(base_dir: Path) -> str | None:
+    return _conversion(base_dir).get("model_type")
+
+
+def _converted_source(base_dir: Path) -> str | None:
+    return _conversion(base_dir).get("source")
 
 
 def replace_trainer(cfg: FinetuneConfig, **changes) -> FinetuneConfig:

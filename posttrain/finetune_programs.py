@@ -146,34 +146,17 @@ class FinetunePrograms:
         merged = jax.jit(lambda p: self.method.params(p["trainable"], p["frozen"]))(params)
         return jax.tree.map(np.asarray, merged)
 
-    def export_merged(self, out_dir: Path) -> None:
-        """model.yaml + params/ (a converted checkpoint's layout) from the run's last checkpoint. A prompt-
-        tuned model is not a plain model: its prompt is saved beside it as prompt_PD.npy."""
-        import shutil
+    def export_merged(self, out_dir: Path, *, tokenizer: str | None, info: dict) -> None:
+        """merged/: the fine-tuned model as a plain model dir (adapters merged, NF4 dequantized), from the
+        run's last checkpoint. A prompt-tuned model is not a plain model: its prompt is saved beside it."""
+        from chinchax.model.convert.hf import flatten
+        from chinchax.posttrain.model_dir import write_model_dir
+        from chinchax.train.checkpoint import load_numpy_state
 
-        import orbax.checkpoint as ocp
-        import yaml
-
-        from chinchax.train.checkpoint import Checkpointer, load_numpy_state
-
-        run_dir = out_dir.parent
-        steps = Checkpointer(run_dir / "checkpoints", max_to_keep=1, use_async=False)
-        try:
-            last = max(steps.steps())
-        finally:
-            steps.close()
-        state = load_numpy_state(run_dir / "checkpoints" / str(last))
-        merged = self.merged_params(state["params"])
-        tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        import dataclasses
-
-        (tmp / "model.yaml").write_text(yaml.safe_dump(dataclasses.asdict(self.cfg.model), sort_keys=False))
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save((tmp / "params").absolute(), merged)
-        checkpointer.wait_until_finished()
+        steps = sorted(int(p.name) for p in (out_dir.parent / "checkpoints").iterdir() if p.name.isdigit())
+        state = load_numpy_state(out_dir.parent / "checkpoints" / str(steps[-1]))
+        merged = flatten(self.merged_params(state["params"]))
+        write_model_dir(out_dir, self.cfg.model, merged, tokenizer=tokenizer, info=info)
         if self.method.spec.method == "prompt_tuning":
-            np.save(tmp / "prompt_PD.npy", np.asarray(state["params"]["trainable"]["prompt_PD"]))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
+            np.save(out_dir / "prompt_PD.npy", np.asarray(state["params"]["trainable"]["prompt_PD"]))
+        self.last_trainable = state["params"]["trainable"]
