@@ -1,14 +1,16 @@
-"""A trained model from a run directory: its resolved config.yaml and newest verified checkpoint.
+"""A trained model from a directory: a `chinchax train` run or a `chinchax model convert` output, one API.
 
-Uses the trainer's own pieces (chinchax.train.state / checkpoint): the newest step that matches its manifest
-is restored (unverified or damaged steps are announced and skipped, as the trainer's resume does), onto this
-host's devices. Unlike the trainer's resume, evaluation is strictly read-only: it never moves a damaged step
-aside (a run may still be training and about to write that step's manifest).
+- A run directory (config.yaml + checkpoints/): its newest verified checkpoint, restored by the trainer's own
+  Checkpointer opened read-only (unverified or damaged steps are announced and skipped, never moved aside:
+  a run may still be training and about to write that step's manifest), onto this host's devices.
+- A converted Hugging Face checkpoint (model.yaml + params/ + conversion.json): its parameters, with the
+  tokenizer recorded at conversion (a SentencePiece `tokenizer.model` copied from the HF directory, or
+  `--tokenizer`). Its `config` is an ExperimentConfig holding the model config and that tokenizer, so
+  callers read `run.config.model` / `run.config.data.tokenizer` the same way for both kinds; `step` is 0.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,21 +25,37 @@ class LoadedRun:
     model: Any  # chinchax.model.Transformer with the trained parameters (eval mode)
     tokenizer: Any
     step: int
+    kind: str = "run"  # "run" (chinchax train) or "converted" (chinchax model convert)
 
 
-def load_run(run_dir: str | Path) -> LoadedRun:
+def load_run(run_dir: str | Path, *, tokenizer: str | None = None) -> LoadedRun:
+    """`tokenizer` (a load_tokenizer spec) overrides the run's own; a converted checkpoint without a recorded
+    tokenizer needs it."""
+    run_dir = Path(run_dir)
+    if (run_dir / "config.yaml").is_file():
+        return _load_train_run(run_dir, tokenizer)
+    if (run_dir / "model.yaml").is_file():
+        return _load_converted(run_dir, tokenizer)
+    raise UserError(
+        f"{run_dir} is neither a run directory (no config.yaml: train one with `chinchax train`) nor a converted "
+        "checkpoint (no model.yaml: make one with `chinchax model convert HF_DIR OUT_DIR`)"
+    )
+
+
+def _load_train_run(run_dir: Path, tokenizer: str | None) -> LoadedRun:
+    import dataclasses
+
     from chinchax.configlib import load_config
     from chinchax.data.tokenizers import load_tokenizer
     from chinchax.sharding import make_mesh
     from chinchax.train import state as state_lib
+    from chinchax.train.checkpoint import Checkpointer
     from chinchax.train.config import ExperimentConfig
     from chinchax.train.optimizer import make_optimizer
 
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise UserError(f"{run_dir} is not a run directory: {config_path} is missing (train one with `chinchax train`)")
-    cfg = load_config(ExperimentConfig, config_path)
+    cfg = load_config(ExperimentConfig, run_dir / "config.yaml")
+    if tokenizer is not None:
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, tokenizer=tokenizer))
     if not (run_dir / "checkpoints").is_dir():
         raise UserError(f"{run_dir} has no checkpoints/ yet; wait for the first checkpoint or train longer")
     mesh = make_mesh((-1, 1, 1))  # data parallel over this host's devices: parameters replicated
@@ -45,7 +63,11 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     parts = state_lib.model_parts(cfg.model, mesh, seed)
     tx, _ = make_optimizer(cfg.optimizer, cfg.total_steps, parts.decay_mask)
     abstract, _ = state_lib.abstract_state(cfg.model, tx, parts, mesh, seed)
-    restored = _restore_newest_verified(run_dir / "checkpoints", abstract)
+    checkpointer = Checkpointer((run_dir / "checkpoints").absolute(), read_only=True)
+    try:
+        restored = checkpointer.restore_latest(abstract, with_data=False)
+    finally:
+        checkpointer.close()
     if restored is None:
         raise UserError(f"{run_dir}/checkpoints holds no verified checkpoint to evaluate (yet)")
     step, state, _ = restored
@@ -54,32 +76,24 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     return LoadedRun(run_dir, cfg, model, load_tokenizer(cfg.data.tokenizer), int(step))
 
 
-def _restore_newest_verified(directory: Path, abstract_state):
-    import orbax.checkpoint as ocp
+def _load_converted(model_dir: Path, tokenizer: str | None) -> LoadedRun:
+    from chinchax.data.config import DataConfig
+    from chinchax.data.tokenizers import check_vocab_fits, load_tokenizer
+    from chinchax.model.convert.hf import converted_tokenizer, load_converted, model_from_params
+    from chinchax.train.config import ExperimentConfig
 
-    from chinchax.train.checkpoint import IteratorStateHandler, IteratorStateRestore, verify
-
-    manager = ocp.CheckpointManager(
-        directory.absolute(),
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-        item_names=("state", "data"),
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": IteratorStateHandler()},
-    )
-    try:
-        for step in sorted(manager.all_steps(), reverse=True):
-            problem = verify(directory / str(step))
-            if problem is None:
-                try:
-                    restored = manager.restore(
-                        step,
-                        args=ocp.args.Composite(
-                            state=ocp.args.StandardRestore(abstract_state), data=IteratorStateRestore()
-                        ),
-                    )
-                    return step, restored["state"], restored["data"]
-                except Exception as e:  # noqa: BLE001 - a manifest-consistent step orbax still cannot read
-                    problem = f"orbax could not restore it: {type(e).__name__}: {e}"
-            print(f"[chinchax eval] skipping checkpoint step {step} of {directory}: {problem}", file=sys.stderr)
-    finally:
-        manager.close()
-    return None
+    spec = tokenizer or converted_tokenizer(model_dir)
+    if spec is None:
+        raise UserError(
+            f"{model_dir} is a converted checkpoint with no tokenizer chinchax can read (its HF directory held no "
+            "SentencePiece tokenizer.model); convert again with `chinchax model convert HF_DIR OUT_DIR --tokenizer "
+            "spm:PATH`, or pass tokenizer='spm:PATH'"
+        )
+    model_cfg, params = load_converted(model_dir)
+    tok = load_tokenizer(spec)
+    check_vocab_fits(tok, model_cfg.vocab_size)
+    data = DataConfig(tokenizer=spec, seq_len=model_cfg.max_len).validate()
+    cfg = ExperimentConfig(model=model_cfg, data=data).validate()
+    model = model_from_params(model_cfg, params)
+    model.eval()
+    return LoadedRun(model_dir, cfg, model, tok, 0, kind="converted")

@@ -1,4 +1,5 @@
-"""`chinchax model info PRESET_OR_YAML [key=value ...]`: parameter counts, shapes and FLOPs per token."""
+"""`chinchax model info|presets|convert|export-hf`: parameter counts, shapes and FLOPs per token, and
+conversion to and from Hugging Face checkpoints (chinchax.model.convert)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,6 @@ def register(subparsers) -> None:
     info.add_argument("--json", action="store_true", help="emit JSON instead of a table")
     info.add_argument("--no-shapes", action="store_true", help="omit the per-parameter shape list")
     info.set_defaults(handler=_info)
-
-    from chinchax.model.convert.hf import register_convert
 
     register_convert(model_sub)  # `model convert HF_DIR OUT_DIR`, `model export-hf MODEL_DIR OUT_DIR`
 
@@ -86,4 +85,79 @@ def _info(args) -> int:
         width = max(len(p) for p, _, _ in shapes)
         for path, shape, axes in shapes:
             print(f"    {path:{width}s}  {str(shape):24s} {axes}")
+    return 0
+
+
+def register_convert(subparsers) -> None:
+    """Adds `convert` (HF -> chinchax) and `export-hf` (chinchax -> HF) to the `chinchax model`
+    subcommands."""
+    from chinchax.model.convert.hf_families import FAMILIES
+
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a local Hugging Face checkpoint into a chinchax model directory",
+        description="Convert a Hugging Face checkpoint on disk (config.json + model.safetensors or "
+        f"pytorch_model.bin; families: {', '.join(sorted(FAMILIES))}) into OUT_DIR: model.yaml (the "
+        "chinchax model config), params/ (orbax checkpoint of the parameters) and conversion.json. "
+        "Needs torch and transformers; nothing is downloaded.",
+    )
+    parser.add_argument("hf_dir", help="directory a HF model was saved to with save_pretrained")
+    parser.add_argument("out_dir", help="new (or empty) directory for the chinchax model")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="model config changes the weights do not fix, e.g. max_len=4096 dropout=0.0",
+    )
+    parser.add_argument(
+        "--tokenizer", metavar="SPEC",
+        help="tokenizer for generate/eval on the result: 'byte' or a SentencePiece .model file (copied in); "
+        "default: the HF directory's tokenizer.model if it has one",
+    )
+    parser.set_defaults(handler=_convert_handler)
+
+    export = subparsers.add_parser(
+        "export-hf",
+        help="write a converted chinchax model as a Hugging Face checkpoint",
+        description="Write MODEL_DIR (model.yaml + params/, as `chinchax model convert` makes them) as a "
+        "Hugging Face directory (config.json + model.safetensors) that transformers' from_pretrained "
+        "loads. The family defaults to the one recorded in MODEL_DIR/conversion.json.",
+    )
+    export.add_argument("model_dir", help="directory with model.yaml and params/")
+    export.add_argument("out_dir", help="new (or empty) directory for the HF checkpoint")
+    export.add_argument("--family", choices=sorted(FAMILIES), help="HF model_type to write")
+    export.set_defaults(handler=_export_handler)
+
+
+def _convert_handler(args) -> int:
+    from chinchax.model.convert.hf import convert_hf_checkpoint
+    from chinchax.model.counting import count_params
+
+    cfg = convert_hf_checkpoint(args.hf_dir, args.out_dir, args.overrides, tokenizer=args.tokenizer)
+    counts = count_params(cfg)
+    print(
+        f"converted {args.hf_dir} -> {args.out_dir}: {cfg.variant} '{cfg.name}', {counts.total:,} parameters"
+    )
+    return 0
+
+
+def _export_handler(args) -> int:
+    import json
+    from pathlib import Path
+
+    from chinchax.errors import UserError
+    from chinchax.model.convert.hf import load_converted
+    from chinchax.model.convert.hf_export import export_hf_checkpoint
+    from chinchax.model.convert.hf_families import FAMILIES
+
+    model_type = args.family
+    record = Path(args.model_dir) / "conversion.json"
+    if model_type is None and record.is_file():
+        model_type = json.loads(record.read_text()).get("model_type")
+    if model_type is None:
+        raise UserError(
+            f"{args.model_dir} records no HF family; pass --family ({', '.join(sorted(FAMILIES))})"
+        )
+    cfg, params = load_converted(args.model_dir)
+    export_hf_checkpoint(cfg, params, model_type, args.out_dir)
+    print(f"exported '{cfg.name}' -> {args.out_dir} as HF {model_type}")
     return 0

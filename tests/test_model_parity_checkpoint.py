@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 from flax import nnx  # noqa: E402
 
 from chinchax.errors import UserError  # noqa: E402
+from chinchax.model.cli import register_convert  # noqa: E402
 from chinchax.model.convert.hf import (  # noqa: E402
     config_from_hf,
     convert_hf_checkpoint,
@@ -22,7 +23,6 @@ from chinchax.model.convert.hf import (  # noqa: E402
     load_converted,
     model_from_params,
     params_from_hf,
-    register_convert,
 )
 
 torch.set_num_threads(1)
@@ -30,9 +30,9 @@ T = transformers
 V = 61
 
 
-def _llama():
+def _llama(vocab_size=V):
     torch.manual_seed(0)
-    config = T.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+    config = T.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64)  # fmt: skip
     model = T.LlamaForCausalLM(config).eval()
     with torch.no_grad():
@@ -204,3 +204,52 @@ def test_cli_convert_then_export_gives_back_the_same_files(tmp_path):
     reloaded = T.AutoConfig.from_pretrained(tmp_path / "back")
     assert reloaded.architectures == ["LlamaForCausalLM"]
     assert config_from_hf(reloaded) == config_from_hf(hf_model.config).replace(name="back")
+
+
+def _sentencepiece_model(path, vocab_size=50):
+    """A tiny SentencePiece model in the HF layout (unk 0, bos 1, eos 2, no pad), as LLaMA's tokenizer.model."""
+    import io
+
+    import sentencepiece as spm
+
+    text = ["the quick brown fox jumps over the lazy dog", "a converted model reads text like a run"] * 50
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=proto, vocab_size=vocab_size,
+                                   model_type="bpe", minloglevel=2)
+    path.write_bytes(proto.getvalue())
+
+
+def test_converted_directory_loads_like_a_run_dir(tmp_path):
+    """`load_run` (generate, eval) takes a `chinchax model convert` output like a train run dir: the model
+    gives HF's logits, and the HF directory's tokenizer.model is copied in and used."""
+    from chinchax.data.tokenizers import SentencePieceTokenizer
+    from chinchax.evaluation.run_loading import load_run
+
+    hf_model = _llama(vocab_size=160)  # 50 pieces + 100 sentinels + <mask> fit in 160
+    hf_model.save_pretrained(tmp_path / "hf")
+    _sentencepiece_model(tmp_path / "hf" / "tokenizer.model")
+    parser = argparse.ArgumentParser()
+    register_convert(parser.add_subparsers())
+    args = parser.parse_args(["convert", str(tmp_path / "hf"), str(tmp_path / "cx")])
+    assert args.handler(args) == 0
+    assert json.loads((tmp_path / "cx" / "conversion.json").read_text())["tokenizer"] == "tokenizer.model"
+
+    run = load_run(tmp_path / "cx")
+    assert run.kind == "converted" and run.step == 0
+    assert run.config.model == load_converted(tmp_path / "cx")[0]
+    assert run.tokenizer.hash == SentencePieceTokenizer.from_file(tmp_path / "hf" / "tokenizer.model").hash
+    ids = np.array([run.tokenizer.encode("the lazy fox reads")], np.int32)
+    with torch.no_grad():
+        expected = hf_model(input_ids=torch.from_numpy(ids.astype(np.int64))).logits.numpy()
+    np.testing.assert_allclose(np.asarray(run.model(ids)), expected, rtol=0, atol=1e-4)
+
+    # GPT-2's BPE is no tokenizer chinchax reads: the error says how to give one.
+    hf_gpt2 = _gpt2()
+    hf_gpt2.save_pretrained(tmp_path / "gpt2")
+    convert_hf_checkpoint(tmp_path / "gpt2", tmp_path / "gpt2-cx")
+    with pytest.raises(UserError, match="--tokenizer"):
+        load_run(tmp_path / "gpt2-cx")
+    with pytest.raises(UserError, match="vocab_size 61 is smaller"):
+        load_run(tmp_path / "gpt2-cx", tokenizer="byte")  # 361 byte ids do not fit GPT-2's 61-row table
+    with pytest.raises(UserError, match="neither a run directory"):
+        load_run(tmp_path / "hf")

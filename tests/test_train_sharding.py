@@ -152,3 +152,34 @@ def test_decoding_outside_the_trainer_runs_under_the_models_mesh(result):
     assert decode["cache_spec"][1] != "None"
     assert decode["plain_spec"] == "SingleDeviceSharding"  # without the context the constraint was skipped
     assert decode["same_tokens"]
+
+
+def test_optimizer_state_shards_like_its_params_by_optax():
+    """optax.tree_map_params finds Adam's mu and nu (inside clip + masked weight decay) and gives them their
+    parameters' specs; the counters stay replicated. The path-suffix matcher (kept for states whose params
+    are not the model's tree) agrees leaf for leaf."""
+    import jax
+    from jax.sharding import PartitionSpec
+
+    from chinchax.configlib import load_model_config
+    from chinchax.sharding import make_mesh
+    from chinchax.train import state as state_lib
+    from chinchax.train.config import OptimizerConfig
+    from chinchax.train.optimizer import make_optimizer
+
+    cfg = load_model_config("tiny-gpt2", ["d_model=16", "n_layers=1", "n_heads=2", "d_ff=32", "vocab_size=128",
+                                          "max_len=16"])
+    mesh = make_mesh((1, 1, 1))
+    parts = state_lib.model_parts(cfg, mesh, 0)
+    tx, _ = make_optimizer(OptimizerConfig(clip_norm=1.0), 10, parts.decay_mask)
+    with jax.set_mesh(mesh):
+        abs_state = jax.eval_shape(state_lib.make_init_fn(cfg, tx, 0))
+    got = state_lib.state_shardings(abs_state, parts.param_specs, mesh, tx)
+    assert jax.tree.structure(got) == jax.tree.structure(abs_state)
+    adam = got["opt_state"][1][0]
+    param_specs = [s.spec for s in jax.tree.leaves(got["params"])]
+    assert [s.spec for s in jax.tree.leaves(adam.mu)] == [s.spec for s in jax.tree.leaves(adam.nu)] == param_specs
+    assert any(spec != PartitionSpec() for spec in param_specs)  # the check has split specs to compare
+    assert adam.count.spec == got["step"].spec == PartitionSpec()
+    legacy = state_lib._suffix_matched_shardings(abs_state, parts.param_specs, mesh)
+    assert [s.spec for s in jax.tree.leaves(got)] == [s.spec for s in jax.tree.leaves(legacy)]

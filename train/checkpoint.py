@@ -18,61 +18,58 @@ damaged newer one. So orbax keeps everything (`max_to_keep=None`) and this class
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import grain
+import grain.checkpoint
 import jax
 import orbax.checkpoint as ocp
-from etils import epath
 
-from chinchax.fileio import copy_tree, file_size, files_under, is_remote, remove_tree, run_path
+from chinchax.errors import UserError
+from chinchax.fileio import (
+    copy_tree,
+    file_size,
+    files_under,
+    is_remote,
+    remove_tree,
+    run_path,
+    write_text_atomic,
+)
 from chinchax.fileio import sha256_file as _sha256
 
 MANIFEST = "chinchax_manifest.json"
 DAMAGED_DIR = "damaged"
 
 
-# --- the data-iterator state as an orbax item (one JSON file per host) -------------------------------
-class IteratorStateHandler(ocp.CheckpointHandler):
-    def save(self, directory: epath.Path, args: IteratorStateSave):
-        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        (directory / name).write_text(json.dumps(args.state))
+# --- the data-iterator state as an orbax item: grain's own handler (one JSON file per host) ----------------
+class _Snapshot(grain.DatasetIterator):
+    """A data-iterator state taken when `save` is called, in the shape grain's checkpoint handler serialises
+    (it calls `get_state` / `set_state` on a grain iterator). Saving a snapshot rather than the live iterator
+    keeps `save(step, state, data_state)` a plain dict in and out: the trainer, the tests and any `data`
+    iterator with get_state/set_state work unchanged."""
 
-    def restore(self, directory: epath.Path, args: IteratorStateRestore | None = None):
-        path = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path} is missing: the checkpoint was written by a different number of hosts; resume with "
-                "the same process count (the train state itself restores onto any mesh)"
-            )
-        return json.loads(path.read_text())
+    def __init__(self, state: Any = None):
+        super().__init__()
+        self.state = state
 
-    def metadata(self, directory):
-        return None
+    def __next__(self):
+        raise TypeError("a checkpointed iterator state, not an iterator")
 
-    def finalize(self, directory):
-        pass
+    def get_state(self) -> Any:
+        return self.state
 
-    def close(self):
-        pass
+    def set_state(self, state: Any) -> None:
+        self.state = state
 
 
-@ocp.args.register_with_handler(IteratorStateHandler, for_save=True)
-@dataclasses.dataclass
-class IteratorStateSave(ocp.args.CheckpointArgs):
-    state: Any
-
-
-@ocp.args.register_with_handler(IteratorStateHandler, for_restore=True)
-@dataclasses.dataclass
-class IteratorStateRestore(ocp.args.CheckpointArgs):
-    pass
+def _data_file(step_dir: Path) -> Path:
+    """Where grain's handler keeps this host's iterator state."""
+    return step_dir / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
 
 
 # --- manifests ------------------------------------------------------------------------------------------
@@ -82,13 +79,7 @@ def _files(step_dir: Path) -> list[Path]:
 
 def write_manifest(step_dir: Path) -> None:
     entries = {str(p.relative_to(step_dir)): [file_size(p), _sha256(p)] for p in _files(step_dir)}
-    text = json.dumps({"files": entries}, indent=0, sort_keys=True)
-    if is_remote(step_dir):  # one upload: the manifest object appears whole or not at all
-        (step_dir / MANIFEST).write_text(text)
-        return
-    tmp = step_dir / (MANIFEST + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, step_dir / MANIFEST)
+    write_text_atomic(step_dir / MANIFEST, json.dumps({"files": entries}, indent=0, sort_keys=True))
 
 
 def verify(step_dir: Path, *, full: bool = True) -> str | None:
@@ -128,24 +119,34 @@ def _barrier(name: str) -> None:
 
 
 class Checkpointer:
-    """Async orbax saves of (train state, data-iterator state) with verified, fallback-safe restore."""
+    """Async orbax saves of (train state, data-iterator state) with verified, fallback-safe restore.
 
-    def __init__(self, directory: str | Path, *, max_to_keep: int, use_async: bool = True):
+    `read_only=True` (evaluation, export): never creates, saves, deletes or moves anything; a damaged or
+    unverified step is announced and skipped (a run may still be training and about to write its manifest)."""
+
+    def __init__(self, directory: str | Path, *, max_to_keep: int | None = None, use_async: bool = True,
+                 read_only: bool = False):
         self.directory = run_path(directory)  # gs:// stays a URI (etils.epath, as orbax uses)
         self.max_to_keep = max_to_keep
+        self.read_only = read_only
         self._unverified: list[int] = []  # saved steps whose manifest is not written yet
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            if max_to_keep is None:
+                raise ValueError("a writing Checkpointer needs max_to_keep")
+            self.directory.mkdir(parents=True, exist_ok=True)
         self._manager = self._new_manager(use_async)
 
     def _new_manager(self, use_async: bool) -> ocp.CheckpointManager:
+        # orbax keeps every step (max_to_keep=None): retention is ours, see the module docstring.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=None, create=True, enable_async_checkpointing=use_async, cleanup_tmp_directories=True
+            max_to_keep=None, create=not self.read_only, read_only=self.read_only,
+            enable_async_checkpointing=use_async, cleanup_tmp_directories=not self.read_only,
         )
         return ocp.CheckpointManager(
             self.directory,
             options=options,
             item_names=("state", "data"),
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": IteratorStateHandler()},
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
         )
 
     def _step_dir(self, step: int) -> Path:
@@ -153,10 +154,14 @@ class Checkpointer:
 
     # --- saving ---------------------------------------------------------------------------------------
     def save(self, step: int, state: Any, data_state: Any) -> None:
+        if self.read_only:
+            raise RuntimeError(f"{self.directory} was opened read-only; open a Checkpointer with max_to_keep to save")
         self._finish_pending()  # orbax would wait for the previous save here anyway
         self._manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=IteratorStateSave(data_state)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(_Snapshot(data_state))
+            ),
         )
         self._unverified.append(step)
 
@@ -211,35 +216,46 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     # --- restoring ------------------------------------------------------------------------------------
-    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, Any] | None:
-        """(step, state, data_state) from the newest step that verifies and restores; damaged steps are
-        announced and moved to `damaged/`. None when no good step exists (start from scratch)."""
+    def restore_latest(self, abstract_state: Any, *, with_data: bool = True) -> tuple[int, Any, Any] | None:
+        """(step, state, data_state) from the newest step that verifies and restores (data_state None when
+        `with_data` is False); damaged steps are announced and moved to `damaged/` (read-only: skipped).
+        None when no good step exists (start from scratch)."""
         damaged: list[int] = []
         steps = self.steps()
         for step in reversed(steps):
             problem = verify(self._step_dir(step)) if jax.process_index() == 0 else None
             problem = _broadcast_problem(problem)
             if problem is None:
-                try:
-                    restored = self._manager.restore(
-                        step,
-                        args=ocp.args.Composite(
-                            state=ocp.args.StandardRestore(abstract_state), data=IteratorStateRestore()
-                        ),
+                if with_data and not _data_file(self._step_dir(step)).is_file():
+                    raise UserError(
+                        f"{_data_file(self._step_dir(step))} is missing: the checkpoint was written by a different "
+                        "number of hosts; resume with the same process count (the train state itself restores "
+                        "onto any mesh)"
                     )
-                    return step, restored["state"], restored["data"]
+                try:
+                    return (step, *self._restore(step, abstract_state, with_data))
                 except Exception as e:  # a manifest-consistent step that orbax still cannot read
                     problem = f"orbax could not restore it: {type(e).__name__}: {e}"
             damaged.append(step)
+            if self.read_only:
+                _say(f"skipping checkpoint step {step} of {self.directory}: {problem}")
+                continue
             fallback = "falling back to the previous step" if len(damaged) < len(steps) else "no earlier step is left"
             _say(f"checkpoint step {step} is damaged ({problem}); {fallback}")
             self._quarantine(step)
-        if damaged:
+        if damaged and not self.read_only:
             _say(
                 f"WARNING: every checkpoint of this run is damaged (steps {sorted(damaged)}, moved to "
                 f"{self.directory / DAMAGED_DIR}); training restarts from step 0"
             )
         return None
+
+    def _restore(self, step: int, abstract_state: Any, with_data: bool) -> tuple[Any, Any]:
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if with_data:
+            items["data"] = grain.checkpoint.CheckpointRestore(_Snapshot())
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"], (restored["data"].state if with_data else None)
 
     def _quarantine(self, step: int) -> None:
         if jax.process_index() == 0:
@@ -255,7 +271,8 @@ class Checkpointer:
         self._manager.reload()
 
     def close(self) -> None:
-        self._finish_pending()
+        if not self.read_only:
+            self._finish_pending()
         self._manager.close()
 
 

@@ -98,10 +98,26 @@ def model_parts(cfg: ModelConfig, mesh: jax.sharding.Mesh, seed: int) -> ModelPa
     return ModelParts(graphdef, key_data, other, specs, mask)
 
 
-def state_shardings(abs_state, param_specs, mesh) -> Any:
-    """NamedShardings for the whole train state: params by their specs, optimizer leaves that mirror a
-    parameter (Adam's mu and nu: same path suffix and shape) by that parameter's spec, everything else
-    (step and Adam counters) replicated."""
+def state_shardings(abs_state, param_specs, mesh, tx: optax.GradientTransformation | None = None) -> Any:
+    """NamedShardings for the whole train state: params by their specs, the optimizer's copies of the params
+    (Adam's mu and nu) by the same specs (found by `optax.tree_map_params`, which knows where `tx` keeps
+    them), everything else (step and Adam counters) replicated.
+
+    Without `tx` (a state whose params are not the model's tree, e.g. posttrain's trainable/frozen split),
+    optimizer leaves that mirror a parameter (same path suffix and shape) take its spec."""
+    is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
+    replicated = NamedSharding(mesh, PartitionSpec())
+    if tx is None:
+        return _suffix_matched_shardings(abs_state, param_specs, mesh)
+    params = jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs, is_leaf=is_spec)
+    opt_state = optax.tree_map_params(
+        tx, lambda _, spec: NamedSharding(mesh, spec), abs_state["opt_state"], param_specs,
+        transform_non_params=lambda _: replicated,
+    )
+    return {**jax.tree.map(lambda _: replicated, abs_state), "params": params, "opt_state": opt_state}
+
+
+def _suffix_matched_shardings(abs_state, param_specs, mesh) -> Any:
     is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
     specs = jax.tree_util.tree_flatten_with_path(param_specs, is_leaf=is_spec)[0]
     shapes = jax.tree_util.tree_leaves(abs_state["params"])
@@ -137,7 +153,7 @@ def init_train_state(cfg: ModelConfig, tx, parts: ModelParts, mesh, seed: int):
     init = make_init_fn(cfg, tx, seed)
     with jax.set_mesh(mesh):
         abs_state = jax.eval_shape(init)
-        shardings = state_shardings(abs_state, parts.param_specs, mesh)
+        shardings = state_shardings(abs_state, parts.param_specs, mesh, tx)
         state = jax.jit(init, out_shardings=shardings)()
     return state, shardings
 
@@ -147,7 +163,7 @@ def abstract_state(cfg: ModelConfig, tx, parts: ModelParts, mesh, seed: int):
     init = make_init_fn(cfg, tx, seed)
     with jax.set_mesh(mesh):
         abs_state = jax.eval_shape(init)
-    shardings = state_shardings(abs_state, parts.param_specs, mesh)
+    shardings = state_shardings(abs_state, parts.param_specs, mesh, tx)
     return (
         jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_state, shardings),
         shardings,

@@ -24,11 +24,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from flax import traverse_util
 
+from chinchax import jsonio
 from chinchax.errors import UserError
+from chinchax.fileio import new_dir_atomic
 from chinchax.model.config import ModelConfig
 from chinchax.model.convert import rules as rules_lib
 from chinchax.model.convert.hf_families import FAMILIES, Family
+
+TOKENIZER_FILE = "tokenizer.model"  # a SentencePiece model, as T5 and LLaMA HF directories hold it
 
 
 def family(model_type: str) -> Family:
@@ -66,24 +71,12 @@ def _flat_state(state):
 
 
 def flatten(params: Mapping) -> dict[str, np.ndarray]:
-    out = {}
-    for key, value in params.items():
-        if isinstance(value, Mapping):
-            out.update({f"{key}.{k}": v for k, v in flatten(value).items()})
-        else:
-            out[str(key)] = value
-    return out
+    """{"a": {"b": x}} -> {"a.b": x} (nnx pure dicts have string keys; layers are stacked, not listed)."""
+    return traverse_util.flatten_dict(dict(params), sep=".")
 
 
 def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-    out: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
+    return traverse_util.unflatten_dict(dict(flat), sep=".")
 
 
 def _to_numpy(state_dict: Mapping) -> dict[str, np.ndarray]:
@@ -227,28 +220,26 @@ def _weight_files(hf_dir: Path) -> list[Path]:
 
 
 def convert_hf_checkpoint(
-    hf_dir: str | os.PathLike, out_dir: str | os.PathLike, overrides: Sequence[str] = ()
+    hf_dir: str | os.PathLike, out_dir: str | os.PathLike, overrides: Sequence[str] = (),
+    tokenizer: str | None = None,
 ) -> ModelConfig:
     """HF directory -> `out_dir` with model.yaml, params/ (orbax) and conversion.json, written to a
-    temporary sibling first and renamed into place, so a failed conversion leaves nothing behind."""
+    temporary sibling first and renamed into place, so a failed conversion leaves nothing behind.
+
+    The tokenizer (for `chinchax generate`/`eval` on the result): `tokenizer` ('byte' or a SentencePiece
+    .model path, copied in), else the HF directory's own SentencePiece `tokenizer.model` (T5, LLaMA) if it has
+    one; recorded in conversion.json (GPT-2's BPE and BERT's WordPiece are not read by chinchax)."""
     import orbax.checkpoint as ocp
     import yaml
 
     from chinchax.configlib import load_config
 
-    out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise UserError(f"output directory {out_dir} exists and is not empty; choose a new one")
-    # Config first: an unsupported model or a bad override fails before gigabytes of weights are read.
-    hf_config = read_hf_config(hf_dir)
-    base = dataclasses.asdict(config_from_hf(hf_config))
-    cfg = load_config(ModelConfig, base, list(overrides)) if overrides else ModelConfig(**base).validate()
-    params, unused = params_from_hf(cfg, hf_config.model_type, read_hf_weights(hf_dir), source=str(hf_dir))
-
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with new_dir_atomic(out_dir) as tmp:  # a failed conversion leaves nothing behind
+        # Config first: an unsupported model or a bad override fails before gigabytes of weights are read.
+        hf_config = read_hf_config(hf_dir)
+        base = dataclasses.asdict(config_from_hf(hf_config))
+        cfg = load_config(ModelConfig, base, list(overrides)) if overrides else ModelConfig(**base).validate()
+        params, unused = params_from_hf(cfg, hf_config.model_type, read_hf_weights(hf_dir), source=str(hf_dir))
         (tmp / "model.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(tmp / "params", params)
@@ -256,15 +247,31 @@ def convert_hf_checkpoint(
         n_params = int(sum(np.size(v) for v in flatten(params).values()))
         info = {"source": str(Path(hf_dir).absolute()), "model_type": hf_config.model_type,
                 "architectures": getattr(hf_config, "architectures", None), "n_params": n_params,
-                "unused_hf_keys": unused}  # fmt: skip
-        (tmp / "conversion.json").write_text(json.dumps(info, indent=2, allow_nan=False) + "\n")
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                "unused_hf_keys": unused, "tokenizer": _copy_tokenizer(hf_dir, tmp, tokenizer)}  # fmt: skip
+        (tmp / "conversion.json").write_text(jsonio.dumps(info, indent=2) + "\n")
     return cfg
+
+
+def _copy_tokenizer(hf_dir: str | os.PathLike, out_dir: Path, spec: str | None) -> str | None:
+    """The tokenizer spec to record: 'byte', or TOKENIZER_FILE (a SentencePiece model copied into out_dir)."""
+    if spec in ("byte", "bytes"):
+        return "byte"
+    source = Path(spec[len("spm:"):] if spec.startswith("spm:") else spec) if spec else Path(hf_dir) / TOKENIZER_FILE
+    if not source.is_file():
+        if spec:
+            raise UserError(f"--tokenizer {spec!r}: no such file; pass 'byte' or a SentencePiece .model file")
+        return None
+    shutil.copyfile(source, out_dir / TOKENIZER_FILE)
+    return TOKENIZER_FILE
+
+
+def converted_tokenizer(out_dir: str | os.PathLike) -> str | None:
+    """The tokenizer spec (for chinchax.data.tokenizers.load_tokenizer) of a converted directory, or None."""
+    record = Path(out_dir) / "conversion.json"
+    recorded = json.loads(record.read_text()).get("tokenizer") if record.is_file() else None
+    if recorded == TOKENIZER_FILE:
+        return f"spm:{Path(out_dir).absolute() / TOKENIZER_FILE}"
+    return recorded
 
 
 def load_converted(out_dir: str | os.PathLike) -> tuple[ModelConfig, dict]:
@@ -281,67 +288,3 @@ def load_converted(out_dir: str | os.PathLike) -> tuple[ModelConfig, dict]:
     target = unflatten({k: jax.ShapeDtypeStruct(s, np.float32) for k, s in param_shapes(cfg).items()})
     params = ocp.StandardCheckpointer().restore(out_dir / "params", target)
     return cfg, jax.tree.map(np.asarray, params)
-
-
-# --- CLI ----------------------------------------------------------------------------------------------
-
-
-def register_convert(subparsers) -> None:
-    """Adds `convert` (HF -> chinchax) and `export-hf` (chinchax -> HF) to the `chinchax model`
-    subcommands (called from chinchax.model.cli)."""
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert a local Hugging Face checkpoint into a chinchax model directory",
-        description="Convert a Hugging Face checkpoint on disk (config.json + model.safetensors or "
-        f"pytorch_model.bin; families: {', '.join(sorted(FAMILIES))}) into OUT_DIR: model.yaml (the "
-        "chinchax model config), params/ (orbax checkpoint of the parameters) and conversion.json. "
-        "Needs torch and transformers; nothing is downloaded.",
-    )
-    parser.add_argument("hf_dir", help="directory a HF model was saved to with save_pretrained")
-    parser.add_argument("out_dir", help="new (or empty) directory for the chinchax model")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        help="model config changes the weights do not fix, e.g. max_len=4096 dropout=0.0",
-    )
-    parser.set_defaults(handler=_convert_handler)
-
-    export = subparsers.add_parser(
-        "export-hf",
-        help="write a converted chinchax model as a Hugging Face checkpoint",
-        description="Write MODEL_DIR (model.yaml + params/, as `chinchax model convert` makes them) as a "
-        "Hugging Face directory (config.json + model.safetensors) that transformers' from_pretrained "
-        "loads. The family defaults to the one recorded in MODEL_DIR/conversion.json.",
-    )
-    export.add_argument("model_dir", help="directory with model.yaml and params/")
-    export.add_argument("out_dir", help="new (or empty) directory for the HF checkpoint")
-    export.add_argument("--family", choices=sorted(FAMILIES), help="HF model_type to write")
-    export.set_defaults(handler=_export_handler)
-
-
-def _convert_handler(args) -> int:
-    from chinchax.model.counting import count_params
-
-    cfg = convert_hf_checkpoint(args.hf_dir, args.out_dir, args.overrides)
-    counts = count_params(cfg)
-    print(
-        f"converted {args.hf_dir} -> {args.out_dir}: {cfg.variant} '{cfg.name}', {counts.total:,} parameters"
-    )
-    return 0
-
-
-def _export_handler(args) -> int:
-    from chinchax.model.convert.hf_export import export_hf_checkpoint
-
-    model_type = args.family
-    record = Path(args.model_dir) / "conversion.json"
-    if model_type is None and record.is_file():
-        model_type = json.loads(record.read_text()).get("model_type")
-    if model_type is None:
-        raise UserError(
-            f"{args.model_dir} records no HF family; pass --family ({', '.join(sorted(FAMILIES))})"
-        )
-    cfg, params = load_converted(args.model_dir)
-    export_hf_checkpoint(cfg, params, model_type, args.out_dir)
-    print(f"exported '{cfg.name}' -> {args.out_dir} as HF {model_type}")
-    return 0

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from chinchax.errors import UserError
+from chinchax.fileio import new_dir_atomic
 from chinchax.model.config import ModelConfig
 
 ARCHITECTURES = {
@@ -137,24 +137,13 @@ def export_hf_checkpoint(
 
     from chinchax.model.convert.hf import family, params_to_hf
 
-    out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise UserError(f"output directory {out_dir} exists and is not empty; choose a new one")
     hf_config = hf_config_for(cfg, model_type)
     state_dict = params_to_hf(cfg, model_type, params)
     for tied in family(model_type).weights(cfg).ties:
         state_dict.pop(tied, None)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with new_dir_atomic(out_dir) as tmp:
         hf_config.save_pretrained(tmp)
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in state_dict.items()},
                   tmp / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out_dir = Path(out_dir).absolute()
     return out_dir
