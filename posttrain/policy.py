@@ -105,9 +105,11 @@ def to_device(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
 
 
 def generate_rows(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float, seed: int):
-    """Sample one completion per prompt; returns (texts, rows): `rows` are `encode_sequences`-style arrays of
-    exactly the sampled tokens ([bos] + prompt + completion, EOS only if it was sampled), right-padded to
-    a fixed width (so every rollout batch has one shape)."""
+    """Sample one completion per prompt; returns (texts, rows, scored): `rows` are `encode_sequences`-style
+    arrays of exactly the sampled tokens ([bos] + prompt + completion, EOS only if it was sampled) and
+    `scored` the same rows ending in EOS as a reward model reads them (it was trained on rows with EOS), both
+    right-padded to a fixed width so every rollout batch has one shape. A reward model of the same tokenizer
+    reads the sampled ids, not a re-encoding of the decoded text (which differs for special or invalid bytes)."""
     from chinchax.model.decoding import SamplingConfig, generate
 
     if model.cfg.variant != "decoder_only":
@@ -121,23 +123,27 @@ def generate_rows(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: i
     )
     result = generate(model, [[tokenizer.bos_id, *i] for i in ids], sampling, pad_id=tokenizer.pad_id)
     gens = result.as_lists()
-    width = max(len(i) for i in ids) + 1 + max_new_tokens
-    B = len(prompts)
+    width = max(len(i) for i in ids) + 2 + max_new_tokens
+    texts = [tokenizer.decode([t for t in g if t != tokenizer.eos_id]) for g in gens]
+    ended = [g if g and g[-1] == tokenizer.eos_id else [*g, tokenizer.eos_id] for g in gens]
+    return texts, _rows(tokenizer, ids, gens, width), _rows(tokenizer, ids, ended, width)
+
+
+def _rows(tokenizer, prompt_ids, completions, width: int) -> dict[str, np.ndarray]:
+    B = len(prompt_ids)
     rows = {
         "tokens": np.zeros((B, width), np.int32),
         "segments": np.zeros((B, width), np.int32),
         "completion": np.zeros((B, width), np.float32),
         "last": np.zeros((B,), np.int32),
     }
-    texts = []
-    for b, (p, g) in enumerate(zip(ids, gens, strict=True)):
+    for b, (p, g) in enumerate(zip(prompt_ids, completions, strict=True)):
         row = [tokenizer.bos_id, *p, *g]
         rows["tokens"][b, : len(row)] = row
         rows["segments"][b, : len(row)] = 1
         rows["completion"][b, len(p) + 1 : len(row)] = 1.0
         rows["last"][b] = len(row) - 1
-        texts.append(tokenizer.decode([t for t in g if t != tokenizer.eos_id]))
-    return texts, rows
+    return rows
 
 
 @partial(jax.jit, static_argnums=0)

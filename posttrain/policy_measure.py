@@ -36,7 +36,7 @@ def measure(
 ) -> dict:
     from chinchax.posttrain import reward
 
-    texts, rows = policy.generate_rows(
+    texts, rows, scored = policy.generate_rows(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
     )
     kl = sequence_kl(model, ref_model, rows)
@@ -50,5 +50,6 @@ def measure(
     }
     out["d"] = math.sqrt(max(out["kl"], 0.0))
     if proxy is not None:
-        out["proxy"] = float(reward.score_texts(proxy.model, proxy.tokenizer, prompts, texts, max_len=proxy.max_len).mean())
+        policy.check_same_vocabulary(tokenizer, proxy.tokenizer, what="proxy reward model")
+        out["proxy"] = float(reward.score_encoded(proxy.model, scored, batch_size=len(prompts)).mean())
     return out

@@ -119,6 +119,12 @@ def calibration(p_chosen: np.ndarray, bins: int = 10) -> dict:
 
 def score_encoded(model: RewardModel, encoded: dict, batch_size: int = 64) -> np.ndarray:
     """Scores of every row of `encode_sequences`-style arrays, in batches of a fixed size (one compile)."""
+    width = encoded["tokens"].shape[1]
+    if model.cfg.position == "learned" and width > model.cfg.max_len:
+        raise UserError(
+            f"rows of {width} tokens are longer than the reward model's learned position table "
+            f"(model.max_len={model.cfg.max_len}); train it with a larger model.max_len or shorten the completions"
+        )
     graphdef, state = nnx.split(model)
     fn = jax.jit(lambda state, batch: nnx.merge(graphdef, state)(batch))
     n = encoded["tokens"].shape[0]
