@@ -38,15 +38,25 @@ def register(subparsers) -> None:
             "target given an input, computed the natural way for the model's variant. --task: a JSONL task "
             "(context/choices/label or prompt/references) or tfds:super_glue/copa, tfds:hellaswag, tfds:piqa "
             "when prepared; multiple choice by log-likelihood (acc, acc_norm), generation by ROUGE and BLEU. "
-            "Results are merged into RUN_DIR/eval.json. Several run directories are evaluated one after the "
-            "other on the same examples (a run that cannot be loaded is reported and skipped)."
+            "Results are merged into RUN_DIR/eval.json. Several run directories, or a sweep directory (its runs/*), "
+            "are evaluated one after the other on the same examples (a run that cannot be loaded is reported and "
+            "skipped). --shots 0,1,4,16 scores every k; with several runs or several k the in-context-learning "
+            "table (icl.csv, icl.json) and plots against N and compute, one line per k, go to --out. --cot arith "
+            "compares chain-of-thought, self-consistency and direct answering. lm-evaluation-harness: "
+            "`python -m chinchax.evaluation.lm_eval_main --model chinchax --model_args run=RUN_DIR ...`."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ev.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                    help="run directories written by `chinchax train` (several: e.g. every run of a sweep)")
+                    help="run directories written by `chinchax train`, converted checkpoints, or a sweep directory")
     ev.add_argument("--task", action="append", default=[], help="JSONL file or tfds:NAME (repeatable)")
-    ev.add_argument("--shots", type=int, default=0, help="k-shot examples from the task's train split")
+    ev.add_argument("--shots", type=_shots, default=[0], help="k-shot examples from the task's train split: k or k1,k2,...")
+    ev.add_argument("--cot", action="append", default=[], metavar="TASK",
+                    help="chain-of-thought vs direct answering: 'arith[:N]' (built in) or a question/answer/rationale JSONL")
+    ev.add_argument("--cot-samples", type=int, default=5, help="--cot: sampled rationales for the majority vote")
+    ev.add_argument("--cot-temperature", type=float, default=0.7, help="--cot: sampling temperature of those")
+    ev.add_argument("--out", default=None, help="where the ICL table and plots go (default: SWEEP_DIR/icl or "
+                    "the first run's parent/icl)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each task")
     ev.add_argument("--seed", type=int, default=0, help="which shots are drawn")
     ev.add_argument("--loss", action="store_true", help="validation loss on the run's fixed eval batches")
@@ -58,6 +68,16 @@ def register(subparsers) -> None:
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--data-dir", default=None, help="where TFDS tasks are prepared")
     ev.set_defaults(handler=_eval)
+
+
+def _shots(text: str) -> list[int]:
+    try:
+        shots = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shots {text!r}: give k or a comma list like 0,1,4,16") from None
+    if not shots or min(shots) < 0:
+        raise argparse.ArgumentTypeError(f"--shots {text!r}: every k must be >= 0")
+    return list(dict.fromkeys(shots))
 
 
 def _generate(args) -> int:
@@ -86,24 +106,32 @@ def _generate(args) -> int:
 
 def _eval(args) -> int:
     import sys
+    from pathlib import Path
 
     from chinchax.errors import UserError
+    from chinchax.evaluation import icl_curves
     from chinchax.evaluation import results as results_lib
+    from chinchax.evaluation.chain_of_thought import load_cot_task
     from chinchax.evaluation.run_loading import load_run
     from chinchax.evaluation.tasks import load_task
     from chinchax.sharding import model_context
 
-    if not (args.task or args.loss or args.conditional):
-        raise UserError("nothing to evaluate: pass --loss, --conditional and/or --task FILE.jsonl|tfds:NAME")
-    if args.shots < 0:
-        raise UserError(f"--shots={args.shots} must be >= 0")
-    tasks = [load_task(spec, data_dir=args.data_dir) for spec in args.task]  # bad specs fail before any run
-    failed = []
-    for run_dir in args.run_dirs:
+    if not (args.task or args.loss or args.conditional or args.cot):
+        raise UserError("nothing to evaluate: pass --loss, --conditional, --task FILE.jsonl|tfds:NAME and/or --cot arith")
+    if args.cot_samples < 0:
+        raise UserError(f"--cot-samples={args.cot_samples} must be >= 0")
+    # bad task specs and impossible --shots fail before any model is loaded
+    tasks = [load_task(spec, data_dir=args.data_dir) for spec in args.task]
+    tasks += [load_cot_task(spec, seed=args.seed) for spec in args.cot]
+    for task in tasks:
+        _check_shots(task, max(args.shots), args.limit)
+    run_dirs, sweep = icl_curves.expand_run_dirs(args.run_dirs)
+    failed, rows = [], []
+    for run_dir in run_dirs:
         try:
             run = load_run(run_dir)
         except UserError as e:
-            if len(args.run_dirs) == 1:
+            if len(run_dirs) == 1:
                 raise
             print(f"chinchax eval: skipping {run_dir}: {e}", file=sys.stderr)
             failed.append(run_dir)
@@ -115,13 +143,36 @@ def _eval(args) -> int:
             if args.conditional:
                 measured["conditional"] = _conditional(run, args)
             for task in tasks:
-                measured[f"{task.name}/{args.shots}shot"] = _task(run, task, args)
+                for k in args.shots:
+                    key = f"{task.name}/cot/{k}shot" if task.kind == "cot" else f"{task.name}/{k}shot"
+                    measured[key] = _task(run, task, args, k)
+        scale = icl_curves.run_scale(run.run_dir, run.model.cfg)
         for key, metrics in measured.items():
             results_lib.record(run.run_dir, run.step, key, metrics)
-            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items() if k != "samples"}
+            if "task" in metrics:
+                rows += icl_curves.rows_for(run.run_dir.name, scale, metrics)
+            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()
+                     if k not in ("samples", "examples_shown") or not isinstance(v, list)}
             print(f"{run.run_dir.name} {key}: {jsonio.dumps(shown)}")
         print(f"-> {run.run_dir / results_lib.EVAL_FILE} (step {run.step})")
+    if rows and (len(run_dirs) > 1 or len(args.shots) > 1 or sweep is not None):
+        out = Path(args.out) if args.out else (sweep / "icl" if sweep else Path(run_dirs[0]).parent / "icl")
+        table = icl_curves.write_table(rows, out)
+        plots = icl_curves.plot(rows, out)
+        print(f"-> {table[0]}, {table[1]}" + "".join(f", {p.name}" for p in plots))
     return 2 if failed else 0
+
+
+def _check_shots(task, k: int, limit: int | None) -> None:
+    """--shots larger than the pool is an error before any model loads (the per-question pool is the whole
+    shot split, less the question itself when shots come from the scored split)."""
+    from chinchax.errors import UserError
+
+    pool = len(task.shots) - (1 if task.shots_are_examples else 0)
+    if k > pool:
+        raise UserError(f"--shots {k} is larger than task {task.name!r}'s pool of {pool} solved examples to draw "
+                        f"from{' (the question itself excluded)' if task.shots_are_examples else ''}; lower --shots "
+                        "or give more examples (a <name>.train.jsonl beside the task file)")
 
 
 def _validation(run) -> dict:
@@ -155,18 +206,21 @@ def _conditional(run, args) -> dict:
     return {**out, "input_len": args.input_len, "target_len": args.target_len, "split": run.config.data.eval_split}
 
 
-def _task(run, task, args) -> dict:
+def _task(run, task, args, shots: int) -> dict:
+    from chinchax.evaluation.chain_of_thought import evaluate_cot
     from chinchax.evaluation.generation_tasks import evaluate_generation
     from chinchax.evaluation.multiple_choice import evaluate_multiple_choice
     from chinchax.model.decoding import SamplingConfig
 
     if task.kind == "multiple_choice":
-        metrics = evaluate_multiple_choice(
-            _scorer(run, args.batch_size), run.tokenizer, task, shots=args.shots, seed=args.seed, limit=args.limit
+        return evaluate_multiple_choice(
+            _scorer(run, args.batch_size), run.tokenizer, task, shots=shots, seed=args.seed, limit=args.limit
         )
-    else:
-        metrics = evaluate_generation(
-            run.model, run.tokenizer, task, SamplingConfig(max_new_tokens=args.max_new_tokens),
-            shots=args.shots, seed=args.seed, limit=args.limit,
-        )
-    return metrics
+    if task.kind == "cot":
+        return evaluate_cot(run.model, run.tokenizer, task, shots=shots, seed=args.seed, samples=args.cot_samples,
+                            temperature=args.cot_temperature, max_new_tokens=args.max_new_tokens, limit=args.limit,
+                            batch_size=min(args.batch_size, 8))
+    return evaluate_generation(
+        run.model, run.tokenizer, task, SamplingConfig(max_new_tokens=args.max_new_tokens),
+        shots=shots, seed=args.seed, limit=args.limit,
+    )

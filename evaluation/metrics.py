@@ -38,13 +38,18 @@ def rouge(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> di
     return out
 
 
-def bleu(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
+def bleu(predictions: Sequence[str], references: Sequence[Sequence[str]], n_bootstrap: int = 1000) -> dict:
     """Corpus BLEU (sacrebleu defaults: 13a tokenizer, exponential smoothing off). Examples with fewer
     references than the most have their first one repeated (duplicates change neither the clipped
-    n-gram counts nor the closest reference length)."""
-    import sacrebleu
+    n-gram counts nor the closest reference length). Its standard error is sacrebleu's bootstrap (resampled
+    sentences, SACREBLEU_SEED, default 12345): the 95% interval's half-width / 1.96."""
+    from sacrebleu.metrics import BLEU
 
     width = max(len(r) for r in references)
     streams = [[refs[i] if i < len(refs) else refs[0] for refs in references] for i in range(width)]
-    result = sacrebleu.corpus_bleu(list(predictions), streams)
-    return {"bleu": float(result.score), "bleu_brevity_penalty": float(result.bp)}
+    result = BLEU().corpus_score(list(predictions), streams)
+    out = {"bleu": float(result.score), "bleu_brevity_penalty": float(result.bp)}
+    if n_bootstrap and len(predictions) > 1:
+        boot = BLEU().corpus_score(list(predictions), streams, n_bootstrap=n_bootstrap)
+        out["bleu_stderr"] = float(boot._ci) / 1.96  # sacrebleu keeps the interval only in this attribute
+    return out

@@ -35,25 +35,29 @@ def encode_pair(tokenizer, context: str, continuation: str, variant: str) -> tup
     return whole[: len(context_ids)], whole[len(context_ids):]
 
 
-def truncation(scorer, pairs) -> tuple[int, int]:
-    """(pairs whose context the scorer will cut, most tokens cut from one): the Scorer keeps the last tokens."""
+def dropped_tokens(scorer, pairs) -> list[int]:
+    """Tokens the scorer will cut from each pair's context (it keeps the last ones)."""
     max_len = getattr(scorer, "max_len", None)
     if max_len is None:
-        return 0, 0
+        return [0] * len(pairs)
     joint = getattr(getattr(scorer, "cfg", None), "variant", "decoder_only") != "encoder_decoder"
-    dropped = [max(0, len(c) + len(x) - max_len) if joint else max(0, len(c) - max_len) for c, x in pairs]
-    return sum(d > 0 for d in dropped), max(dropped, default=0)
+    return [max(0, len(c) + len(x) - max_len) if joint else max(0, len(c) - max_len) for c, x in pairs]
 
 
-def score_pairs(scorer, tokenizer, texts: list[tuple[str, str]], *, name: str = "requests"):
-    """Scores of (context, continuation) strings; announces and counts truncated contexts."""
+def score_pairs(scorer, tokenizer, texts: list[tuple[str, str]], *, name: str = "requests",
+                prompt_of: list[int] | None = None):
+    """Scores of (context, continuation) strings; announces and counts truncated prompts (`prompt_of`: the
+    prompt each pair belongs to, so a question with 4 choices counts once)."""
     variant = getattr(getattr(scorer, "cfg", None), "variant", "decoder_only")
     pairs = [encode_pair(tokenizer, c, x, variant) for c, x in texts]
     for i, (_, continuation) in enumerate(pairs):
         if not continuation:
             raise UserError(f"{name}: continuation {texts[i][1]!r} is empty after tokenization; nothing to score")
-    n_cut, most = truncation(scorer, pairs)
-    note = fewshot.report_truncation(name, n_cut, len(pairs), most, getattr(scorer, "max_len", 0))
+    dropped = dropped_tokens(scorer, pairs)
+    prompt_of = list(range(len(pairs))) if prompt_of is None else prompt_of
+    n_cut = len({p for p, d in zip(prompt_of, dropped, strict=True) if d})
+    note = fewshot.report_truncation(name, n_cut, len(set(prompt_of)), max(dropped, default=0),
+                                     getattr(scorer, "max_len", 0))
     return scorer.score(pairs), note
 
 
@@ -63,8 +67,11 @@ def evaluate_multiple_choice(scorer, tokenizer, task: Task, *, shots: int = 0, s
         raise UserError(f"task {task.name!r} is a {task.kind} task, not multiple choice")
     examples = list(task.examples)[:limit] if limit else list(task.examples)
     contexts = fewshot.prompts(Task(task.name, task.kind, examples, task.shots, task.shots_are_examples), shots, seed)
-    texts = [(context, choice) for example, context in zip(examples, contexts, strict=True) for choice in example.choices]
-    scores, note = score_pairs(scorer, tokenizer, texts, name=task.name)
+    texts, prompt_of = [], []
+    for i, (example, context) in enumerate(zip(examples, contexts, strict=True)):
+        texts += [(context, choice) for choice in example.choices]
+        prompt_of += [i] * len(example.choices)
+    scores, note = score_pairs(scorer, tokenizer, texts, name=task.name, prompt_of=prompt_of)
     correct = {"acc": [], "acc_norm": [], "acc_bytes": [], "acc_per_token": []}
     start = 0
     for example in examples:

@@ -50,9 +50,11 @@ class Task:
 
 def _parse(record: dict, where: str):
     if "choices" in record:
-        for key in ("context", "label"):
-            if key not in record:
-                raise UserError(f"{where}: a multiple-choice record needs 'context', 'choices' and 'label'; '{key}' is missing")
+        if "label" not in record or record["label"] is None:
+            raise UserError(f"{where}: the record has no gold answer ('label' is missing); a multiple-choice record "
+                            "needs 'context', 'choices' and 'label' (the index of the right choice)")
+        if "context" not in record:
+            raise UserError(f"{where}: a multiple-choice record needs 'context', 'choices' and 'label'; 'context' is missing")
         choices = tuple(str(c) for c in record["choices"])
         label = record["label"]
         if not isinstance(label, int) or not 0 <= label < len(choices):
@@ -63,12 +65,14 @@ def _parse(record: dict, where: str):
     if "prompt" in record or "references" in record or "reference" in record:
         refs = record.get("references", record.get("reference"))
         refs = (refs,) if isinstance(refs, str) else tuple(str(r) for r in (refs or ()))
-        if "prompt" not in record or not refs:
+        if "prompt" not in record:
             raise UserError(f"{where}: a generation record needs 'prompt' and 'references' (or 'reference')")
+        if not refs:
+            raise UserError(f"{where}: the record has no gold answer: give 'references' (a list) or 'reference'")
         return GenerationExample(str(record["prompt"]), refs)
     raise UserError(
         f"{where}: unknown record with keys {sorted(record)}; use context/choices/label (multiple choice) "
-        "or prompt/references (generation)"
+        "or prompt/references (generation); question/answer/rationale records are chain-of-thought tasks (--cot FILE)"
     )
 
 

@@ -46,10 +46,11 @@ def test_jsonl_task_with_a_train_sibling_and_without(tmp_path):
     "record,match",
     [
         ({"context": "c", "choices": ["a", "b"], "label": 2}, "label"),
-        ({"context": "c", "choices": ["a", "b"]}, "'label' is missing"),
+        ({"context": "c", "choices": ["a", "b"]}, "no gold answer"),
         ({"context": "c", "choices": ["a"], "label": 0}, "at least 2"),
         ({"question": "c"}, "unknown record"),
-        ({"prompt": "p"}, "references"),
+        ({"prompt": "p"}, "no gold answer"),
+        ({"prompt": "p", "references": []}, "no gold answer"),
     ],
 )
 def test_bad_task_records_are_user_errors(tmp_path, record, match):
