@@ -93,7 +93,8 @@ def apply_gradients(state: dict, grads, lr, tx):
     """The trainer's update: AdamW direction at a unit rate times this step's learning rate."""
     direction, opt_state = tx.update(grads, state["opt_state"], state["params"])
     updates = jax.tree.map(lambda u: u * lr.astype(u.dtype), direction)
-    new = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
+    new = {**state, "step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+           "opt_state": opt_state}
     return new, optax.tree.norm(grads)
 
 
@@ -110,15 +111,17 @@ def run_loop(
     tag: str,
     evaluate: Callable[[int, Any], dict] | None = None,
     eval_steps: frozenset[int] = frozenset(),
+    extra_state: dict | None = None,
 ) -> tuple[dict, list[dict]]:
     """Train (or resume) to `len(lr_by_step)` steps; returns (final state, metrics rows of this run dir).
-    `evaluate(step, params)` runs after the steps in `eval_steps`; its dict is logged as an eval row."""
+    `evaluate(step, params)` runs after the steps in `eval_steps`; its dict is logged as an eval row.
+    `extra_state`: more arrays carried (and checkpointed) in the state, e.g. PPO's adaptive KL coefficient."""
     from chinchax.train import runlock
     from chinchax.train.checkpoint import Checkpointer
     from chinchax.train.metrics import MetricsLogger
 
     total = len(lr_by_step)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), **(extra_state or {})}
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     digest = config_hash(config)
     with runlock.hold(run_dir):

@@ -148,7 +148,8 @@ def rlhf_token_rewards(score_B, logp_BT, ref_logp_BT, mask_BT, *, kl_coef, estim
     (Ziegler et al. 2019; trl's PPO)."""
     kl_BT = kl_estimate(logp_BT, ref_logp_BT, estimator) * mask_BT
     rewards_BT = -kl_coef * kl_BT
-    last_B = jnp.maximum(jnp.sum(mask_BT, axis=1).astype(jnp.int32) - 1, 0)
+    T = mask_BT.shape[1]
+    last_B = T - 1 - jnp.argmax(mask_BT[:, ::-1] > 0, axis=1)  # the last completion token (after any prompt)
     rewards_BT = rewards_BT.at[jnp.arange(score_B.shape[0]), last_B].add(score_B)
     return rewards_BT, kl_BT
 
@@ -172,6 +173,12 @@ def check_kl_coef(kl_coef: float) -> float:
             f"kl_coef={kl_coef} must be a finite number >= 0 (0 = no KL penalty to the reference policy)"
         )
     return float(kl_coef)
+
+
+def adaptive_kl_coef(coef, kl, *, target: float, horizon: int, n_steps: int):
+    """One update of Ziegler et al.'s controller (AdaptiveKLController.update), traceable under jit."""
+    error = jnp.clip(kl / target - 1.0, -0.2, 0.2)
+    return coef * (1.0 + error * n_steps / horizon)
 
 
 class AdaptiveKLController:

@@ -1,0 +1,145 @@
+"""`chinchax finetune` through the pretraining trainer: every method trains, leaves the base frozen where
+it should, writes a run dir of the trainer's shape plus merged/ (whose loss is the run's eval loss), resumes
+bitwise; bad settings fail with errors that name the key and the fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from chinchax.configlib import load_config
+from chinchax.data.pipeline import register_memory_source
+from chinchax.errors import UserError
+from chinchax.model.convert.hf import flatten
+from chinchax.posttrain.finetune import FinetuneConfig, finetune
+from chinchax.train.checkpoint import load_numpy_state
+from chinchax.train.config import ExperimentConfig
+from chinchax.train.trainer import train
+
+BASE_TEXT = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" * 3 for i in range(60)]
+# A fine-tuning task the base has never seen: one repeated sentence, easy to learn in a few steps.
+TASK_TEXT = ["the quick brown fox jumps over the lazy dog. " * 4 for _ in range(40)]
+BASE_SRC = register_memory_source("ft-base", {"train": BASE_TEXT[:50], "validation": BASE_TEXT[50:]})
+TASK_SRC = register_memory_source("ft-task", {"train": TASK_TEXT[:30], "validation": TASK_TEXT[30:]})
+COMMON = ["data.seq_len=32", "data.eval_batches=2", "trainer.batch_size=4", "trainer.progress_bar=false",
+          "trainer.log_every=1", "optimizer.warmup_steps=0", "optimizer.schedule=constant"]
+
+
+def _ft_cfg(run_dir, *extra):
+    return load_config(FinetuneConfig, None, [*COMMON, f"data.source={TASK_SRC}", "trainer.steps=4",
+                                               "optimizer.learning_rate=0.01", f"trainer.run_dir={run_dir}", *extra])
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "base"
+    cfg = load_config(ExperimentConfig, "experiments/tiny.yaml", [
+        *COMMON, f"data.source={BASE_SRC}", "model.d_model=32", "model.n_layers=2", "model.n_heads=4",
+        "model.d_ff=64", "model.max_len=64", "trainer.steps=4", f"trainer.run_dir={out}"])
+    train(cfg)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(base_dir):
+    out = {}
+    for method in ("full", "lora", "qlora", "prompt_tuning"):
+        run_dir = base_dir.parent / method
+        result = finetune(base_dir, _ft_cfg(run_dir, f"finetune.method={method}", "finetune.lora.targets=[attention,mlp]",
+                                            "finetune.qlora.group_size=32", "finetune.prompt.length=4"))
+        out[method] = (run_dir, result)
+    return out
+
+
+def _base_flat(base_dir):
+    step = max(int(p.name) for p in (base_dir / "checkpoints").iterdir() if p.name.isdigit())
+    return flatten(load_numpy_state(base_dir / "checkpoints" / str(step))["params"])
+
+
+def test_methods_train_and_keep_the_base_frozen(base_dir, runs):
+    base = _base_flat(base_dir)
+    n_base = sum(v.size for v in base.values())
+    for method, (run_dir, result) in runs.items():
+        info = result["finetune"]
+        assert json.loads((run_dir / "run.json").read_text())["finetune"]["method"] == method
+        assert (run_dir / "metrics.jsonl").is_file() and (run_dir / "config.yaml").is_file()
+        assert result["n_params"] == n_base  # X of the fine-tuning law: the base's size
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses = [r["loss"] for r in rows if "loss" in r]
+        assert losses[-1] < losses[0], (method, losses)  # it learns the new task
+        state = load_numpy_state(run_dir / "checkpoints" / "4")["params"]
+        if method == "full":
+            assert info["n_params_trainable"] == n_base
+            assert not np.array_equal(flatten(state["trainable"])["decoder.blocks.mlp.wi_DF"], base["decoder.blocks.mlp.wi_DF"])
+            continue
+        frozen = flatten(state["frozen"]["base"])
+        for key, value in frozen.items():  # the frozen part is bit for bit the base
+            np.testing.assert_array_equal(value, base[key], err_msg=f"{method}: {key}")
+    # LoRA: r·(in + out) per adapted kernel per layer: q k v o (32 in, 32 out), wi (32, 64), wo (64, 32)
+    assert runs["lora"][1]["finetune"]["n_params_trainable"] == 2 * 8 * (4 * 64 + 2 * 96)
+    assert runs["prompt_tuning"][1]["finetune"]["n_params_trainable"] == 4 * 32
+    # QLoRA's frozen kernels are NF4: everything else in the frozen part is the same as LoRA's
+    assert runs["qlora"][1]["finetune"]["frozen_base_bytes"] < 0.6 * runs["lora"][1]["finetune"]["frozen_base_bytes"]
+
+
+def test_merged_model_has_the_runs_eval_loss(runs):
+    from chinchax.data.pipeline import eval_batches
+    from chinchax.data.tokenizers import load_tokenizer
+    from chinchax.evaluation.losses import validation_loss
+    from chinchax.model.convert.hf import load_converted, model_from_params
+
+    for method in ("lora", "qlora", "full"):
+        run_dir, result = runs[method]
+        cfg, params = load_converted(run_dir / "merged")
+        model = model_from_params(cfg, params)
+        model.eval()
+        data = _ft_cfg(run_dir).data
+        batches = eval_batches(data, load_tokenizer(data.tokenizer), global_batch_size=4, variant=cfg.variant)
+        loss = validation_loss(model, batches)["loss"]
+        np.testing.assert_allclose(loss, result["eval_loss"], rtol=2e-6, err_msg=method)
+
+
+@pytest.mark.slow
+def test_lora_resume_is_bitwise(base_dir, runs, tmp_path):
+    """4 steps with a checkpoint at 2, the step-4 checkpoint removed (a kill after step 2), re-run: the
+    same adapters and optimizer state as the uninterrupted run."""
+    run_dir = tmp_path / "resumed"
+    args = ["finetune.method=lora", "finetune.lora.targets=[attention,mlp]", "trainer.checkpoint_every=2"]
+    finetune(base_dir, _ft_cfg(run_dir, *args))
+    shutil.rmtree(run_dir / "checkpoints" / "4")
+    (run_dir / "run.json").unlink()
+    finetune(base_dir, _ft_cfg(run_dir, *args))
+    import jax
+
+    resumed = jax.tree_util.tree_flatten_with_path(load_numpy_state(run_dir / "checkpoints" / "4"))[0]
+    straight = jax.tree_util.tree_flatten_with_path(load_numpy_state(runs["lora"][0] / "checkpoints" / "4"))[0]
+    assert [p for p, _ in resumed] == [p for p, _ in straight] and len(resumed) > 10
+    for (path, a), (_, b) in zip(resumed, straight, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["finetune.lora.targets=[q,attn]"], ["finetune.lora.targets", "'attn'", "choose among"]),
+        (["finetune.lora.targets=[wi_linear]"], ["wi_linear", "remove it from finetune.lora.targets"]),
+        (["finetune.lora.rank=40"], ["finetune.lora.rank=40", "width", "<= 32"]),
+        (["finetune.lora.dropout=0.1"], ["finetune.lora.dropout", "finetune.lora.dropout=0"]),
+        (["finetune.method=adapters"], ["finetune.method", "lora"]),
+        (["data.tokenizer=spm:/nonexistent.model"], ["data.tokenizer", "Set data.tokenizer=byte"]),
+    ],
+)
+def test_bad_settings_name_the_key_and_the_fix(base_dir, tmp_path, overrides, words):
+    with pytest.raises(UserError) as e:
+        finetune(base_dir, _ft_cfg(tmp_path / "bad", "finetune.method=lora", *overrides))
+    for word in words:
+        assert word in str(e.value), (word, str(e.value))
+
+
+def test_a_changed_method_is_not_resumed(base_dir, runs):
+    run_dir = runs["lora"][0]
+    with pytest.raises(UserError, match="other finetune settings"):
+        finetune(base_dir, _ft_cfg(run_dir, "finetune.method=qlora", "finetune.lora.targets=[attention,mlp]"))
