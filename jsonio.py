@@ -33,3 +33,22 @@ def dumps(x, **kwargs) -> str:
 
 def dump(x, f, **kwargs) -> None:
     json.dump(strict(x), f, allow_nan=False, **kwargs)
+
+
+def read_jsonl(path) -> list[dict]:
+    """The rows of a JSON-lines file (metrics.jsonl), local or gs://; [] when it does not exist. Stops at
+    a line cut short by a kill: everything after it is redone by the resumed run anyway."""
+    from chinchax.fileio import run_path
+
+    path = run_path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return rows

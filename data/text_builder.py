@@ -48,6 +48,7 @@ from pathlib import Path
 from chinchax import jsonio
 from chinchax.errors import UserError
 from chinchax.fileio import sha256_file as _sha256_file
+from chinchax.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -350,12 +351,6 @@ def _locked(lock_path: Path):
         f.close()
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    tmp.write_text(jsonio.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def dataset_dir(corpus_dir: Path) -> Path:
     """The TFDS version folder inside a built corpus folder."""
     return corpus_dir / BUILDER_NAME / BUILDER_VERSION
@@ -396,7 +391,7 @@ def ensure_built(spec: CorpusSpec, data_dir: str | os.PathLike, *, force: bool =
             shutil.rmtree(tmp / "downloads", ignore_errors=True)  # tfds makes it; nothing is downloaded
             manifest["num_docs"] = scan_result.num_docs
             manifest["skipped"] = scan_result.skipped
-            _write_json_atomic(tmp / "manifest.json", manifest)
+            write_text_atomic(tmp / "manifest.json", jsonio.dumps(manifest, indent=1, sort_keys=True) + "\n")
             old = parent / f".{spec.name}.old-{uuid.uuid4().hex}"
             if final.exists():
                 os.rename(final, old)

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from chinchax.errors import UserError
+from chinchax.fileio import write_bytes_atomic
 
 NUM_SENTINELS = 100
 PAD, EOS, BOS, UNK, MASK = 0, 1, 2, 3, 4
@@ -305,9 +306,7 @@ def train_sentencepiece(
         raise UserError(f"sentencepiece could not train a {vocab_size}-piece {model_type} model: {e}. "
                         f"Choose another --vocab-size (or give more text).") from None
     proto = model.getvalue()
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(proto)
-    os.replace(tmp, out_path)
+    write_bytes_atomic(out_path, proto)
     tok = SentencePieceTokenizer(proto, path=str(out_path.resolve()))
     assert (tok.mask_id, tok.sentinel_ids[0], tok.sentinel_ids[-1]) == (MASK, FIRST_SENTINEL, BYTE_OFFSET - 1)
     return tok

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import shlex
 import signal
@@ -31,6 +32,7 @@ import yaml
 from chinchax import jsonio
 from chinchax.errors import UserError
 from chinchax.fileio import files_under, is_remote, remove_tree
+from chinchax.jsonio import read_jsonl
 from chinchax.scaling.plan import Plan, PlannedRun, RaySettings, TpuSettings
 from chinchax.scaling.results import (
     FAILED_MARKER,
@@ -164,6 +166,14 @@ def runs_to_launch(plan: Plan, sweep: SweepDir, skip_failed: bool = False) -> li
     return sorted(todo, key=lambda r: bool(r.branch_of))
 
 
+def plan_work(plan: Plan, sweep: SweepDir, skip_failed: bool = False) -> tuple[list[Outcome], list[list[PlannedRun]]]:
+    """(outcomes of the runs with nothing to do, the runs to launch in phases): trunks and unbranched runs
+    first, then the WSD branches, which start from a trunk's checkpoint and so wait for every trunk."""
+    todo = runs_to_launch(plan, sweep, skip_failed)
+    skipped = [Outcome(r.run_id, "skipped") for r in plan.runs if r not in todo]
+    return skipped, [[r for r in todo if not r.branch_of], [r for r in todo if r.branch_of]]
+
+
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
@@ -200,8 +210,7 @@ def run_local(
 
 
 def _run_local(plan, sweep, parallel, max_retries, train_command, skip_failed, env, progress, launch):
-    todo = runs_to_launch(plan, sweep, skip_failed)
-    outcomes = [Outcome(r.run_id, "skipped") for r in plan.runs if r not in todo]
+    outcomes, phases = plan_work(plan, sweep, skip_failed)
     bar = _progress(len(plan.runs), f"sweep {plan.name}") if progress else None
     if bar:
         bar.update(len(outcomes))
@@ -212,8 +221,7 @@ def _run_local(plan, sweep, parallel, max_retries, train_command, skip_failed, e
         return run_with_retries(run.run_id, str(config), _dir_str(sweep.run_dir(run.run_id)),
                                 train_command, max_retries, env, launch)
 
-    # Trunks (and unbranched runs) first, then the branches that need a trunk's checkpoint.
-    for phase in ([r for r in todo if not r.branch_of], [r for r in todo if r.branch_of]):
+    for phase in phases:
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             futures = [pool.submit(train_one, r) for r in phase]
             for future in as_completed(futures):
@@ -267,10 +275,7 @@ def seed_branch(sweep: SweepDir, run: PlannedRun, plan: Plan) -> bool:
     tmp = d / f".{CHECKPOINTS}.seeding"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp / str(run.branch_step))
-    metrics = trunk_dir / "metrics.jsonl"
-    if metrics.is_file():
-        kept = [line for line in metrics.read_text().splitlines() if _step_of(line) <= run.branch_step]
-        write_atomic(d / "metrics.jsonl", "".join(line + "\n" for line in kept))
+    _copy_metrics_until(trunk_dir, d, run.branch_step)
     os.replace(tmp, d / CHECKPOINTS)  # all or nothing: a half-copied checkpoint is never seen
     write_atomic(d / BRANCH_MARKER, jsonio.dumps({"trunk": run.branch_of, "step": run.branch_step}))
     return True
@@ -288,10 +293,7 @@ def _seed_branch_remote(sweep: SweepDir, run: PlannedRun) -> bool:
         print(f"[sweep] {run.run_id}: trunk {run.branch_of} has no finished checkpoint at step "
               f"{run.branch_step}; training the branch from scratch", file=sys.stderr)
         return False
-    metrics = trunk_dir / "metrics.jsonl"
-    if metrics.is_file():
-        kept = [line for line in metrics.read_text().splitlines() if _step_of(line) <= run.branch_step]
-        write_atomic(d / "metrics.jsonl", "".join(line + "\n" for line in kept))
+    _copy_metrics_until(trunk_dir, d, run.branch_step)
     target = d / CHECKPOINTS / str(run.branch_step)
     manifest = source / CHECKPOINT_MANIFEST
     try:
@@ -308,11 +310,12 @@ def _seed_branch_remote(sweep: SweepDir, run: PlannedRun) -> bool:
     return True
 
 
-def _step_of(line: str) -> float:
-    try:
-        return json.loads(line).get("step", float("inf"))
-    except (json.JSONDecodeError, AttributeError):
-        return float("inf")
+def _copy_metrics_until(trunk_dir, branch_dir, step: int) -> None:
+    """The trunk's metrics.jsonl rows up to `step` become the branch's (the trainer drops later rows on resume
+    anyway; copying only these keeps a branch that never trains consistent)."""
+    if (trunk_dir / "metrics.jsonl").is_file():
+        kept = [row for row in read_jsonl(trunk_dir / "metrics.jsonl") if row.get("step", math.inf) <= step]
+        write_atomic(branch_dir / "metrics.jsonl", "".join(jsonio.dumps(row) + "\n" for row in kept))
 
 
 # --- ray --------------------------------------------------------------------------------------------
@@ -421,8 +424,7 @@ def run_ray(
         import ray
     except ImportError:
         raise UserError("the ray executor needs Ray: pip install 'chinchax[ray]'") from None
-    todo = runs_to_launch(plan, sweep, skip_failed)
-    outcomes = [Outcome(r.run_id, "skipped") for r in plan.runs if r not in todo]
+    outcomes, phases = plan_work(plan, sweep, skip_failed)
     started_here = not ray.is_initialized()
     if started_here:
         _ray_init(ray, settings, init_kwargs)
@@ -442,7 +444,7 @@ def run_ray(
                              list(train_command), max_retries, env)
 
     try:
-        for phase in ([r for r in todo if not r.branch_of], [r for r in todo if r.branch_of]):
+        for phase in phases:
             pending = {}  # ref -> (run, its config, tasks of this run lost so far)
             for run in phase:
                 seed_branch(sweep, run, plan)
@@ -579,93 +581,99 @@ def run_tpu(
             f"tpu.run_root={settings.run_root!r} must be a gs:// folder: every host of a slice writes there, and "
             "it must outlive the slice (set tpu.run_root=gs://BUCKET/sweeps/NAME)"
         )
-    root = settings.run_root or f"gs://YOUR_BUCKET/chinchax/{plan.name}"
-    settings_root = settings if settings.run_root else _with_root(settings, root)
-    todo = runs_to_launch(plan, sweep, skip_failed)
-    outcomes = [Outcome(r.run_id, "skipped") for r in plan.runs if r not in todo]
-    if execute is None:
-        execute = lambda cmd: subprocess.run(cmd, capture_output=True, text=True)  # noqa: E731
+    outcomes, phases = plan_work(plan, sweep, skip_failed)
+    n_todo = sum(len(p) for p in phases)
+    if not n_todo:
+        return _in_plan_order(plan, outcomes)
+    tpu = _TpuSweep(plan, sweep, settings, max_retries, dry_run, gcloud, execute, echo)
+    nodes = [node_name(settings, plan.name, i) for i in range(min(settings.nodes, n_todo))]
+    try:
+        tpu.create(nodes)
+        for phase in phases:
+            outcomes += tpu.run_phase(nodes, phase)
+    finally:
+        if settings.delete_after:
+            for node in nodes:
+                tpu.do(tpu_delete_command(tpu.settings, node, gcloud), check=False)
+    if dry_run:
+        return [Outcome(o.run_id, "planned" if o.status == "done" else o.status) for o in _in_plan_order(plan, outcomes)]
+    return _in_plan_order(plan, outcomes)
 
-    def do(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess | None:
-        echo(shlex.join(cmd))
-        if dry_run:
+
+class _TpuSweep:
+    """The steps of `run_tpu`, sharing its settings: every gcloud command goes through `do`."""
+
+    def __init__(self, plan, sweep, settings: TpuSettings, max_retries, dry_run, gcloud, execute, echo):
+        self.sweep, self.max_retries, self.dry_run, self.gcloud, self.echo = sweep, max_retries, dry_run, gcloud, echo
+        self.root = (settings.run_root or f"gs://YOUR_BUCKET/chinchax/{plan.name}").rstrip("/")
+        self.settings = settings if settings.run_root else _with_root(settings, self.root)
+        self.execute = execute or (lambda cmd: subprocess.run(cmd, capture_output=True, text=True))
+
+    def do(self, cmd: list[str], check: bool = True) -> subprocess.CompletedProcess | None:
+        self.echo(shlex.join(cmd))
+        if self.dry_run:
             return None
-        result = execute(cmd)
+        result = self.execute(cmd)
         if check and result.returncode:
             raise RuntimeError(f"`{shlex.join(cmd)}` failed ({result.returncode}): {(result.stderr or '')[-2000:]}")
         return result
 
-    nodes = [node_name(settings, plan.name, i) for i in range(min(settings.nodes, max(1, len(todo))))]
-    if not todo:
-        return _in_plan_order(plan, outcomes)
-    try:
+    def create(self, nodes: list[str]) -> None:
+        """Every slice created, then each waited for (queued resources) and set up."""
         for node in nodes:
-            for cmd in tpu_create_commands(settings_root, node, gcloud):
-                do(cmd)
+            for cmd in tpu_create_commands(self.settings, node, self.gcloud):
+                self.do(cmd)
         for node in nodes:
-            if settings.queued:
+            if self.settings.queued:
                 while True:
-                    result = do(tpu_wait_command(settings_root, node, gcloud))
-                    if dry_run or (result.stdout or "").strip() == "ACTIVE":
+                    result = self.do(tpu_wait_command(self.settings, node, self.gcloud))
+                    if self.dry_run or (result.stdout or "").strip() == "ACTIVE":
                         break
-                    time.sleep(settings.poll_seconds)
-            do(tpu_ssh(settings_root, node, settings.setup_command, gcloud))
-        def seed(run: PlannedRun) -> None:
-            """A branch starts from its trunk's checkpoint unless its own run dir has checkpoints already
-            (seeded or trained before: re-seeding would replace its metrics with the trunk's)."""
-            listing = do([gcloud, "storage", "ls", f"{root.rstrip('/')}/{run.run_id}/{CHECKPOINTS}/"], check=False)
-            if listing is not None and listing.returncode == 0 and listing.stdout.strip():
+                    time.sleep(self.settings.poll_seconds)
+            self.do(tpu_ssh(self.settings, node, self.settings.setup_command, self.gcloud))
+
+    def run_phase(self, nodes: list[str], phase: list[PlannedRun]) -> list[Outcome]:
+        """Runs go to the slices round-robin; slices work in parallel, each runs its share in turn."""
+        shares = {node: phase[i :: len(nodes)] for i, node in enumerate(nodes)}
+        if self.dry_run:  # print in a readable order
+            return [o for node, share in shares.items() for o in self.work(node, share)]
+        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+            return [o for future in [pool.submit(self.work, n, s) for n, s in shares.items()] for o in future.result()]
+
+    def work(self, node: str, share: list[PlannedRun]) -> list[Outcome]:
+        return [self.train(node, run) for run in share]
+
+    def train(self, node: str, run: PlannedRun) -> Outcome:
+        local_dir = self.sweep.run_dir(run.run_id)
+        if not self.dry_run:
+            local_dir.mkdir(parents=True, exist_ok=True)
+        if run.branch_of:
+            self.seed(run)
+        config = write_run_config(self.sweep, run, run_dir=f"{self.root}/{run.run_id}")
+        error = ""
+        for attempt in range(1, self.max_retries + 2):
+            try:
+                for cmd in tpu_run_commands(self.settings, node, run, config, local_dir, self.gcloud):
+                    self.do(cmd)
+                return Outcome(run.run_id, "done", attempt)
+            except RuntimeError as e:
+                error = str(e)
+        write_atomic(local_dir / FAILED_MARKER, jsonio.dumps(
+            {"status": "failed", "attempts": self.max_retries + 1, "error": error, "at": _now()}))
+        return Outcome(run.run_id, "failed", self.max_retries + 1, error)
+
+    def seed(self, run: PlannedRun) -> None:
+        """A branch starts from its trunk's checkpoint unless its own run dir has checkpoints already
+        (seeded or trained before: re-seeding would replace its metrics with the trunk's)."""
+        listing = self.do([self.gcloud, "storage", "ls", f"{self.root}/{run.run_id}/{CHECKPOINTS}/"], check=False)
+        if listing is not None and listing.returncode == 0 and listing.stdout.strip():
+            return
+        for cmd in tpu_seed_branch_commands(self.settings, run, self.gcloud):
+            result = self.do(cmd, check=False)
+            if result is not None and result.returncode:
+                self.echo(f"[sweep] {run.run_id}: no checkpoint of trunk {run.branch_of} at step {run.branch_step} "
+                          "to start from; training the branch from scratch")
                 return
-            for cmd in tpu_seed_branch_commands(settings_root, run, gcloud):
-                result = do(cmd, check=False)
-                if result is not None and result.returncode:
-                    echo(f"[sweep] {run.run_id}: no checkpoint of trunk {run.branch_of} at step {run.branch_step} "
-                         "to start from; training the branch from scratch")
-                    return
-
-        def work(node: str, share: list[PlannedRun]) -> list[Outcome]:
-            done = []
-            for run in share:
-                local_dir = sweep.run_dir(run.run_id)
-                if not dry_run:
-                    local_dir.mkdir(parents=True, exist_ok=True)
-                if run.branch_of:
-                    seed(run)
-                config = write_run_config(sweep, run, run_dir=f"{root.rstrip('/')}/{run.run_id}")
-                error = ""
-                for attempt in range(1, max_retries + 2):
-                    try:
-                        for cmd in tpu_run_commands(settings_root, node, run, config, local_dir, gcloud):
-                            do(cmd)
-                        done.append(Outcome(run.run_id, "done", attempt))
-                        break
-                    except RuntimeError as e:
-                        error = str(e)
-                else:
-                    write_atomic(local_dir / FAILED_MARKER, jsonio.dumps(
-                        {"status": "failed", "attempts": max_retries + 1, "error": error, "at": _now()}))
-                    done.append(Outcome(run.run_id, "failed", max_retries + 1, error))
-            return done
-
-        # Runs go to the slices round-robin; slices work in parallel, each runs its share one after another.
-        # Trunks (and unbranched runs) on all slices first; the WSD branches, which start from the trunks'
-        # checkpoints, after every trunk has finished.
-        for phase in ([r for r in todo if not r.branch_of], [r for r in todo if r.branch_of]):
-            shares = {node: phase[i :: len(nodes)] for i, node in enumerate(nodes)}
-            if dry_run:  # print in a readable order
-                for node, share in shares.items():
-                    outcomes += work(node, share)
-            else:
-                with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-                    for future in [pool.submit(work, n, s) for n, s in shares.items()]:
-                        outcomes += future.result()
-    finally:
-        if settings.delete_after:
-            for node in nodes:
-                do(tpu_delete_command(settings_root, node, gcloud), check=False)
-    if dry_run:
-        return [Outcome(o.run_id, "planned" if o.status == "done" else o.status) for o in _in_plan_order(plan, outcomes)]
-    return _in_plan_order(plan, outcomes)
 
 
 def _with_root(settings: TpuSettings, root: str) -> TpuSettings:

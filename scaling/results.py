@@ -32,6 +32,7 @@ from chinchax.errors import UserError
 from chinchax.evaluation.results import flat_metrics, read_results
 from chinchax.fileio import is_remote, run_path
 from chinchax.fileio import write_text_atomic as write_atomic
+from chinchax.jsonio import read_jsonl
 from chinchax.scaling.plan import Plan, PlannedRun
 from chinchax.scaling.run_rows import EXTRA_COLUMNS, RESULT_COLUMNS, flops_key, run_row
 
@@ -150,31 +151,15 @@ def result_row(run: PlannedRun, run_json: dict, convention: str) -> dict:
 
 def curve_rows(run: PlannedRun, run_dir: Path, convention: str) -> Iterable[dict]:
     """Per-step training loss of one run from its metrics.jsonl (skips eval-only rows)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return
     key = flops_key(convention)
-    n_total = run.n_params
-    with path.open() as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                m = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill: the re-run logs that step again
-            if m.get("loss") is None or m.get("step") is None:
-                continue
-            tokens = m.get("tokens")
-            flops = m.get(key)
-            if tokens is None or flops is None:
-                continue
-            yield {
-                "run": run.run_id, "step": int(m["step"]), "n_params": n_total,
-                "n_params_non_embedding": run.n_params_non_embedding, "n_tokens": int(tokens),
-                "flops": float(flops), "loss": float(m["loss"]), "budget": run.budget,
-            }
+    for m in read_jsonl(run_dir / "metrics.jsonl"):
+        if m.get("loss") is None or m.get("step") is None or m.get("tokens") is None or m.get(key) is None:
+            continue
+        yield {
+            "run": run.run_id, "step": int(m["step"]), "n_params": run.n_params,
+            "n_params_non_embedding": run.n_params_non_embedding, "n_tokens": int(m["tokens"]),
+            "flops": float(m[key]), "loss": float(m["loss"]), "budget": run.budget,
+        }
 
 
 def collect(sweep: SweepDir, plan: Plan | None = None) -> tuple[list[dict], list[dict]]:

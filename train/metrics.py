@@ -15,6 +15,7 @@ from chinchax import jsonio
 from chinchax.errors import UserError
 from chinchax.fileio import is_remote, run_path
 from chinchax.fileio import write_text_atomic as atomic_write_text
+from chinchax.jsonio import read_jsonl  # noqa: F401 (train.metrics.read_jsonl, as before)
 
 # Fields of a row that depend on wall-clock time: they differ between two runs of the same config.
 TIMING_FIELDS = ("step_time_s", "tokens_per_s", "mfu")
@@ -28,19 +29,6 @@ def _jsonable(x):
     if hasattr(x, "item"):
         return x.item()
     raise TypeError(f"{type(x).__name__} is not JSON serialisable")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    path = run_path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line cut short by a kill: everything after it is redone anyway
-            break
-    return rows
 
 
 def _clean(value):

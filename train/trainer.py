@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flax import traverse_util
 
 from chinchax import configlib
 from chinchax.errors import UserError
@@ -38,14 +39,6 @@ class TrainingDiverged(RuntimeError):
     """The loss or gradient norm became NaN/inf."""
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 # Keys that set the run's length. Extending (or shortening) a run is allowed when it leaves the past alone:
 # the learning rates of the steps already taken must be the same under the new length (checked after
 # the restore, `check_extension`): a constant schedule, or a wsd run whose cooldown has not begun.
@@ -58,8 +51,8 @@ def check_resume_compatible(run_dir: Path, cfg: ExperimentConfig) -> int | None:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    old = _flatten(configlib.read_yaml(path))
-    new = _flatten(configlib.to_dict(cfg))
+    old = traverse_util.flatten_dict(configlib.read_yaml(path), sep=".")
+    new = traverse_util.flatten_dict(configlib.to_dict(cfg), sep=".")
     ignored = RESUME_SAFE_KEYS | LENGTH_KEYS
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ignored)
     if changed:
