@@ -120,6 +120,22 @@ def test_accuracy_raw_and_length_normalised():
     assert out["chance"] == 0.5 and out["examples"] == 2
 
 
+def test_acc_norm_is_per_character_and_acc_bytes_per_byte_as_lm_eval_defines_them():
+    task = tasks.Task("t", "multiple_choice", [tasks.MultipleChoice("c", (" \u00e9\u00e9", " abc"), 1)], [])
+    # " éé": 3 characters, 5 bytes, -3.3 ; " abc": 4 characters, 4 bytes, -4.2
+    out = evaluate_multiple_choice(FixedScorer([(-3.3, 2), (-4.2, 4)]), TOK, task)
+    assert (out["acc"], out["acc_norm"], out["acc_bytes"], out["acc_per_token"]) == (0.0, 1.0, 0.0, 1.0)
+
+
+def test_pairs_are_tokenized_like_lm_eval_template_lm():
+    from chinchax.evaluation.multiple_choice import encode_pair
+
+    ctx, cont = encode_pair(TOK, "Question: 2+2? ", "4", "decoder_only")  # trailing space moves to the continuation
+    assert ctx == TOK.encode("Question: 2+2?") and cont == TOK.encode(" 4")
+    assert encode_pair(TOK, "", " yes", "decoder_only") == ([], TOK.encode(" yes"))  # scored from BOS alone
+    assert encode_pair(TOK, "a ", "b", "encoder_decoder") == (TOK.encode("a"), TOK.encode(" b"))
+
+
 def test_mean_and_stderr_of_accuracies():
     values = [1, 0, 1, 1, 0, 1, 1, 1]
     p = np.mean(values)
