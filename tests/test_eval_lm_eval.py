@@ -44,6 +44,7 @@ def write_jsonl(path: Path, records) -> Path:
 
 
 # choices carry their own leading space (chinchax's format); "é" makes characters and bytes differ (acc_norm vs acc_bytes)
+GEN = [{"prompt": f"Is {i} even?", "references": [" yes." if i % 2 == 0 else " no."]} for i in range(5)]
 MC = [{"context": f"Is {i} even?", "choices": [" yes", " no", " perhaps é"], "label": i % 2} for i in range(10)]
 
 
@@ -68,13 +69,15 @@ def test_lm_eval_cli_equals_chinchax_eval_on_a_local_jsonl_task(run, tmp_path):
     from chinchax.evaluation.lm_eval_model import export_task
 
     task = write_jsonl(tmp_path / "parity.jsonl", MC)
+    gen = write_jsonl(tmp_path / "plus.jsonl", GEN)
     include = tmp_path / "lm_eval_tasks"
     export_task(task, include)
+    export_task(gen, include)
     out = tmp_path / "lm_eval_out"
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
         [sys.executable, "-m", "chinchax.evaluation.lm_eval_main", "--model", "chinchax", "--model_args",
-         f"run={run}", "--batch_size", "4", "--include_path", str(include), "--tasks", "chinchax_parity",
+         f"run={run}", "--batch_size", "4", "--include_path", str(include), "--tasks", "chinchax_parity,chinchax_plus",
          "--num_fewshot", "2", "--seed", "0,1234,1234,7", "--output_path", str(out), "--log_samples"],
         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -106,6 +109,17 @@ def test_lm_eval_cli_equals_chinchax_eval_on_a_local_jsonl_task(run, tmp_path):
                             [(p, c) for p, e in zip(prompts, ctask.examples, strict=True) for c in e.choices])
     theirs = [float(r[0][0]) for s in samples for r in s["resps"]]
     assert theirs == pytest.approx([s.logprob for s in scores], rel=1e-6)
+
+    # generate_until through the CLI: the same 2-shot prompts, the same greedy continuations as chinchax's
+    from chinchax.evaluation.generation_tasks import continue_texts
+    from chinchax.model.decoding import SamplingConfig
+
+    gen_samples = sorted((json.loads(line) for line in next(out.rglob("samples_chinchax_plus_*.jsonl")).read_text()
+                          .splitlines()), key=lambda s: s["doc_id"])
+    gen_prompts = fewshot.prompts(load_task(str(gen)), 2, seed=7)
+    assert [s["arguments"]["gen_args_0"]["arg_0"] for s in gen_samples] == gen_prompts
+    expected = continue_texts(loaded.model, tok, gen_prompts, SamplingConfig(max_new_tokens=32), batch_size=4)
+    assert [s["resps"][0][0] for s in gen_samples] == expected
 
 
 def test_loglikelihood_rolling_predicts_every_token_once_from_bos(lm):
@@ -175,7 +189,8 @@ def test_registered_in_lm_eval_and_long_prompts_are_cut_on_the_left_and_reported
     (cut, _), = lm.loglikelihood([req(long_context, " yes")])
     err = capsys.readouterr().err
     assert "1 of 1 prompts are longer than the model's context of 64 tokens" in err and "last tokens" in err
-    kept = long_context.rstrip()[-(64 - len(" yes")):]
-    (same, _), = lm.loglikelihood([req(kept, " yes")])
+    # lm-eval moves the context's trailing space into the continuation: "  yes" (5 tokens), 59 context tokens kept
+    kept = long_context.rstrip()[-(64 - len("  yes")):]
+    (same, _), = lm.loglikelihood([req(kept, "  yes")])
     assert cut == pytest.approx(same, rel=1e-6)
     assert np.isfinite(cut)
