@@ -1,11 +1,12 @@
 """YAML files + dotted CLI overrides -> frozen, validated dataclasses (OmegaConf does the merging).
 
     cfg = load_config(ExperimentConfig, "experiments/demo.yaml", ["model.d_model=512"])
-    model_cfg = load_model_config("gpt2", ["n_layers=6"])
 
-A model section may name a preset (`model: gpt2`, or `model: {preset: gpt2, n_layers: 6}`, or the
-override `model.preset=gpt2`): the preset's YAML from `model/presets/` is the base, other keys win.
-Unknown keys, wrong types and invalid values raise `UserError` naming the key and what is valid.
+A section whose dataclass has an `expand_spec(spec) -> dict` hook may be given as a spec, and a
+`<section>.preset=NAME` override sets its `preset` key: ModelConfig's hook reads its presets
+(`model: gpt2`, `model: {preset: gpt2, n_layers: 6}`, `model.preset=gpt2`; see chinchax.model.presets).
+configlib knows no model. Unknown keys, wrong types and invalid values raise `UserError` naming the key
+and what is valid.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,14 +22,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from chinchax.errors import UserError
-from chinchax.model.config import ModelConfig
 
 T = TypeVar("T")
-
-
-def preset_names() -> list[str]:
-    folder = resources.files("chinchax.model.presets")
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def read_yaml(path) -> dict:
@@ -47,43 +41,25 @@ def read_yaml(path) -> dict:
     return data
 
 
-def model_spec_to_dict(spec: str | Mapping | None) -> dict:
-    """A preset name, a YAML path, or a mapping (maybe with `preset:`) -> a flat model mapping."""
-    if spec is None:
-        return {}
-    if isinstance(spec, Mapping):
-        spec = dict(spec)
-        base = model_spec_to_dict(spec.pop("preset")) if "preset" in spec else {}
-        return {**base, **spec}
-    spec = str(spec)
-    if spec.endswith((".yaml", ".yml")) or "/" in spec:
-        data = read_yaml(spec)
-        return model_spec_to_dict(data["model"] if "model" in data else data)
-    names = preset_names()
-    if spec not in names:
-        raise UserError(f"unknown model preset {spec!r}; presets: {', '.join(names)} (or pass a YAML path)")
-    text = resources.files("chinchax.model.presets").joinpath(f"{spec}.yaml").read_text()
-    return model_spec_to_dict(yaml.safe_load(text) or {})
-
-
 def load_config(cls: type[T], path: str | Path | Mapping | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build `cls` (a dataclass with a `model: ModelConfig` field, or ModelConfig itself)."""
+    """Build `cls`, a (nested) config dataclass, from a YAML path or mapping and dotted overrides."""
     raw = dict(path) if isinstance(path, Mapping) else (read_yaml(path) if path else {})
     overrides = list(overrides)
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key=value (e.g. model.d_model=512)")
-    preset_key = "preset" if cls is ModelConfig else "model.preset"
-    presets = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == preset_key]
-    overrides = [o for o in overrides if o.split("=", 1)[0] != preset_key]
-    if cls is ModelConfig:
-        raw = model_spec_to_dict({"preset": presets[-1], **raw} if presets else raw)
-    elif "model" in raw or presets:
-        model = raw.get("model") or {}
-        model = {"preset": model} if isinstance(model, str) else dict(model)
-        if presets:
-            model["preset"] = presets[-1]
-        raw = {**raw, "model": model_spec_to_dict(model)}
+    for section, section_cls in _spec_sections(cls).items():
+        key = f"{section}.preset" if section else "preset"
+        presets = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key]
+        overrides = [o for o in overrides if o.split("=", 1)[0] != key]
+        if not section:
+            raw = section_cls.expand_spec({"preset": presets[-1], **raw} if presets else raw)
+        elif section in raw or presets:
+            spec = raw.get(section) or {}
+            spec = {"preset": spec} if isinstance(spec, str) else dict(spec)
+            if presets:
+                spec["preset"] = presets[-1]
+            raw = {**raw, section: section_cls.expand_spec(spec)}
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), raw, OmegaConf.from_dotlist(overrides))
         obj = OmegaConf.to_object(merged)
@@ -93,10 +69,15 @@ def load_config(cls: type[T], path: str | Path | Mapping | None = None, override
     return obj
 
 
-def load_model_config(spec: str | Mapping, overrides: Sequence[str] = ()) -> ModelConfig:
-    """`spec` is a preset name, a YAML path or a mapping; overrides may drop the `model.` prefix."""
-    overrides = [o[len("model.") :] if o.startswith("model.") else o for o in overrides]
-    return load_config(ModelConfig, model_spec_to_dict(spec), overrides)
+def _spec_sections(cls: type) -> dict[str, type]:
+    """"" -> cls when cls itself has the `expand_spec` hook, and field name -> type for its fields that do."""
+    sections = {"": cls} if hasattr(cls, "expand_spec") else {}
+    if not dataclasses.is_dataclass(cls):
+        return sections
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint) and hasattr(hint, "expand_spec"):
+            sections[name] = hint
+    return sections
 
 
 def to_dict(obj: Any) -> dict:
@@ -126,3 +107,17 @@ def _explain(error: OmegaConfBaseException, cls: type) -> str:
         valid = ", ".join(f.name for f in dataclasses.fields(node_cls))
         return f"{message} (key {key!r}); valid keys here: {valid}"
     return f"{message} (key {key!r})"
+
+
+_MOVED = {"load_model_config": "chinchax.model.config", "preset_names": "chinchax.model.presets",
+          "model_spec_to_dict": "chinchax.model.presets"}
+
+
+def __getattr__(name: str):
+    """The model's config helpers moved to chinchax.model (configlib knows no model); importing them from
+    here still works, loaded on first use, for code written before the move."""
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'chinchax.configlib' has no attribute {name!r}")

@@ -51,6 +51,7 @@ import numpy as np
 from chinchax.data import objectives as obj
 from chinchax.data import packing as pk
 from chinchax.data.config import DataConfig
+from chinchax.data.sources import open_source
 from chinchax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,6 @@ def open_documents(cfg: DataConfig, split: str) -> Sequence[str]:
         if split not in splits:
             raise UserError(f"memory source {name!r} has no split {split!r}; it has {', '.join(splits)}")
         return splits[split]
-    from chinchax.data.sources import open_source  # noqa: PLC0415 (optional until sources land)
-
     return open_source(cfg.source, split, cfg.data_dir, text_field=cfg.text_field)
 
 

@@ -37,8 +37,9 @@ def register(subparsers) -> None:
 
 
 def _presets(args) -> int:
-    from chinchax.configlib import load_model_config, preset_names
+    from chinchax.model.config import load_model_config
     from chinchax.model.counting import count_params
+    from chinchax.model.presets import preset_names
 
     for name in preset_names():
         cfg = load_model_config(name)
@@ -47,7 +48,8 @@ def _presets(args) -> int:
 
 
 def _info(args) -> int:
-    from chinchax.configlib import load_model_config, to_dict
+    from chinchax.configlib import to_dict
+    from chinchax.model.config import load_model_config
     from chinchax.model.counting import count_params, describe_shapes, flops_per_token
 
     cfg = load_model_config(args.spec, args.overrides)

@@ -3,14 +3,18 @@
 One frozen dataclass describes GPT-2, BERT, T5, LLaMA, BLOOM and BART (see `model/presets/`).
 `validate()` rejects impossible combinations with a message that names the key, the value and
 what would be valid; the YAML/CLI loader (`chinchax.configlib`) calls it after every override.
+`load_model_config("gpt2", ["n_layers=6"])` builds one from a preset (model/presets/), a YAML or a mapping.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from chinchax.configlib import load_config
 from chinchax.errors import UserError
+from chinchax.model.presets import model_spec_to_dict
 
 VARIANTS = ("encoder_only", "decoder_only", "encoder_decoder")
 ATTENTIONS = ("causal", "prefix", "bidirectional")
@@ -25,6 +29,10 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # How chinchax.configlib turns a config section typed ModelConfig (a preset name, a YAML path or a
+    # mapping with `preset:`) into plain keys: the presets are the model's business, not configlib's.
+    expand_spec = staticmethod(model_spec_to_dict)
+
     name: str = "custom"
     # Architecture family. `attention` is the self-attention pattern of the (decoder) stack:
     # encoder_only needs "bidirectional"; decoder_only takes "causal" or "prefix" (bidirectional over
@@ -154,3 +162,9 @@ class ModelConfig:
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def load_model_config(spec: str | Mapping, overrides: Sequence[str] = ()) -> ModelConfig:
+    """`spec` is a preset name, a YAML path or a mapping; overrides may drop the `model.` prefix."""
+    overrides = [o[len("model.") :] if o.startswith("model.") else o for o in overrides]
+    return load_config(ModelConfig, model_spec_to_dict(spec), overrides)

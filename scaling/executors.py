@@ -31,7 +31,7 @@ import yaml
 
 from chinchax import jsonio
 from chinchax.errors import UserError
-from chinchax.fileio import files_under, is_remote, remove_tree
+from chinchax.fileio import files_under, is_remote, new_dir_atomic, remove_tree
 from chinchax.jsonio import read_jsonl
 from chinchax.scaling.plan import Plan, PlannedRun, RaySettings, TpuSettings
 from chinchax.scaling.results import (
@@ -272,11 +272,9 @@ def seed_branch(sweep: SweepDir, run: PlannedRun, plan: Plan) -> bool:
               f"{run.branch_step}; training the branch from scratch", file=sys.stderr)
         return False
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{CHECKPOINTS}.seeding"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp / str(run.branch_step))
-    _copy_metrics_until(trunk_dir, d, run.branch_step)
-    os.replace(tmp, d / CHECKPOINTS)  # all or nothing: a half-copied checkpoint is never seen
+    with new_dir_atomic(d / CHECKPOINTS) as tmp:  # all or nothing: a half-copied checkpoint is never seen
+        shutil.copytree(source, tmp / str(run.branch_step))
+        _copy_metrics_until(trunk_dir, d, run.branch_step)
     write_atomic(d / BRANCH_MARKER, jsonio.dumps({"trunk": run.branch_of, "step": run.branch_step}))
     return True
 

@@ -351,10 +351,8 @@ def shape_ladder(model_cfg, rule: ShapeRule, n_max: float, convention: str = "to
 
 @functools.lru_cache(maxsize=4096)
 def _count_params(model_cfg):
-    try:
-        from chinchax.model import count_params
-    except ImportError:  # older layout: the counter lives in its own module
-        from chinchax.model.counting import count_params
+    from chinchax.model.counting import count_params  # jax: loaded only when a plan is made
+
     return count_params(model_cfg)
 
 

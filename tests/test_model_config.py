@@ -68,3 +68,27 @@ def test_cli_info_json_counts():
     assert info["n_params"] == 124_439_808
     assert info["n_params"] == info["n_params_embedding"] + info["n_params_non_embedding"]
     assert set(info["flops_per_token"]) == {"six_n", "six_n_non_embedding", "kaplan_forward", "detailed"}
+
+
+def test_configlib_knows_no_model_and_presets_live_in_model():
+    """configlib is generic (the preset hook is ModelConfig.expand_spec); model/convert/hf.py does not import
+    hf_export back (its CLI lives in model/cli.py)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, chinchax.configlib; "
+            "print(sorted(m for m in sys.modules if m.startswith('chinchax.model')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    from chinchax import configlib
+    from chinchax.model.config import ModelConfig, load_model_config
+    from chinchax.model.presets import preset_names
+
+    assert "tiny-gpt2" in preset_names()
+    assert configlib.load_model_config is load_model_config  # the old import path still works
+    assert load_model_config("tiny-gpt2", ["n_layers=3"]) == configlib.load_config(
+        ModelConfig, {"preset": "tiny-gpt2", "n_layers": 3})
+    import chinchax.model.convert.hf as hf
+
+    assert "hf_export" not in Path(hf.__file__).read_text()

@@ -23,15 +23,22 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
+import orbax.checkpoint as ocp
+import yaml
+from flax import nnx, traverse_util
 
 from chinchax import jsonio
+from chinchax.configlib import load_config
 from chinchax.errors import UserError
 from chinchax.fileio import new_dir_atomic
 from chinchax.model.config import ModelConfig
 from chinchax.model.convert import rules as rules_lib
 from chinchax.model.convert.hf_families import FAMILIES, Family
+from chinchax.model.counting import abstract_params
+from chinchax.model.transformer import Transformer
 
 TOKENIZER_FILE = "tokenizer.model"  # a SentencePiece model, as T5 and LLaMA HF directories hold it
 
@@ -57,16 +64,12 @@ def config_from_hf(hf_config, **changes) -> ModelConfig:
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Dotted parameter path -> shape, from the real (abstract) parameter tree."""
-    from chinchax.model.counting import abstract_params
-
     return {
         ".".join(map(str, path)): tuple(v.get_value().shape) for path, v in _flat_state(abstract_params(cfg))
     }
 
 
 def _flat_state(state):
-    from flax import nnx
-
     return nnx.to_flat_state(state)
 
 
@@ -128,11 +131,6 @@ def params_to_hf(cfg: ModelConfig, model_type: str, params: Mapping) -> dict[str
 
 def model_from_params(cfg: ModelConfig, params: Mapping, *, seed: int = 0):
     """A `Transformer` holding `params` (nothing but the tiny dropout RNG state is initialised)."""
-    import jax
-    from flax import nnx
-
-    from chinchax.model.transformer import Transformer
-
     def make():
         return Transformer(cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
@@ -152,9 +150,6 @@ def model_from_params(cfg: ModelConfig, params: Mapping, *, seed: int = 0):
 def params_state(template, params: Mapping):
     """An `nnx.State` of `nnx.Param`s like `template` (abstract or not) holding the pure dict `params`.
     (`nnx.replace_by_pure_dict` would leave bare arrays where the Params were.)"""
-    import jax.numpy as jnp
-    from flax import nnx
-
     flat = flatten(params)
     return nnx.from_flat_state(
         [
@@ -229,11 +224,6 @@ def convert_hf_checkpoint(
     The tokenizer (for `chinchax generate`/`eval` on the result): `tokenizer` ('byte' or a SentencePiece
     .model path, copied in), else the HF directory's own SentencePiece `tokenizer.model` (T5, LLaMA) if it has
     one; recorded in conversion.json (GPT-2's BPE and BERT's WordPiece are not read by chinchax)."""
-    import orbax.checkpoint as ocp
-    import yaml
-
-    from chinchax.configlib import load_config
-
     with new_dir_atomic(out_dir) as tmp:  # a failed conversion leaves nothing behind
         # Config first: an unsupported model or a bad override fails before gigabytes of weights are read.
         hf_config = read_hf_config(hf_dir)
@@ -276,11 +266,6 @@ def converted_tokenizer(out_dir: str | os.PathLike) -> str | None:
 
 def load_converted(out_dir: str | os.PathLike) -> tuple[ModelConfig, dict]:
     """(cfg, params) from a directory written by `convert_hf_checkpoint`."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    from chinchax.configlib import load_config
-
     out_dir = Path(out_dir).absolute()
     if not (out_dir / "model.yaml").is_file() or not (out_dir / "params").is_dir():
         raise UserError(f"{out_dir} is not a converted checkpoint (needs model.yaml and params/)")

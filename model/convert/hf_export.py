@@ -19,6 +19,7 @@ import numpy as np
 from chinchax.errors import UserError
 from chinchax.fileio import new_dir_atomic
 from chinchax.model.config import ModelConfig
+from chinchax.model.convert.hf import config_from_hf, family, params_to_hf
 
 ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel",
@@ -105,9 +106,7 @@ def _architecture(cfg: ModelConfig) -> dict:
 
 def hf_config_for(cfg: ModelConfig, model_type: str):
     """The `transformers` config of `cfg` as a `model_type` model; UserError if that family cannot express it."""
-    import transformers
-
-    from chinchax.model.convert.hf import config_from_hf
+    import transformers  # the `dev` extra: needed only to write HF files
 
     if model_type not in _CONFIGS:
         raise UserError(
@@ -133,9 +132,7 @@ def export_hf_checkpoint(
 ) -> Path:
     """Write config.json and model.safetensors (float32, tied copies left out as HF does) into a new
     `out_dir`, through a temporary sibling, so a failure leaves nothing behind."""
-    from safetensors.numpy import save_file
-
-    from chinchax.model.convert.hf import family, params_to_hf
+    from safetensors.numpy import save_file  # comes with transformers (the `dev` extra)
 
     hf_config = hf_config_for(cfg, model_type)
     state_dict = params_to_hf(cfg, model_type, params)
