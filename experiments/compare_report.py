@@ -118,6 +118,7 @@ def write(out: Path, *, quick, plan, table, comparison, mset, corpus, timing, fa
     words = verdicts(families, comparison.reference, shots)
     summary = {
         "quick": quick, **timing, "executor": executor, "machine": _machine(),
+        "runs_wall_s_sum": float(np.nansum(table["wall_time_s"])),
         "runs_planned": len(plan.runs), "runs_measured": int(len(table)), "runs_failed": failed,
         "flops_planned_6nd": plan.flops_independent, "flops_6nd": float(table["flops"].sum()),
         "flops_detailed": float(table["flops_detailed"].sum()), "budgets": sorted(set(map(float, table["budget"]))),
@@ -161,8 +162,10 @@ def render(summary: dict, table: pd.DataFrame, comparison) -> str:
         "",
         f"{len(fams)} families, {summary['runs_measured']} runs, budgets "
         f"{', '.join(f'{b:.3g}' for b in summary['budgets'])} FLOPs (6ND), {summary['wall_time_s'] / 60:.1f} min "
-        f"on {summary['machine']['cpus']} CPU(s) ({summary['executor']} executor; training "
-        f"{summary['train_wall_s'] / 60:.1f} min, scoring {summary['measure_wall_s'] / 60:.1f} min).",
+        f"on {summary['machine']['cpus']} CPU(s) ({summary['executor']} executor) in this call: "
+        f"{summary['runs_trained']} runs trained in {summary['train_wall_s'] / 60:.1f} min, scoring "
+        f"{summary['measure_wall_s'] / 60:.1f} min; load average {summary['machine']['load_average']} at the end "
+        f"(the runs' own wall times add up to {summary['runs_wall_s_sum'] / 60:.1f} min).",
         "",
         "## Result",
         "",
@@ -217,7 +220,8 @@ def render(summary: dict, table: pd.DataFrame, comparison) -> str:
         "C = 6 N D with N = all parameters (an encoder-decoder counts both stacks) and D = decoder tokens "
         "(steps x batch x seq_len); the plan sets each run's steps so its 6ND meets the budget. The detailed "
         "matmul count (attention included, causal attention halved; an encoder-decoder's encoder and cross "
-        "attention are extra work per decoder token) is what each family actually spent:",
+        "attention are extra work per decoder token) is what each family actually spent (below 1 for the "
+        "decoders because N counts the embedding table, whose lookup is no matmul):",
         "",
         _md(["family", "runs", "6ND FLOPs", "detailed FLOPs", "detailed / 6ND"],
             [[f["family"], f["runs"], f"{f['flops_6nd']:.3g}", f"{f['flops_detailed']:.3g}",
@@ -234,8 +238,8 @@ def render(summary: dict, table: pd.DataFrame, comparison) -> str:
         "## Measures (the same held-out items for every family)",
         "",
         f"From the {corpus['split']} split of `{corpus['source']}` ({corpus['tokenizer']} tokenizer; items "
-        f"fingerprint {corpus['fingerprint']}): {corpus['n_pairs']} (prefix, continuation) pairs cut at a seeded "
-        "offset in distinct documents, scored the natural way for each variant (causal decoder: causal "
+        f"fingerprint {corpus['fingerprint']}): {corpus['n_pairs']} (prefix, continuation) pairs drawn (seeded) "
+        "from the non-overlapping windows of half the documents, scored the natural way for each variant (causal decoder: causal "
         "attention over prefix + continuation; prefix-LM decoder: bidirectional attention over the prefix; "
         "encoder-decoder: prefix to the encoder, continuation decoded), and next-line multiple choice: a line "
         "of a document, then the true next line among 3 lines of the same indentation from other "
