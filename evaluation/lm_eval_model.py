@@ -38,7 +38,7 @@ DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default
 
 
 def _int_arg(name: str, value, default: int) -> int:
-    if value is None or value == "auto":
+    if value is None or str(value).startswith("auto"):  # lm-eval's "auto"/"auto:N": a fixed batch here
         return default
     try:
         return int(value)

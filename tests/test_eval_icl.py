@@ -38,10 +38,16 @@ def train_run(path: Path, d_model: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp("icl_sweep")
-    for name, d in (("d16", 16), ("d32", 32)):
-        train_run(root / "runs" / name, d)
+def small_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("icl_sweep") / "runs" / "d16"
+    train_run(path, 16)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep(small_run):
+    root = small_run.parents[1]
+    train_run(root / "runs" / "d32", 32)
     return root
 
 
@@ -102,10 +108,10 @@ def test_shots_larger_than_the_pool_fail_before_any_model_loads(tmp_path, capsys
     assert "no run directories under runs/" in capsys.readouterr().err
 
 
-def test_prompts_longer_than_the_context_are_cut_on_the_left_and_said(sweep, tmp_path, capsys):
+def test_prompts_longer_than_the_context_are_cut_on_the_left_and_said(small_run, tmp_path, capsys):
     long = [{"context": "Is it even? " * 8 + f"Is {i} even?", "choices": [" yes", " no"], "label": i % 2} for i in range(3)]
     task = write_jsonl(tmp_path / "long.jsonl", long)
-    run = sweep / "runs" / "d16"
+    run = small_run
     assert main(["eval", str(run), "--task", str(task), "--shots", "0"]) == 0
     err = capsys.readouterr().err
     assert "3 of 3 prompts are longer than the model's context of 64 tokens" in err
