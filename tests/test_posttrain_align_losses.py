@@ -210,3 +210,18 @@ def test_whiten_rloo_bon_and_kl_controller():
         L.AdaptiveKLController(-0.1)
     with pytest.raises(UserError, match="kl_coef"):
         L.check_kl_coef(float("nan"))
+
+
+def test_token_rewards_put_the_score_on_the_last_completion_token():
+    # completions start after a prompt (mask not left-aligned) and end before padding
+    mask = jnp.asarray([[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]], jnp.float32)
+    logp = jnp.full((2, 6), -1.0)
+    ref = jnp.full((2, 6), -1.5)
+    rewards, kl = L.rlhf_token_rewards(jnp.asarray([2.0, 3.0]), logp, ref, mask, kl_coef=0.1)
+    np.testing.assert_allclose(np.asarray(kl), 0.5 * np.asarray(mask))
+    want = -0.05 * np.asarray(mask)
+    want[0, 4] += 2.0
+    want[1, 2] += 3.0
+    np.testing.assert_allclose(np.asarray(rewards), want, rtol=1e-6)
+    coef = L.adaptive_kl_coef(jnp.float32(0.1), 10.0, target=1.0, horizon=10, n_steps=1)
+    assert float(coef) == pytest.approx(L.AdaptiveKLController(0.1, 1.0, 10).update(10.0, 1))
