@@ -69,6 +69,21 @@ def register(subparsers) -> None:
     ev.add_argument("--data-dir", default=None, help="where TFDS tasks are prepared")
     ev.set_defaults(handler=_eval)
 
+    ex = subparsers.add_parser(
+        "lm-eval-task",
+        help="write an lm-evaluation-harness task YAML over a chinchax JSONL task (same prompts and shots)",
+        description=(
+            "Write NAME.yaml into OUT_DIR: an lm-eval task over the JSONL file (and its .train.jsonl) with "
+            "chinchax's prompts and shot draws, for `python -m chinchax.evaluation.lm_eval_main --model chinchax "
+            "--model_args run=RUN_DIR --include_path OUT_DIR --tasks NAME` (docs/evaluation.md)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ex.add_argument("jsonl", help="a chinchax JSONL task (multiple choice or generation)")
+    ex.add_argument("out_dir", help="folder for lm-eval's --include_path")
+    ex.add_argument("--name", default=None, help="lm-eval task name (default: chinchax_<file name>)")
+    ex.set_defaults(handler=_export_lm_eval_task)
+
 
 def _shots(text: str) -> list[int]:
     try:
@@ -78,6 +93,15 @@ def _shots(text: str) -> list[int]:
     if not shots or min(shots) < 0:
         raise argparse.ArgumentTypeError(f"--shots {text!r}: every k must be >= 0")
     return list(dict.fromkeys(shots))
+
+
+def _export_lm_eval_task(args) -> int:
+    from chinchax.evaluation.lm_eval_model import export_task
+
+    path = export_task(args.jsonl, args.out_dir, args.name)
+    print(f"-> {path}\n   python -m chinchax.evaluation.lm_eval_main --model chinchax --model_args run=RUN_DIR "
+          f"--include_path {path.parent} --tasks {path.stem}")
+    return 0
 
 
 def _generate(args) -> int:

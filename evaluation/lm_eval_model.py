@@ -181,7 +181,7 @@ def _record(doc: dict, where: str):
 
 
 TASK_YAML = """\
-# written by chinchax.evaluation.lm_eval_model.export_task: the chinchax JSONL task {name!r} for lm-eval
+# written by chinchax.evaluation.lm_eval_model.export_task (`chinchax lm-eval-task`): {test} for lm-eval
 task: {name}
 dataset_path: json
 dataset_kwargs:

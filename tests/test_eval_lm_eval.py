@@ -168,6 +168,26 @@ def test_encoder_decoder_runs_score_and_generate_through_the_same_class(tmp_path
     assert isinstance(text, str) and "\n\n" not in text
 
 
+def test_lm_eval_task_export_from_the_cli(tmp_path, capsys):
+    import yaml
+
+    write_jsonl(tmp_path / "quiz.jsonl", MC)
+    write_jsonl(tmp_path / "quiz.train.jsonl", MC[:3])
+    assert main(["lm-eval-task", str(tmp_path / "quiz.jsonl"), str(tmp_path / "out")]) == 0
+    assert "--include_path" in capsys.readouterr().out
+    text = (tmp_path / "out" / "chinchax_quiz.yaml").read_text()
+    cfg = yaml.safe_load(text.replace("!function ", ""))
+    assert cfg["task"] == "chinchax_quiz" and cfg["fewshot_split"] == "train" and cfg["target_delimiter"] == ""
+    assert cfg["dataset_kwargs"]["data_files"]["train"] == str(tmp_path / "quiz.train.jsonl")
+    assert cfg["fewshot_config"]["sampler"] == "chinchax.evaluation.lm_eval_model.ChinchaxShotSampler"
+    write_jsonl(tmp_path / "g.jsonl", [{"prompt": "a", "reference": "b"}])
+    assert main(["lm-eval-task", str(tmp_path / "g.jsonl"), str(tmp_path / "out")]) == 2
+    assert "needs 'references' lists" in capsys.readouterr().err
+    write_jsonl(tmp_path / "nogold.jsonl", [{"context": "c", "choices": ["a", "b"]}])
+    assert main(["lm-eval-task", str(tmp_path / "nogold.jsonl"), str(tmp_path / "out")]) == 2
+    assert "no gold answer" in capsys.readouterr().err
+
+
 def test_model_args_errors_name_the_fix(tmp_path):
     from chinchax.evaluation.lm_eval_model import ChinchaxLM
 
