@@ -75,7 +75,8 @@ class PPOSettings:
     whiten_advantages: bool = True
     eval_every: int = 0
 
-    def validate(self, batch_size: int) -> PPOSettings:
+    def check(self, batch_size: int) -> PPOSettings:
+        """Not `validate`: it needs the batch size, so the config loader cannot call it alone."""
         align_losses.check_kl_coef(self.kl_coef)
         if self.algorithm not in ALGORITHMS:
             raise UserError(f"ppo.algorithm={self.algorithm!r}: choose one of {ALGORITHMS}")
@@ -153,7 +154,7 @@ def train_ppo(
     from chinchax import configlib
     from chinchax.posttrain import reward
 
-    s = cfg.ppo.validate(cfg.trainer.batch_size)
+    s = cfg.ppo.check(cfg.trainer.batch_size)
     if not s.policy or not s.reward_model:
         raise UserError("give ppo.policy (the policy's run dir) and ppo.reward_model (a reward-model run dir)")
     if cfg.trainer.steps is None:

@@ -26,7 +26,7 @@ import numpy as np
 from chinchax.errors import UserError
 from chinchax.posttrain.adapters import KERNEL_INPUT_AXES
 
-FORMATS = {"int8": (jnp.int8, 8), "int4": (jnp.int4, 4), "int3": ("int3", 3), "nf4": ("nf4", 4)}
+FORMATS = {"bf16": (None, 16), "int8": (jnp.int8, 8), "int4": (jnp.int4, 4), "int3": ("int3", 3), "nf4": ("nf4", 4)}
 SCALE_BLOCK = 256  # double quantization: one float32 per this many int8 scales (QLoRA)
 
 
@@ -80,6 +80,8 @@ def quantize_kernel(w: np.ndarray, path: str, spec: QuantSpec) -> dict:
     """One kernel -> its stored form {codes (uint8 or int8), scale, [scale_q, scale_scale, scale_mean]}."""
     import qwix
 
+    if spec.format == "bf16":  # a float format: rounding, no scales (the 16-bit baseline of the studies)
+        return {"codes": np.asarray(jnp.asarray(w, jnp.float32).astype(jnp.bfloat16))}
     n_in = KERNEL_INPUT_AXES[path.split(".")[-1]]
     layered = ".blocks." in f".{path}"
     m_YIO = _as_matrix(jnp.asarray(w, jnp.float32), n_in, layered)
@@ -110,6 +112,8 @@ def dequantize_kernel(stored: dict, path: str, shape: tuple[int, ...], spec: Qua
     """The float32 kernel a stored form stands for (jit-able: the codes are unpacked on device)."""
     import qwix
 
+    if spec.format == "bf16":
+        return jnp.asarray(stored["codes"]).astype(jnp.float32).reshape(shape)
     n_in = KERNEL_INPUT_AXES[path.split(".")[-1]]
     layered = ".blocks." in f".{path}"
     n_y, n_i, n_o = _as_matrix(np.empty(shape, np.bool_), n_in, layered).shape
@@ -154,7 +158,8 @@ def model_bits(flat: dict, stored: dict, spec: QuantSpec) -> float:
             n = np.size(x)
             group = spec.group_size or _as_matrix(np.empty(np.shape(x), np.bool_), KERNEL_INPUT_AXES[p.split(".")[-1]],
                                                    ".blocks." in f".{p}").shape[1]
-            total += n * spec.bits + (n / group) * (8 if spec.double_quant else 32)
+            scales = 0 if spec.format == "bf16" else (n / group) * (8 if spec.double_quant else 32)
+            total += n * spec.bits + scales
         else:
             total += np.size(x) * 32
     return total

@@ -41,7 +41,7 @@ def check_format(model_cfg, flat: dict, spec: QuantSpec) -> None:
 
     if not quantizable(flat):
         raise UserError("this model has no attention or MLP kernels to quantize")
-    if spec.group_size:
+    if spec.group_size and spec.format != "bf16":
         from chinchax.posttrain.adapters import KERNEL_INPUT_AXES
 
         for p in quantizable(flat):

@@ -146,3 +146,21 @@ def test_too_long_pairs_are_refused_not_truncated():
     with pytest.raises(UserError, match="max_len=4"):
         preference.encode_sequences(ByteTokenizer(), ["abc"], ["def"], variant="decoder_only", max_len=4)
 
+
+
+def test_cli_reward_train_and_eval(pair_files, tmp_path, capsys):
+    from chinchax.cli import main
+
+    run = tmp_path / "cli_rm"
+    args = ["reward", "train", "model.vocab_size=384", "model.d_model=16", "model.n_layers=1", "model.n_heads=2",
+            "model.d_ff=32", "model.max_len=64", f"reward.train_file={pair_files / 'train.jsonl'}",
+            "reward.max_len=32", "trainer.steps=4", "trainer.batch_size=8", "trainer.progress_bar=false",
+            f"trainer.run_dir={run}"]
+    assert main(args) == 0
+    assert "held-out accuracy" in capsys.readouterr().out
+    assert main(["reward", "eval", str(run), str(pair_files / "eval.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_pairs"] == 64
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "x", "rejected": "x"}\n')
+    assert main(["reward", "eval", str(run), str(bad)]) == 2
+    assert "identical" in capsys.readouterr().err
