@@ -33,7 +33,7 @@ from chinchax import jsonio
 from chinchax.errors import UserError
 from chinchax.fileio import files_under, is_remote, new_dir_atomic, remove_tree
 from chinchax.jsonio import read_jsonl
-from chinchax.scaling.plan import Plan, PlannedRun, RaySettings, TpuSettings
+from chinchax.scaling.planned import Plan, PlannedRun
 from chinchax.scaling.results import (
     FAILED_MARKER,
     LOCK_MARKER,
@@ -42,6 +42,7 @@ from chinchax.scaling.results import (
     read_json,
     write_atomic,
 )
+from chinchax.scaling.sweep_config import RaySettings, TpuSettings
 
 DEFAULT_TRAIN_COMMAND = (sys.executable, "-m", "chinchax.cli", "train")
 EXECUTORS = ("local", "worker", "ray", "tpu")

@@ -33,7 +33,7 @@ from chinchax.evaluation.results import flat_metrics, read_results
 from chinchax.fileio import is_remote, run_path
 from chinchax.fileio import write_text_atomic as write_atomic
 from chinchax.jsonio import read_jsonl
-from chinchax.scaling.plan import Plan, PlannedRun
+from chinchax.scaling.planned import Plan, PlannedRun
 from chinchax.scaling.run_rows import EXTRA_COLUMNS, RESULT_COLUMNS, flops_key, run_row
 
 STATES = ("planned", "running", "interrupted", "failed", "done")

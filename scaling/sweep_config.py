@@ -1,0 +1,196 @@
+"""A sweep's configuration (the sweep YAML): budgets, N convention, the shape, size and hyperparameter rules,
+WSD branching, and how runs are launched (Ray, Cloud TPU). `load_sweep` reads it; `plan_sweep`
+(scaling/plan.py) turns it into runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from chinchax.configlib import load_config
+from chinchax.errors import UserError
+from chinchax.scaling.run_rows import N_CONVENTIONS
+
+LR_RULES = ("inverse_width", "constant")
+SIZE_MODES = ("around_optimum", "explicit")
+
+
+@dataclass(frozen=True)
+class ShapeRule:
+    aspect_ratio: float = 32.0  # d_model / n_layers, held fixed across sizes
+    head_dim: int = 64  # fixed head size: n_heads = d_model / head_dim
+    ffn_ratio: float = 4.0  # d_ff = ffn_ratio * d_model (8/3 is usual for gated MLPs)
+    d_model_multiple: int = 0  # d_model steps; 0 = head_dim
+    min_layers: int = 1
+    max_layers: int = 256
+    max_d_model: int = 32768
+
+    def validate(self) -> ShapeRule:
+        for key in ("aspect_ratio", "head_dim", "ffn_ratio", "min_layers", "max_layers", "max_d_model"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"shape.{key}={getattr(self, key)} must be positive")
+        step = self.d_model_multiple or self.head_dim
+        if step % self.head_dim:
+            raise UserError(
+                f"shape.d_model_multiple={step} must be a multiple of shape.head_dim={self.head_dim} "
+                "so that every d_model splits into whole heads"
+            )
+        if self.min_layers > self.max_layers:
+            raise UserError(f"shape.min_layers={self.min_layers} exceeds shape.max_layers={self.max_layers}")
+        return self
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    mode: str = "around_optimum"  # or "explicit": the N values in `n_params` at every budget
+    per_budget: int = 4
+    tokens_per_param: float = 20.0  # guess of D/N at the optimum, to centre the grid (Chinchilla: ~20)
+    span: float = 16.0  # largest N / smallest N at one budget
+    n_params: list[float] = field(default_factory=list)
+    min_steps: int = 20  # runs shorter than this are dropped (and the plan says so)
+
+    def validate(self) -> SizeRule:
+        if self.mode not in SIZE_MODES:
+            raise UserError(f"sizes.mode={self.mode!r} is not valid; choose one of {', '.join(SIZE_MODES)}")
+        if self.mode == "explicit" and not self.n_params:
+            raise UserError("sizes.mode=explicit needs sizes.n_params: a list of parameter counts")
+        if self.mode == "around_optimum" and self.per_budget < 1:
+            raise UserError(f"sizes.per_budget={self.per_budget} must be at least 1")
+        if self.tokens_per_param <= 0 or self.span < 1:
+            raise UserError("sizes.tokens_per_param must be > 0 and sizes.span >= 1")
+        if any(n <= 0 for n in self.n_params):
+            raise UserError(f"sizes.n_params={self.n_params} must all be positive")
+        if self.min_steps < 1:
+            raise UserError(f"sizes.min_steps={self.min_steps} must be at least 1")
+        return self
+
+
+@dataclass(frozen=True)
+class HParamRule:
+    rule: str = "inverse_width"  # lr = base_lr * (base_d_model / d_model)^width_exponent; or "constant"
+    base_lr: float = 1e-3
+    base_d_model: int = 256
+    width_exponent: float = 1.0  # 1 = muP's 1/width for Adam; a learning-rate sweep can measure it
+    warmup_fraction: float = 0.05  # of the run's steps (of the shortest run of a shape, with WSD branching)
+    min_warmup_steps: int = 1
+
+    def validate(self) -> HParamRule:
+        if self.rule not in LR_RULES:
+            raise UserError(f"hparams.rule={self.rule!r} is not valid; choose one of {', '.join(LR_RULES)}")
+        if self.base_lr <= 0 or self.base_d_model <= 0:
+            raise UserError("hparams.base_lr and hparams.base_d_model must be positive")
+        if not 0 <= self.warmup_fraction < 1:
+            raise UserError(f"hparams.warmup_fraction={self.warmup_fraction} must be in [0, 1)")
+        return self
+
+
+@dataclass(frozen=True)
+class WsdRule:
+    enabled: bool = False  # schedule every run as WSD and share stable phases between runs of one shape
+    cooldown_fraction: float = 0.2  # of each run's own steps (Hagele et al.: 20% matches cosine)
+    branch: bool = True  # share the stable phase (False: WSD schedule, every run from scratch)
+
+    def validate(self) -> WsdRule:
+        if not 0 < self.cooldown_fraction < 1:
+            raise UserError(f"wsd.cooldown_fraction={self.cooldown_fraction} must be in (0, 1)")
+        return self
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    address: str = ""  # "" = start a local Ray instance; "auto" or "ray://host:10001" = an existing cluster
+    num_cpus: float = 1.0  # declared per run (Ray schedules runs onto nodes with these free)
+    num_gpus: float = 0.0
+    tpus: float = 0.0  # the "TPU" resource Ray's TPU nodes advertise (chips per run)
+    memory_gb: float = 0.0  # 0 = undeclared
+
+    def validate(self) -> RaySettings:
+        if min(self.num_cpus, self.num_gpus, self.tpus, self.memory_gb) < 0:
+            raise UserError("ray.num_cpus, ray.num_gpus, ray.tpus and ray.memory_gb must be >= 0")
+        return self
+
+
+@dataclass(frozen=True)
+class TpuSettings:
+    project: str = ""  # "" = gcloud's configured project
+    zone: str = "us-central2-b"
+    accelerator_type: str = "v4-8"
+    runtime_version: str = "tpu-ubuntu2204-base"
+    queued: bool = True  # queued resources (recommended, waits for capacity) or a plain `tpu-vm create`
+    spot: bool = False
+    nodes: int = 1  # TPU slices created and fed runs in parallel
+    node_prefix: str = "chinchax"
+    # Where runs write (every host of a slice must see it, and it must outlive the slice): a gs:// folder.
+    run_root: str = ""
+    setup_command: str = "pip install -U 'chinchax[tpu]'"
+    delete_after: bool = True
+    poll_seconds: float = 30.0
+
+    def validate(self) -> TpuSettings:
+        if self.nodes < 1:
+            raise UserError(f"tpu.nodes={self.nodes} must be >= 1")
+        if not self.node_prefix.replace("-", "").isalnum() or not self.node_prefix[0].isalpha():
+            raise UserError(f"tpu.node_prefix={self.node_prefix!r}: use lowercase letters, digits and '-'")
+        return self
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str = "sweep"
+    # The base experiment (an ExperimentConfig YAML: model, data, optimizer, trainer): a path relative to
+    # the sweep file, or the name of a file shipped in chinchax/experiments/.
+    experiment: str = "tiny.yaml"
+    overrides: list[str] = field(default_factory=list)  # dotted overrides applied to every run
+    # Model families / objectives compared at equal compute: name -> extra overrides. Empty = one family.
+    families: dict[str, list[str]] = field(default_factory=dict)
+    budgets: list[float] = field(default_factory=list)  # training FLOPs, C = 6 N D
+    n_convention: str = "total"  # N in C = 6 N D: "total" (Chinchilla) or "non_embedding" (Kaplan)
+    batch_size: int = 0  # global batch in sequences; 0 = the experiment's trainer.batch_size
+    shape: ShapeRule = field(default_factory=ShapeRule)
+    sizes: SizeRule = field(default_factory=SizeRule)
+    hparams: HParamRule = field(default_factory=HParamRule)
+    wsd: WsdRule = field(default_factory=WsdRule)
+    # How runs are launched (not part of any run's config or id).
+    ray: RaySettings = field(default_factory=RaySettings)
+    tpu: TpuSettings = field(default_factory=TpuSettings)
+
+    def validate(self) -> SweepConfig:
+        if not self.budgets:
+            raise UserError("the sweep has no budgets: set budgets: [1e15, 3e15, ...] (training FLOPs)")
+        if any(c <= 0 for c in self.budgets):
+            raise UserError(f"budgets={self.budgets} must all be positive FLOP counts")
+        if len(set(self.budgets)) != len(self.budgets):
+            raise UserError(f"budgets={self.budgets} has duplicates")
+        if self.n_convention not in N_CONVENTIONS:
+            raise UserError(
+                f"n_convention={self.n_convention!r} is not valid; choose one of {', '.join(N_CONVENTIONS)}"
+            )
+        if self.batch_size < 0:
+            raise UserError(f"batch_size={self.batch_size} must be >= 0 (0 = the experiment's)")
+        for name in self.families:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise UserError(f"family name {name!r} must be letters, digits, '-' or '_' (it names run dirs)")
+        return self
+
+
+def load_sweep(path: str | Path | Mapping, overrides: Sequence[str] = ()) -> tuple[SweepConfig, Path]:
+    """Load a sweep YAML (+ dotted overrides); returns it and the folder its relative paths start from."""
+    cfg = load_config(SweepConfig, path, overrides)
+    base_dir = Path(path).resolve().parent if isinstance(path, (str, Path)) else Path.cwd()
+    return cfg, base_dir
+
+
+def experiment_path(name: str, base_dir: Path) -> Path:
+    """Find the base experiment YAML: relative to the sweep file, the cwd, or shipped with chinchax."""
+    for candidate in (base_dir / name, Path(name)):
+        if candidate.is_file():
+            return candidate.resolve()
+    shipped = resources.files("chinchax.experiments").joinpath(name)
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise UserError(
+        f"experiment {name!r} not found next to the sweep file ({base_dir}), in the working directory, or "
+        "among chinchax/experiments/*.yaml; set `experiment:` to an ExperimentConfig YAML"
+    )
