@@ -60,6 +60,7 @@ def family_summary(table: pd.DataFrame, comparison, shots) -> list[dict]:
             "law": law.to_json() if law else None,
             "alpha_interval": list(comparison.alpha_intervals.get(family, (math.nan, math.nan))),
             "multiplier": m, "multiplier_interval": [lo, hi],
+            "multiplier_leave_one_budget_out": list(comparison.leave_one_out.get(family, (math.nan, math.nan))),
             "multiplier_extrapolated": comparison.extrapolated(family) if law and math.isfinite(m) else None,
         }
         for k in shots:
@@ -79,6 +80,9 @@ def verdicts(families: list[dict], reference: str, shots) -> dict:
             lo, hi = f["multiplier_interval"]
             m = f["multiplier"]
             where = " (read off its law beyond its measured compute)" if f["multiplier_extrapolated"] else ""
+            l1, l2 = f["multiplier_leave_one_budget_out"]
+            if math.isfinite(l1) and (l1 > 1) != (l2 > 1):
+                where += f"; with one budget left out it ranges {l1:.2g}-{l2:.2g}, across 1: one budget decides it"
             if not math.isfinite(m):
                 efficiency.append(f"{f['family']}: its law does not fall with compute, no multiplier")
             elif lo > 1:
@@ -133,7 +137,8 @@ def write(out: Path, *, quick, plan, table, comparison, mset, corpus, timing, fa
 
 
 def _family_table(families, reference, shots) -> str:
-    head = ["family", "bits/byte @top", *[f"{k}-shot acc_norm" for k in shots], "alpha", f"multiplier vs {reference}"]
+    head = ["family", "bits/byte @top", *[f"{k}-shot acc_norm" for k in shots], "alpha", f"multiplier vs {reference}",
+            "one budget left out"]
     rows = []
     for f in families:
         lo, hi = f["multiplier_interval"]
@@ -143,8 +148,13 @@ def _family_table(families, reference, shots) -> str:
             mult = "none: its law does not fall with compute (alpha <= 0)"
         rows.append([f["family"], _pm(f["top_bpb"], f["top_bpb_stderr"]),
                      *[_pm(f[f"top_mc{k}_acc_norm"], f[f"top_mc{k}_acc_norm_stderr"]) for k in shots],
-                     alpha, mult if f["law"] else "-"])
+                     alpha, mult if f["law"] else "-", _range(f["multiplier_leave_one_budget_out"])])
     return _md(head, rows)
+
+
+def _range(pair) -> str:
+    lo, hi = pair
+    return f"{lo:.3g}-{hi:.3g}" if math.isfinite(lo) else "-"
 
 
 def render(summary: dict, table: pd.DataFrame, comparison) -> str:
@@ -176,7 +186,8 @@ def render(summary: dict, table: pd.DataFrame, comparison) -> str:
         f"({corpus['n_choice_examples']} examples, 4 choices, chance 0.25) acc_norm ± one standard error; "
         f"alpha of L(C) = A C^-alpha; multiplier = compute the family needs, by its law, to reach the bits per byte "
         f"{ref}'s law gives at {comparison.top_flops:.3g} FLOPs, over that compute (< 1: more efficient), with "
-        f"its 95% paired-bootstrap interval ({comparison.n_bootstrap} resamples of the held-out items).",
+        f"its 95% paired-bootstrap interval ({comparison.n_bootstrap} resamples of the held-out items); "
+        f"last column: the multiplier's range when one budget at a time is left out of every family's law.",
         "",
         "Ranking by bits per byte at the top budget: " + " < ".join(f"{f['family']} ({f['top_bpb']:.3f})" for f in by_bpb) + ".",
         "",

@@ -103,6 +103,7 @@ class Comparison:
     intervals: dict[str, tuple[float, float]]  # family -> 95% bootstrap interval of the multiplier
     alpha_intervals: dict[str, tuple[float, float]]
     n_bootstrap: int
+    leave_one_out: dict[str, tuple[float, float]]  # family -> (min, max) multiplier with one budget left out
 
     def extrapolated(self, family: str) -> bool:
         """The multiplier reads the family's law outside the compute its runs spanned."""
@@ -116,6 +117,7 @@ class Comparison:
             "laws": {f: law.to_json() for f, law in self.laws.items()},
             "alpha_interval": {f: list(v) for f, v in self.alpha_intervals.items()},
             "multipliers": {f: {"value": m, "interval": list(self.intervals.get(f, (math.nan, math.nan))),
+                                "leave_one_budget_out": list(self.leave_one_out.get(f, (math.nan, math.nan))),
                                 "extrapolated": self.extrapolated(f) if math.isfinite(m) else None}
                             for f, m in self.multipliers.items()},
             "notes": self.notes,
@@ -155,7 +157,26 @@ def compare(table: pd.DataFrame, measure: str, *, reference: str,
                 samples_a[f].append(b_laws[f].alpha)
     intervals = {f: _interval(v) for f, v in samples_m.items() if v}
     alpha_intervals = {f: _interval(v) for f, v in samples_a.items() if v}
-    return Comparison(env, laws, notes, reference, top_flops, mult, intervals, alpha_intervals, n_bootstrap)
+    return Comparison(env, laws, notes, reference, top_flops, mult, intervals, alpha_intervals, n_bootstrap,
+                      leave_one_budget_out(env, reference, top_flops, min_budgets))
+
+
+def leave_one_budget_out(env: pd.DataFrame, reference: str, top_flops: float,
+                         min_budgets: int = MIN_BUDGETS) -> dict[str, tuple[float, float]]:
+    """The range of each multiplier when one budget at a time is dropped from every family (refitting the
+    laws; the target stays the full reference law's loss at top_flops): how much one budget drives it.
+    Only families that keep `min_budgets` budgets take part."""
+    full_laws, _ = fit_laws(env, min_budgets)
+    if reference not in full_laws:
+        return {}
+    target = float(full_laws[reference].loss(top_flops))
+    values: dict[str, list[float]] = {}
+    for budget in sorted(set(env["budget"])):
+        laws, _ = fit_laws(env[env["budget"] != budget], min_budgets)
+        for f, law in laws.items():
+            m = law.compute_for(target) / top_flops
+            values.setdefault(f, []).append(m if math.isfinite(m) else math.inf)  # a flat law: unbounded
+    return {f: (float(min(v)), float(max(v))) for f, v in values.items()}
 
 
 def _interval(values: list[float]) -> tuple[float, float]:

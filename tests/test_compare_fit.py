@@ -48,6 +48,21 @@ def test_laws_and_multiplier_recover_a_known_compute_ratio():
     # z: a different slope; its multiplier is where its own law meets x's loss at c_top
     target = 10.0 * c_top**-alpha
     assert m["z"] == pytest.approx((10.0 * 0.5**0.2 / target) ** (1 / 0.2) / c_top, rel=1e-9)
+    # exact power laws: leaving any one budget out changes nothing
+    lo, hi = compare(table, "bpb", reference="x").leave_one_out["y"]
+    assert lo == pytest.approx(2.0, rel=1e-9) and hi == pytest.approx(2.0, rel=1e-9)
+
+
+def test_leave_one_budget_out_shows_a_budget_that_drives_the_multiplier():
+    table = law_table({"x": (10.0, 0.1), "y": (10.0 * 2.0**0.1, 0.1)})
+    bent = table.assign(bpb=np.where((table["family"] == "y") & (table["budget"] == BUDGETS[0]),
+                                     table["bpb"] * 1.2, table["bpb"]))
+    result = compare(bent, "bpb", reference="x")
+    lo, hi = result.leave_one_out["y"]
+    # the raised first point steepens y's law, so it seems to need less compute; without that budget
+    # the law is exact again (2x), with it and one other budget left out it moves further
+    assert hi == pytest.approx(2.0, rel=1e-6)
+    assert lo < result.multipliers["y"] < hi
 
 
 def test_a_family_with_too_few_budgets_gets_no_law_and_a_note():
