@@ -143,24 +143,135 @@ def train(
 
 
 def _train(cfg: ExperimentConfig, data) -> dict:
-    import jax
+    """Setup (mesh, programs, data, restore), the loop, and the summary: see _Run, _loop and _summary."""
+    run = _Run.setup(cfg, data)
+    status = "running"  # "done" only once the loop has finished: a crash never writes a finished run.json
+    try:
+        _loop(run)
+        status = "done"
+    finally:
+        run.ckpt.close()  # waits for async saves, writes their manifests
+        run.progress.close()
+        result = _summary(run) if run.primary and status == "done" else {}
+        if result:
+            if run.evaluator.rows:  # before run.json: a finished run always has its rows
+                write_json(run.run_dir / EVAL_ROWS, {k: [float(x) for x in v] for k, v in run.evaluator.rows.items()})
+            write_json(run.run_dir / "run.json", result)
+        run.logger.close()
+    return result
 
-    from chinchax.model.counting import count_params, flops_per_token
-    from chinchax.sharding import make_mesh
-    from chinchax.train import step as step_lib
-    from chinchax.train.checkpoint import Checkpointer
-    from chinchax.train.evaluate import bits_per_byte, count_bytes, summarize, token_byte_lengths
-    from chinchax.train.mfu import total_peak_flops
-    from chinchax.train.optimizer import make_schedule, schedule_values
-    from chinchax.train.programs import programs_for
 
-    t_start = time.time()
+@dataclasses.dataclass
+class _Run:
+    """Everything one training run holds, built by `setup`; the loop advances `state` and `step_log`."""
+
+    cfg: ExperimentConfig
+    t_start: float
+    primary: bool
+    run_dir: Path
+    mesh: Any
+    programs: Any
+    lr_by_step: Any
+    train_it: Any
+    tokenizer: Any
+    ckpt: Any
+    state: Any
+    start_step: int
+    counts: Any
+    flops: Any
+    peak: float
+    peak_source: str
+    logger: MetricsLogger
+    progress: Progress
+    to_global: Callable[[dict], dict]
+    evaluator: _Evaluator
+    step_log: _StepLog
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.total_steps
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.trainer.batch_size * self.cfg.data.seq_len
+
+    def cumulative(self, step: int) -> dict:
+        return _cumulative(self.flops, self.tokens_per_step, step)
+
+    @classmethod
+    def setup(cls, cfg: ExperimentConfig, data) -> _Run:
+        import jax
+
+        from chinchax.model.counting import count_params, flops_per_token
+        from chinchax.sharding import make_mesh
+        from chinchax.train import step as step_lib
+        from chinchax.train.checkpoint import Checkpointer
+        from chinchax.train.mfu import total_peak_flops
+        from chinchax.train.optimizer import make_schedule, schedule_values
+        from chinchax.train.programs import programs_for
+
+        t_start = time.time()
+        tc = cfg.trainer
+        primary = jax.process_index() == 0
+        run_dir = run_path(tc.run_dir)  # gs://... stays a URI (etils.epath), a local path becomes absolute
+        old_steps = check_resume_compatible(run_dir, cfg)  # config.yaml is written once the restore agrees
+        mesh = make_mesh(tc.mesh)
+        _check_batch_splits(cfg, mesh)
+        total_steps = cfg.total_steps
+        programs = programs_for(cfg, mesh)  # shared with earlier runs of this shape in this process
+        lr_by_step = schedule_values(make_schedule(cfg.optimizer, total_steps), total_steps)
+
+        train_it, make_eval, tokenizer = (data or (lambda i, n: _default_data(cfg, i, n)))(
+            jax.process_index(), jax.process_count()
+        )
+        ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=tc.max_to_keep)
+        restored = ckpt.restore_latest(programs.abstract)
+        if restored is not None:
+            start_step, state, data_state = restored
+            train_it.set_state(data_state)
+            if primary:
+                print(f"[chinchax train] resuming {run_dir} from step {start_step}", flush=True)
+        else:
+            start_step, state = 0, programs.init_state(cfg)
+        if old_steps is not None:
+            try:
+                check_extension(run_dir, cfg, old_steps, start_step, lr_by_step)
+            except UserError:
+                ckpt.close()
+                raise
+        if primary:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.yaml", configlib.dump_yaml(cfg))
+            if start_step < total_steps:  # an extended run: its old summary no longer describes it
+                for stale in ("run.json", EVAL_ROWS):
+                    (run_dir / stale).unlink(missing_ok=True)
+
+        flops = flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.encoder_length)
+        peak, peak_source = total_peak_flops(cfg.model.dtype, tc.peak_flops)
+        wandb_run = (
+            start_wandb(tc.wandb_project, tc.wandb_mode, run_dir, run_dir.name, configlib.to_dict(cfg))
+            if primary
+            else None
+        )
+        logger = MetricsLogger(run_dir, resume_step=start_step, enabled=primary, wandb_run=wandb_run)
+        progress = Progress(total=total_steps, initial=start_step, enabled=primary and tc.progress_bar)
+        batch_sharding = step_lib.batch_sharding(mesh)
+
+        def to_global(batch: dict) -> dict:
+            return {
+                k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()
+            }
+
+        evaluator = _Evaluator(programs, make_eval, to_global, cfg, tokenizer)
+        tokens_per_step = tc.batch_size * cfg.data.seq_len
+        step_log = _StepLog(cfg, run_dir, flops, tokens_per_step, peak, logger, progress, ckpt)
+        return cls(cfg, t_start, primary, run_dir, mesh, programs, lr_by_step, train_it, tokenizer, ckpt, state,
+                   start_step, count_params(cfg.model), flops, peak, peak_source, logger, progress, to_global,
+                   evaluator, step_log)
+
+
+def _check_batch_splits(cfg: ExperimentConfig, mesh) -> None:
     tc = cfg.trainer
-    primary = jax.process_index() == 0
-    run_dir = run_path(tc.run_dir)  # gs://... stays a URI (etils.epath), a local path becomes absolute
-    old_steps = check_resume_compatible(run_dir, cfg)  # config.yaml is written once the restore agrees
-
-    mesh = make_mesh(tc.mesh)
     data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if (tc.batch_size // tc.microbatches) % data_shards:
         raise UserError(
@@ -168,209 +279,178 @@ def _train(cfg: ExperimentConfig, data) -> dict:
             f"cannot be split over the {data_shards} data-parallel shards of trainer.mesh={list(mesh.shape.values())}; "
             "make it a multiple"
         )
-    total_steps = cfg.total_steps
-    seq_len = cfg.data.seq_len
-    tokens_per_step = tc.batch_size * seq_len
 
-    programs = programs_for(cfg, mesh)  # shared with earlier runs of this shape in this process
-    lr_by_step = schedule_values(make_schedule(cfg.optimizer, total_steps), total_steps)
 
-    train_it, make_eval, tokenizer = (data or (lambda i, n: _default_data(cfg, i, n)))(
-        jax.process_index(), jax.process_count()
-    )
-    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=tc.max_to_keep)
-    restored = ckpt.restore_latest(programs.abstract)
-    if restored is not None:
-        start_step, state, data_state = restored
-        train_it.set_state(data_state)
-        if primary:
-            print(f"[chinchax train] resuming {run_dir} from step {start_step}", flush=True)
-    else:
-        start_step = 0
-        state = programs.init_state(cfg)
-    if old_steps is not None:
-        try:
-            check_extension(run_dir, cfg, old_steps, start_step, lr_by_step)
-        except UserError:
-            ckpt.close()
-            raise
-    if primary:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", configlib.dump_yaml(cfg))
-        if start_step < total_steps:  # an extended run: its old summary no longer describes it
-            for stale in ("run.json", EVAL_ROWS):
-                (run_dir / stale).unlink(missing_ok=True)
+def _cumulative(flops, tokens_per_step: int, step: int) -> dict:
+    tokens = step * tokens_per_step
+    return {
+        "tokens": tokens,
+        "flops_6nd": flops.six_n * tokens,
+        "flops_6nd_non_embedding": flops.six_n_non_embedding * tokens,
+        "flops_detailed": flops.detailed * tokens,
+    }
 
-    counts = count_params(cfg.model)
-    flops = flops_per_token(cfg.model, seq_len, cfg.data.encoder_length)
-    peak, peak_source = total_peak_flops(cfg.model.dtype, tc.peak_flops)
-    run_name = run_dir.name
-    wandb_run = (
-        start_wandb(tc.wandb_project, tc.wandb_mode, run_dir, run_name, configlib.to_dict(cfg))
-        if primary
-        else None
-    )
-    logger = MetricsLogger(run_dir, resume_step=start_step, enabled=primary, wandb_run=wandb_run)
-    progress = Progress(total=total_steps, initial=start_step, enabled=primary and tc.progress_bar)
 
-    batch_sharding = step_lib.batch_sharding(mesh)
+def _loop(run: _Run) -> None:
+    """Steps start_step..total_steps. The device is waited for only on checkpoint and eval steps: step t's
+    metrics are fetched while step t+1 runs."""
+    tc, total_steps = run.cfg.trainer, run.total_steps
     train_fn = None
-    eval_fn = None
-    eval_cache: list | None = None
-    byte_lengths = (
-        token_byte_lengths(tokenizer) if tokenizer is not None and cfg.data.objective == "causal_lm" else None
-    )
+    pending = None  # (step number after the update, device metrics) of the last dispatched step
+    for step in range(run.start_step, total_steps):
+        batch = run.to_global(next(run.train_it))
+        if train_fn is None:
+            train_fn = run.programs.train_step(batch.keys())
+        run.state, metrics = train_fn(run.state, batch, run.lr_by_step[step])
+        if pending is not None:
+            run.step_log.record(*pending)  # step t's metrics while step t+1 runs
+        pending = (step + 1, metrics)
+        done = step + 1
+        save_now = done == total_steps or (tc.checkpoint_every and done % tc.checkpoint_every == 0)
+        eval_now = done == total_steps or (tc.eval_every and done % tc.eval_every == 0)
+        if save_now or eval_now:
+            run.step_log.record(*pending)  # synchronous here: never checkpoint a NaN state
+            pending = None
+        if eval_now:
+            run.step_log.last_eval = run.evaluator(run.state["params"], done)
+            if run.step_log.last_eval:
+                run.logger.log(run.step_log.last_eval)
+        if save_now:
+            run.logger.flush()  # on gs:// the rows up to a checkpoint are stored before it can be trusted
+            run.ckpt.save(done, run.state, run.train_it.get_state())
+    if pending is not None:
+        run.step_log.record(*pending)
+    if run.start_step >= total_steps:  # re-run of a finished run: recompute its summary, train nothing
+        rows = [r for r in run.logger.rows() if "loss" in r]
+        run.step_log.last_loss = rows[-1]["loss"] if rows else float("nan")
+        run.step_log.last_eval = run.evaluator(run.state["params"], total_steps)
 
-    def to_global(batch: dict) -> dict:
-        return {
-            k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()
-        }
 
-    def cumulative(step: int) -> dict:
-        tokens = step * tokens_per_step
-        return {
-            "tokens": tokens,
-            "flops_6nd": flops.six_n * tokens,
-            "flops_6nd_non_embedding": flops.six_n_non_embedding * tokens,
-            "flops_detailed": flops.detailed * tokens,
-        }
+def _summary(run: _Run) -> dict:
+    """run.json of a finished run."""
+    import jax
 
-    def run_eval(step: int) -> dict:
-        nonlocal eval_fn, eval_cache
-        if make_eval is None:
+    final_step = int(jax.device_get(run.state["step"]))
+    last_eval, mfu_values = run.step_log.last_eval, run.step_log.mfu_values
+    return {
+        "run": run.run_dir.name,
+        "status": "done",
+        "n_params": run.counts.total,
+        "n_params_embedding": run.counts.embedding,
+        "n_params_non_embedding": run.counts.non_embedding,
+        "n_tokens": final_step * run.tokens_per_step,
+        "steps": final_step,
+        "batch_size": run.cfg.trainer.batch_size,
+        "seq_len": run.cfg.data.seq_len,
+        **{k: v for k, v in run.cumulative(final_step).items() if k != "tokens"},
+        "final_train_loss": run.step_log.last_loss,
+        "eval_loss": last_eval.get("eval_loss"),
+        "eval_loss_stderr": last_eval.get("eval_loss_stderr"),
+        "eval_bits_per_byte": last_eval.get("eval_bits_per_byte"),
+        "wall_time_s": time.time() - run.t_start,
+        "mfu": float(np.mean(mfu_values)) if mfu_values else None,
+        "peak_flops": run.peak,
+        "peak_flops_source": run.peak_source,
+        "tokenizer_hash": getattr(run.tokenizer, "hash", None),
+        "n_devices": jax.device_count(),
+        "mesh": dict(run.mesh.shape),
+        "config": configlib.to_dict(run.cfg),
+    }
+
+
+class _Evaluator:
+    """The eval set's loss (and bits per byte for causal LMs) at a step; `rows` keeps the last eval's
+    per-row loss sums and weights (paired comparisons of runs)."""
+
+    def __init__(self, programs, make_eval, to_global, cfg: ExperimentConfig, tokenizer):
+        from chinchax.train.evaluate import token_byte_lengths
+
+        self.programs, self.make_eval, self.to_global = programs, make_eval, to_global
+        self.byte_lengths = (
+            token_byte_lengths(tokenizer) if tokenizer is not None and cfg.data.objective == "causal_lm" else None
+        )
+        self.batches: list | None = None
+        self.eval_fn = None
+        self.rows: dict = {}
+
+    def __call__(self, params, step: int) -> dict:
+        import jax
+
+        from chinchax.train.evaluate import bits_per_byte, count_bytes, summarize
+
+        if self.make_eval is None:
             return {}
-        if eval_cache is None:
-            eval_cache = make_eval()
+        if self.batches is None:
+            self.batches = self.make_eval()
         sums, weights, targets, tweights = [], [], [], []
-        for batch in eval_cache:
-            gb = to_global(batch)
-            if eval_fn is None:
-                eval_fn = programs.eval_step(gb.keys())
-            out = eval_fn(state["params"], gb)
-            out = jax.tree.map(_to_host, out)
+        for batch in self.batches:
+            gb = self.to_global(batch)
+            if self.eval_fn is None:
+                self.eval_fn = self.programs.eval_step(gb.keys())
+            out = jax.tree.map(_to_host, self.eval_fn(params, gb))
             sums.append(out["loss_sum_B"])
             weights.append(out["weight_B"])
             targets.append(batch["targets"])
             tweights.append(batch["loss_weights"])
         loss_sums, w = np.concatenate(sums), np.concatenate(weights)
-        eval_rows.update(loss_sum=loss_sums, weight=w)
+        self.rows.update(loss_sum=loss_sums, weight=w)
         mean, stderr = summarize(loss_sums, w)
         row = {"step": step, "eval_loss": mean, "eval_loss_stderr": stderr}
         # bytes are counted on this host's rows, then summed over hosts
-        if byte_lengths is not None:
-            n_bytes = float(_to_host(np.asarray([count_bytes(targets, tweights, byte_lengths)])).sum())
+        if self.byte_lengths is not None:
+            n_bytes = float(_to_host(np.asarray([count_bytes(targets, tweights, self.byte_lengths)])).sum())
             row["eval_bits_per_byte"] = bits_per_byte(float(loss_sums.sum()), n_bytes)
         return row
 
-    last_loss = float("nan")
-    last_eval: dict = {}
-    eval_rows: dict = {}  # per-row loss sums and weights of the last eval: paired comparisons of runs
-    mfu_values: list[float] = []
-    window_start, window_steps, first_window = time.perf_counter(), 0, True
-    pending = None  # (step number after the update, device metrics) of the last dispatched step
 
-    def handle(step: int, metrics_dev, *, force_log: bool = False) -> None:
-        nonlocal last_loss, window_start, window_steps, first_window
+class _StepLog:
+    """A finished step's metrics: the divergence check, then every `log_every` steps a metrics row (step time,
+    tokens/s and MFU averaged over the steps since the last row) and a progress update."""
+
+    def __init__(self, cfg, run_dir, flops, tokens_per_step, peak, logger, progress, ckpt):
+        self.cfg, self.run_dir, self.flops, self.tokens_per_step, self.peak = cfg, run_dir, flops, tokens_per_step, peak
+        self.logger, self.progress, self.ckpt = logger, progress, ckpt
+        self.last_loss = float("nan")
+        self.last_eval: dict = {}
+        self.mfu_values: list[float] = []
+        self.window_start, self.window_steps, self.first_window = time.perf_counter(), 0, True
+
+    def record(self, step: int, metrics_dev, *, force_log: bool = False) -> None:
+        import jax
+
         m = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
         if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
             raise TrainingDiverged(
                 f"the loss became {m['loss']} (grad norm {m['grad_norm']}) at step {step}; stopping. The last "
-                f"good checkpoint is kept in {run_dir / 'checkpoints'}; lower optimizer.learning_rate, raise "
+                f"good checkpoint is kept in {self.run_dir / 'checkpoints'}; lower optimizer.learning_rate, raise "
                 "optimizer.warmup_steps or set optimizer.clip_norm, then start a new run_dir"
             )
-        last_loss = m["loss"]
-        window_steps += 1
-        if step % tc.log_every == 0 or force_log or step == total_steps:
-            now = time.perf_counter()
-            step_time = (now - window_start) / window_steps
-            tokens_per_s = tokens_per_step / step_time
-            mfu = flops.detailed * tokens_per_s / peak
-            if not first_window:  # the first window after a (re)start includes compilation
-                mfu_values.append(mfu)
-            logger.log(
-                {
-                    "step": step,
-                    "loss": m["loss"],
-                    "learning_rate": m["learning_rate"],
-                    "grad_norm": m["grad_norm"],
-                    "z_loss": m["z_loss"],
-                    **cumulative(step),
-                    "step_time_s": step_time,
-                    "tokens_per_s": tokens_per_s,
-                    "mfu": mfu,
-                }
-            )
-            progress.update(window_steps, m["loss"], tokens_per_s)
-            window_start, window_steps, first_window = now, 0, False
-            ckpt.poll()
-
-    status = "running"  # "done" only once the loop has finished: a crash never writes a finished run.json
-    try:
-        for step in range(start_step, total_steps):
-            batch = to_global(next(train_it))
-            if train_fn is None:
-                train_fn = programs.train_step(batch.keys())
-            state, metrics = train_fn(state, batch, lr_by_step[step])
-            if pending is not None:
-                handle(*pending)  # step t's metrics while step t+1 runs
-            pending = (step + 1, metrics)
-            done = step + 1
-            save_now = done == total_steps or (tc.checkpoint_every and done % tc.checkpoint_every == 0)
-            eval_now = done == total_steps or (tc.eval_every and done % tc.eval_every == 0)
-            if save_now or eval_now:
-                handle(*pending)  # synchronous here: never checkpoint a NaN state
-                pending = None
-            if eval_now:
-                last_eval = run_eval(done)
-                if last_eval:
-                    logger.log(last_eval)
-            if save_now:
-                logger.flush()  # on gs:// the rows up to a checkpoint are stored before it can be trusted
-                ckpt.save(done, state, train_it.get_state())
-        if pending is not None:
-            handle(*pending)
-        if start_step >= total_steps:  # re-run of a finished run: recompute its summary, train nothing
-            rows = [r for r in logger.rows() if "loss" in r]
-            last_loss = rows[-1]["loss"] if rows else float("nan")
-            last_eval = run_eval(total_steps)
-        status = "done"
-    except TrainingDiverged:
-        status = "diverged"
-        raise
-    finally:
-        ckpt.close()  # waits for async saves, writes their manifests
-        progress.close()
-        final_step = int(jax.device_get(state["step"])) if status == "done" else None
-        if primary and status == "done":
-            result = {
-                "run": run_name,
-                "status": status,
-                "n_params": counts.total,
-                "n_params_embedding": counts.embedding,
-                "n_params_non_embedding": counts.non_embedding,
-                "n_tokens": final_step * tokens_per_step,
-                "steps": final_step,
-                "batch_size": tc.batch_size,
-                "seq_len": seq_len,
-                **{k: v for k, v in cumulative(final_step).items() if k != "tokens"},
-                "final_train_loss": last_loss,
-                "eval_loss": last_eval.get("eval_loss"),
-                "eval_loss_stderr": last_eval.get("eval_loss_stderr"),
-                "eval_bits_per_byte": last_eval.get("eval_bits_per_byte"),
-                "wall_time_s": time.time() - t_start,
-                "mfu": float(np.mean(mfu_values)) if mfu_values else None,
-                "peak_flops": peak,
-                "peak_flops_source": peak_source,
-                "tokenizer_hash": getattr(tokenizer, "hash", None),
-                "n_devices": jax.device_count(),
-                "mesh": dict(mesh.shape),
-                "config": configlib.to_dict(cfg),
+        self.last_loss = m["loss"]
+        self.window_steps += 1
+        if step % self.cfg.trainer.log_every and not force_log and step != self.cfg.total_steps:
+            return
+        now = time.perf_counter()
+        step_time = (now - self.window_start) / self.window_steps
+        tokens_per_s = self.tokens_per_step / step_time
+        mfu = self.flops.detailed * tokens_per_s / self.peak
+        if not self.first_window:  # the first window after a (re)start includes compilation
+            self.mfu_values.append(mfu)
+        self.logger.log(
+            {
+                "step": step,
+                "loss": m["loss"],
+                "learning_rate": m["learning_rate"],
+                "grad_norm": m["grad_norm"],
+                "z_loss": m["z_loss"],
+                **_cumulative(self.flops, self.tokens_per_step, step),
+                "step_time_s": step_time,
+                "tokens_per_s": tokens_per_s,
+                "mfu": mfu,
             }
-            if eval_rows:  # before run.json: a finished run always has its rows
-                write_json(run_dir / EVAL_ROWS, {k: [float(x) for x in v] for k, v in eval_rows.items()})
-            write_json(run_dir / "run.json", result)
-        logger.close()
-    return result if primary else {}
+        )
+        self.progress.update(self.window_steps, m["loss"], tokens_per_s)
+        self.window_start, self.window_steps, self.first_window = now, 0, False
+        self.ckpt.poll()
 
 
 def _to_host(a) -> np.ndarray:
