@@ -89,7 +89,7 @@ def base_config(cfg: StudyConfig, d_model: int, run_dir: Path):
 
 
 def pretrain_bases(cfg: StudyConfig, out: Path) -> dict[int, Path]:
-    """d_model -> run dir of a finished base (trained here unless run.json is already there)."""
+    """d_model -> run dir `out/bases/d{d_model}` of a finished base (trained unless its run.json is there)."""
     from chinchax.train.trainer import train
 
     bases = {}
