@@ -12,6 +12,7 @@ and what is valid.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -117,7 +118,5 @@ def __getattr__(name: str):
     """The model's config helpers moved to chinchax.model (configlib knows no model); importing them from
     here still works, loaded on first use, for code written before the move."""
     if name in _MOVED:
-        import importlib
-
         return getattr(importlib.import_module(_MOVED[name]), name)
     raise AttributeError(f"module 'chinchax.configlib' has no attribute {name!r}")

@@ -126,8 +126,6 @@ def files_under(root) -> list:
 
 def copy_tree(source, target) -> None:
     """Copy a folder (local or gs://, either way round) file by file."""
-    import shutil
-
     if not is_remote(source) and not is_remote(target):
         shutil.copytree(source, target)
         return
@@ -138,8 +136,6 @@ def copy_tree(source, target) -> None:
 
 
 def remove_tree(path) -> None:
-    import shutil
-
     if is_remote(path):
         path.rmtree(missing_ok=True)
     else:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 
+from chinchax.fileio import run_path
+
 
 def strict(x):
     """`x` with every non-finite float replaced by None, numpy scalars/arrays as Python numbers/lists,
@@ -38,8 +40,6 @@ def dump(x, f, **kwargs) -> None:
 def read_jsonl(path) -> list[dict]:
     """The rows of a JSON-lines file (metrics.jsonl), local or gs://; [] when it does not exist. Stops at
     a line cut short by a kill: everything after it is redone by the resumed run anyway."""
-    from chinchax.fileio import run_path
-
     path = run_path(path)
     if not path.is_file():
         return []

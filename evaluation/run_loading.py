@@ -11,11 +11,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chinchax.configlib import load_config
+from chinchax.data.config import DataConfig
+from chinchax.data.tokenizers import check_vocab_fits, load_tokenizer
 from chinchax.errors import UserError
+from chinchax.model.convert.hf import converted_tokenizer, load_converted, model_from_params
+from chinchax.sharding import make_mesh
+from chinchax.train import state as state_lib
+from chinchax.train.checkpoint import Checkpointer
+from chinchax.train.config import ExperimentConfig
+from chinchax.train.optimizer import make_optimizer
 
 
 @dataclass
@@ -43,16 +53,6 @@ def load_run(run_dir: str | Path, *, tokenizer: str | None = None) -> LoadedRun:
 
 
 def _load_train_run(run_dir: Path, tokenizer: str | None) -> LoadedRun:
-    import dataclasses
-
-    from chinchax.configlib import load_config
-    from chinchax.data.tokenizers import load_tokenizer
-    from chinchax.sharding import make_mesh
-    from chinchax.train import state as state_lib
-    from chinchax.train.checkpoint import Checkpointer
-    from chinchax.train.config import ExperimentConfig
-    from chinchax.train.optimizer import make_optimizer
-
     cfg = load_config(ExperimentConfig, run_dir / "config.yaml")
     if tokenizer is not None:
         cfg = cfg.replace(data=dataclasses.replace(cfg.data, tokenizer=tokenizer))
@@ -77,11 +77,6 @@ def _load_train_run(run_dir: Path, tokenizer: str | None) -> LoadedRun:
 
 
 def _load_converted(model_dir: Path, tokenizer: str | None) -> LoadedRun:
-    from chinchax.data.config import DataConfig
-    from chinchax.data.tokenizers import check_vocab_fits, load_tokenizer
-    from chinchax.model.convert.hf import converted_tokenizer, load_converted, model_from_params
-    from chinchax.train.config import ExperimentConfig
-
     spec = tokenizer or converted_tokenizer(model_dir)
     if spec is None:
         raise UserError(

@@ -12,11 +12,13 @@ The train command is a parameter so tests can inject a fake trainer.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from tqdm import tqdm
 
 from chinchax import jsonio
 from chinchax.errors import UserError
@@ -43,6 +46,7 @@ from chinchax.scaling.results import (
     write_atomic,
 )
 from chinchax.scaling.sweep_config import RaySettings, TpuSettings
+from chinchax.scaling.worker import WorkerPool
 
 DEFAULT_TRAIN_COMMAND = (sys.executable, "-m", "chinchax.cli", "train")
 EXECUTORS = ("local", "worker", "ray", "tpu")
@@ -176,8 +180,6 @@ def plan_work(plan: Plan, sweep: SweepDir, skip_failed: bool = False) -> tuple[l
 
 
 def _progress(total: int, desc: str):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True, file=sys.stderr)
 
 
@@ -202,8 +204,6 @@ def run_local(
     if parallel < 1:
         raise UserError(f"--parallel={parallel} must be >= 1")
     if workers:
-        from chinchax.scaling.worker import WorkerPool
-
         with WorkerPool(parallel, env) as pool:
             return _run_local(plan, sweep, parallel, max_retries, train_command, skip_failed, env, progress,
                               pool.run)
@@ -257,8 +257,6 @@ def seed_branch(sweep: SweepDir, run: PlannedRun, plan: Plan) -> bool:
     metrics up to there into the branch's run dir; `chinchax train` then resumes from it with the branch's
     own config. Returns False (the run trains from scratch: same result, more FLOPs) if the trunk has no
     such checkpoint, e.g. because it failed."""
-    import shutil
-
     if not run.branch_of:
         return False
     d = sweep.run_dir(run.run_id)
@@ -676,6 +674,4 @@ class _TpuSweep:
 
 
 def _with_root(settings: TpuSettings, root: str) -> TpuSettings:
-    import dataclasses
-
     return dataclasses.replace(settings, run_root=root)

@@ -35,6 +35,7 @@ from chinchax.fileio import write_text_atomic as write_atomic
 from chinchax.jsonio import read_jsonl
 from chinchax.scaling.planned import Plan, PlannedRun
 from chinchax.scaling.run_rows import EXTRA_COLUMNS, RESULT_COLUMNS, flops_key, run_row
+from chinchax.train.runlock import probe
 
 STATES = ("planned", "running", "interrupted", "failed", "done")
 FAILED_MARKER = "sweep_failed.json"
@@ -65,8 +66,6 @@ def _pid_alive(pid: int) -> bool:
 def trainer_holding(run_dir: Path) -> dict | None:
     """The trainer ({"pid", "host"}) holding the run directory's lock, or None: the run's own answer to
     "is it running", which no dead executor's pid file can fake (chinchax.train.runlock)."""
-    from chinchax.train.runlock import probe
-
     return probe(run_dir)
 
 

@@ -28,7 +28,9 @@ from typing import Any
 import grain
 import grain.checkpoint
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from chinchax.errors import UserError
 from chinchax.fileio import (
@@ -113,8 +115,6 @@ def _say(message: str) -> None:
 
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -280,9 +280,6 @@ def _broadcast_problem(problem: str | None) -> str | None:
     """Process 0 verifies; every process must take the same decision."""
     if jax.process_count() == 1:
         return problem
-    import numpy as np
-    from jax.experimental import multihost_utils
-
     bad = multihost_utils.broadcast_one_to_all(np.array(problem is not None))
     return (problem or "damaged on the primary host") if bool(bad) else None
 
@@ -290,8 +287,6 @@ def _broadcast_problem(problem: str | None) -> str | None:
 def load_numpy_state(step_dir: str | Path) -> Any:
     """The train state of a finished step as host numpy arrays, whatever mesh or hosts wrote it
     (for inspection, tests and export; the trainer restores onto its mesh with `restore_latest`)."""
-    import numpy as np
-
     path = run_path(step_dir) / "state"
     checkpointer = ocp.PyTreeCheckpointer()
     metadata = checkpointer.metadata(path)
