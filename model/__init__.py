@@ -10,6 +10,8 @@ _LAZY = {
     "Transformer": "chinchax.model.transformer",
     "MODEL_INPUT_KEYS": "chinchax.model.transformer",
     "EMBEDDING_PARAM_NAMES": "chinchax.model.transformer",
+    "CACHE_AXES": "chinchax.model.transformer",
+    "token_cross_entropy": "chinchax.model.losses",
     "count_params": "chinchax.model.counting",
     "flops_per_token": "chinchax.model.counting",
 }
@@ -23,4 +25,13 @@ def __getattr__(name):
     raise AttributeError(f"module 'chinchax.model' has no attribute {name!r}")
 
 
-__all__ = ["EMBEDDING_PARAM_NAMES", "MODEL_INPUT_KEYS", "ModelConfig", "Transformer", "count_params", "flops_per_token"]
+__all__ = [
+    "CACHE_AXES",
+    "EMBEDDING_PARAM_NAMES",
+    "MODEL_INPUT_KEYS",
+    "ModelConfig",
+    "Transformer",
+    "count_params",
+    "flops_per_token",
+    "token_cross_entropy",
+]

@@ -299,6 +299,11 @@ def generate(
                 f"table (model.max_len={mcfg.max_len}); shorten it"
             )
     prefix = mcfg.attention == "prefix" if prefix is None else prefix
+    if prefix and mcfg.attention != "prefix":
+        raise UserError(
+            f"prefix=True reads the prompt bidirectionally, which only a prefix-LM decoder was trained for "
+            f"(model.attention={mcfg.attention!r}); leave prefix unset or use a model with model.attention=prefix"
+        )
     graphdef, state = nnx.split(model)
     tokens, lengths, logits = _generate(
         graphdef,

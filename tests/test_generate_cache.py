@@ -18,8 +18,10 @@ import pytest
 from flax import nnx
 
 from chinchax.configlib import load_model_config
+from chinchax.errors import UserError
 from chinchax.evaluation.scoring import Scorer
 from chinchax.model import Transformer
+from chinchax.model.decoding import SamplingConfig, generate
 
 SMALL = ["vocab_size=64", "d_model=32", "n_layers=2", "n_heads=4", "d_ff=64", "head_dim=8", "max_len=32"]
 MODELS = {
@@ -127,3 +129,5 @@ def test_cache_misuse_is_a_clear_error():
     t5 = model_for("encoder_decoder")
     with pytest.raises(ValueError, match="encoder_inputs"):
         t5(jnp.ones((1, 1), jnp.int32), cache=t5.init_cache(1, 4), cache_index=0)
+    with pytest.raises(UserError, match="model.attention=prefix"):  # a causal model never saw a prefix
+        generate(model, [[BOS, 5]], SamplingConfig(max_new_tokens=2), prefix=True)
