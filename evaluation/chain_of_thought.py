@@ -116,8 +116,17 @@ def normalise(answer: str) -> str:
     return re.sub(r"\.$", "", answer.replace("$", "").replace(",", "").strip())
 
 
+def _need_lm_eval():
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise UserError("chain-of-thought scoring uses lm-evaluation-harness's answer filters; install the eval "
+                        "extra: pip install 'chinchax[eval]'") from None
+
+
 def extract_answers(texts: list[str]) -> list[str]:
     """lm-eval's strict regex, falling back to its flexible last-number regex."""
+    _need_lm_eval()
     from lm_eval.filters.extraction import RegexFilter
 
     strict = RegexFilter(STRICT, group_select=0, fallback=INVALID).apply([[t] for t in texts], None)

@@ -50,13 +50,13 @@ def register(subparsers) -> None:
     ev.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                     help="run directories written by `chinchax train`, converted checkpoints, or a sweep directory")
     ev.add_argument("--task", action="append", default=[], help="JSONL file or tfds:NAME (repeatable)")
-    ev.add_argument("--shots", type=_shots, default=[0], help="k-shot examples from the task's train split: k or k1,k2,...")
+    ev.add_argument("--shots", type=_shots, default="0", help="k-shot examples from the task's train split: k or k1,k2,...")
     ev.add_argument("--cot", action="append", default=[], metavar="TASK",
                     help="chain-of-thought vs direct answering: 'arith[:N]' (built in) or a question/answer/rationale JSONL")
     ev.add_argument("--cot-samples", type=int, default=5, help="--cot: sampled rationales for the majority vote")
     ev.add_argument("--cot-temperature", type=float, default=0.7, help="--cot: sampling temperature of those")
-    ev.add_argument("--out", default=None, help="where the ICL table and plots go (default: SWEEP_DIR/icl or "
-                    "the first run's parent/icl)")
+    ev.add_argument("--out", default=None, help="where the ICL table and plots go; none: SWEEP_DIR/icl or "
+                    "the first run's parent/icl")
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each task")
     ev.add_argument("--seed", type=int, default=0, help="which shots are drawn")
     ev.add_argument("--loss", action="store_true", help="validation loss on the run's fixed eval batches")
@@ -96,7 +96,12 @@ def _shots(text: str) -> list[int]:
 
 
 def _export_lm_eval_task(args) -> int:
-    from chinchax.evaluation.lm_eval_model import export_task
+    from chinchax.errors import UserError
+
+    try:
+        from chinchax.evaluation.lm_eval_model import export_task
+    except ImportError as e:
+        raise UserError(f"lm-evaluation-harness is not installed ({e}); pip install 'chinchax[eval]'") from None
 
     path = export_task(args.jsonl, args.out_dir, args.name)
     print(f"-> {path}\n   python -m chinchax.evaluation.lm_eval_main --model chinchax --model_args run=RUN_DIR "

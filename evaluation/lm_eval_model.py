@@ -157,23 +157,44 @@ class ChinchaxLM(LM):
 class ChinchaxShotSampler(ContextSampler):
     """lm-eval few-shot sampler drawing chinchax's shots: per question, seeded by (seed, the question's content),
     from the parsed shot records, the question itself left out when it is in the pool. The seed is lm-eval's
-    few-shot seed (`--seed a,b,c,FEWSHOT`); pass the same to `chinchax eval --seed`."""
+    few-shot seed (`--seed a,b,c,FEWSHOT`); pass the same to `chinchax eval --seed`.
+
+    lm-eval hands a sampler the question only when the few-shot split is the test split, so a task whose
+    shots live in another file keeps fewshot_split = test and names that file in `shots_file`
+    (`sampler_for(path)`, written beside the YAML by `export_task`)."""
+
+    shots_file: str | None = None
 
     def set_rnd(self, rnd):
         super().set_rnd(rnd)
         self.seed = 0 if rnd is None else int(rnd)
 
+    def _shot_docs(self) -> list[dict]:
+        if self.shots_file is None:
+            return list(self.fewshot_docs())
+        if not hasattr(self, "_file_docs"):
+            lines = Path(self.shots_file).read_text().splitlines()
+            self._file_docs = [json.loads(line) for line in lines if line.strip()]
+        return self._file_docs
+
     def sample(self, n: int, eval_doc=None, df=None, **kwargs):
         if df:
             self.df = df
-        docs = list(self.fewshot_docs())
-        pool = [_record(d, f"few-shot record {i}") for i, d in enumerate(docs)]
         if eval_doc is None:
-            raise UserError("ChinchaxShotSampler needs the question: set fewshot_split to the test split or give "
-                            "the question's record (draws are seeded by its content)")
+            raise UserError("ChinchaxShotSampler needs the question (draws are seeded by its content), which lm-eval "
+                            "passes only when fewshot_split equals test_split; keep them equal and give the shot file "
+                            "with chinchax.evaluation.lm_eval_model.sampler_for(PATH) (what `chinchax lm-eval-task` writes)")
+        docs = self._shot_docs()
+        pool = [_record(d, f"few-shot record {i}") for i, d in enumerate(docs)]
         example = _record(eval_doc, "question")
-        picked = fewshot.draw(pool, example, n, getattr(self, "seed", 0), exclude_example=True, task_name="lm_eval task")
+        picked = fewshot.draw(pool, example, n, getattr(self, "seed", 0), exclude_example=self.shots_file is None,
+                              task_name="lm_eval task")
         return [docs[i] for i in picked]
+
+
+def sampler_for(shots_file: str | Path) -> type[ChinchaxShotSampler]:
+    """A ChinchaxShotSampler whose shots come from `shots_file` (a chinchax .train.jsonl)."""
+    return type("ChinchaxFileShotSampler", (ChinchaxShotSampler,), {"shots_file": str(Path(shots_file).absolute())})
 
 
 def _record(doc: dict, where: str):
@@ -189,11 +210,17 @@ dataset_kwargs:
     test: {test}
     train: {train}
 test_split: test
-fewshot_split: {fewshot_split}
+fewshot_split: test
 output_type: {output_type}
 {body}fewshot_delimiter: "\\n\\n"
 fewshot_config:
-  sampler: !function chinchax.evaluation.lm_eval_model.ChinchaxShotSampler
+  sampler: !function {sampler}
+"""
+SAMPLER_PY = """\
+# written by chinchax.evaluation.lm_eval_model.export_task: few-shot examples of {name} come from this file
+from chinchax.evaluation.lm_eval_model import sampler_for
+
+Sampler = sampler_for({train})
 """
 MC_BODY = """\
 doc_to_text: "{{{{context}}}}"
@@ -233,8 +260,11 @@ def export_task(jsonl: str | Path, out_dir: str | Path, name: str | None = None)
     if task.kind == "generation" and any("references" not in json.loads(line) for line in jsonl.read_text().splitlines()
                                          if line.strip()):
         raise UserError(f"{jsonl}: export to lm-eval needs 'references' lists in every record (not 'reference')")
-    text = TASK_YAML.format(name=name, test=json.dumps(str(jsonl)), train=json.dumps(str(train)),
-                            fewshot_split="train" if sibling.is_file() else "test",
+    sampler = "chinchax.evaluation.lm_eval_model.ChinchaxShotSampler"
+    if sibling.is_file():  # lm-eval shows the sampler the question only if fewshot_split == test_split
+        sampler = f"{name}_shots.Sampler"
+        write_text_atomic(Path(out_dir) / f"{name}_shots.py", SAMPLER_PY.format(name=name, train=repr(str(train))))
+    text = TASK_YAML.format(name=name, test=json.dumps(str(jsonl)), train=json.dumps(str(train)), sampler=sampler,
                             output_type="multiple_choice" if task.kind == "multiple_choice" else "generate_until",
                             body=body.format())
     path = Path(out_dir) / f"{name}.yaml"

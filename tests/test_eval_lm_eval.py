@@ -70,14 +70,16 @@ def test_lm_eval_cli_equals_chinchax_eval_on_a_local_jsonl_task(run, tmp_path):
 
     task = write_jsonl(tmp_path / "parity.jsonl", MC)
     gen = write_jsonl(tmp_path / "plus.jsonl", GEN)
+    held = write_jsonl(tmp_path / "held.jsonl", MC[:4])  # its shots come from a separate file
+    write_jsonl(tmp_path / "held.train.jsonl", MC[4:])
     include = tmp_path / "lm_eval_tasks"
-    export_task(task, include)
-    export_task(gen, include)
+    for path in (task, gen, held):
+        export_task(path, include)
     out = tmp_path / "lm_eval_out"
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
         [sys.executable, "-m", "chinchax.evaluation.lm_eval_main", "--model", "chinchax", "--model_args",
-         f"run={run}", "--batch_size", "4", "--include_path", str(include), "--tasks", "chinchax_parity,chinchax_plus",
+         f"run={run}", "--batch_size", "4", "--include_path", str(include), "--tasks", "chinchax_parity,chinchax_plus,chinchax_held",
          "--num_fewshot", "2", "--seed", "0,1234,1234,7", "--output_path", str(out), "--log_samples"],
         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -90,11 +92,23 @@ def test_lm_eval_cli_equals_chinchax_eval_on_a_local_jsonl_task(run, tmp_path):
         assert got[f"{metric},none"] == ours[metric], metric
         assert got[f"{metric}_stderr,none"] == pytest.approx(ours[f"{metric}_stderr"], rel=1e-12), metric
 
-    # the same prompts and the same log-likelihood of every choice
+    assert main(["eval", str(run), "--task", str(held), "--shots", "2", "--seed", "7", "--batch-size", "4"]) == 0
+    ours = json.loads((run / "eval.json").read_text())["results"]["held/2shot"]
+    got = json.loads(results_file.read_text())["results"]["chinchax_held"]
+    assert [got[f"{m},none"] for m in ("acc", "acc_norm", "acc_bytes")] == [ours[m] for m in ("acc", "acc_norm", "acc_bytes")]
+    held_samples = sorted((json.loads(line) for line in next(out.rglob("samples_chinchax_held_*.jsonl")).read_text()
+                           .splitlines()), key=lambda s: s["doc_id"])
     from chinchax.evaluation import fewshot
+    from chinchax.evaluation.tasks import load_task
+
+    held_prompts = fewshot.prompts(load_task(str(held)), 2, seed=7)
+    assert [s["arguments"]["gen_args_0"]["arg_0"] for s in held_samples] == held_prompts
+    assert all(p.count("\n\n") == 2 and p.split("\n\n")[0].split("?")[0] in {f"Is {i} even" for i in range(4, 10)}
+               for p in held_prompts)  # shots from the train file
+
+    # the same prompts and the same log-likelihood of every choice
     from chinchax.evaluation.multiple_choice import score_pairs
     from chinchax.evaluation.scoring import Scorer
-    from chinchax.evaluation.tasks import load_task
 
     samples = [json.loads(line) for line in next(out.rglob("samples_chinchax_parity_*.jsonl")).read_text().splitlines()]
     samples.sort(key=lambda s: s["doc_id"])
@@ -177,9 +191,10 @@ def test_lm_eval_task_export_from_the_cli(tmp_path, capsys):
     assert "--include_path" in capsys.readouterr().out
     text = (tmp_path / "out" / "chinchax_quiz.yaml").read_text()
     cfg = yaml.safe_load(text.replace("!function ", ""))
-    assert cfg["task"] == "chinchax_quiz" and cfg["fewshot_split"] == "train" and cfg["target_delimiter"] == ""
+    assert cfg["task"] == "chinchax_quiz" and cfg["fewshot_split"] == "test" and cfg["target_delimiter"] == ""
     assert cfg["dataset_kwargs"]["data_files"]["train"] == str(tmp_path / "quiz.train.jsonl")
-    assert cfg["fewshot_config"]["sampler"] == "chinchax.evaluation.lm_eval_model.ChinchaxShotSampler"
+    assert cfg["fewshot_config"]["sampler"] == "chinchax_quiz_shots.Sampler"  # a module beside the YAML
+    assert str(tmp_path / "quiz.train.jsonl") in (tmp_path / "out" / "chinchax_quiz_shots.py").read_text()
     write_jsonl(tmp_path / "g.jsonl", [{"prompt": "a", "reference": "b"}])
     assert main(["lm-eval-task", str(tmp_path / "g.jsonl"), str(tmp_path / "out")]) == 2
     assert "needs 'references' lists" in capsys.readouterr().err
