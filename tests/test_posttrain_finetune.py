@@ -143,3 +143,17 @@ def test_a_changed_method_is_not_resumed(base_dir, runs):
     run_dir = runs["lora"][0]
     with pytest.raises(UserError, match="other finetune settings"):
         finetune(base_dir, _ft_cfg(run_dir, "finetune.method=qlora", "finetune.lora.targets=[attention,mlp]"))
+
+
+def test_cli_finetune_with_the_example_config(base_dir, capsys):
+    from chinchax.cli import main
+
+    run_dir = base_dir.parent / "cli"
+    code = main(["finetune", str(base_dir), "experiments/finetune_tiny.yaml", f"data.source={TASK_SRC}",
+                 "data.seq_len=32", "data.eval_batches=1", "trainer.steps=2", "trainer.batch_size=4",
+                 "trainer.checkpoint_every=0", "trainer.progress_bar=false", f"trainer.run_dir={run_dir}",
+                 "finetune.lora.targets=[q,v]"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "done: lora" in out and "trainable" in out
+    assert json.loads((run_dir / "run.json").read_text())["finetune"]["n_params_trainable"] == 2 * 2 * 8 * 64
