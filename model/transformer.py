@@ -175,8 +175,27 @@ class Stack(nnx.Module):
         if cfg.embedding_norm:
             x_BLD = self.embed_norm(x_BLD)
         x_BLD = constrain(self.embed_dropout(x_BLD), ("batch", "length", "embed"))
-        B, L = x_BLD.shape[:2]
+        ctx, cache = self._context(
+            x_BLD.shape[:2], positions_BL, segment_ids_BL, prefix_mask_BL, encoder_BSD, encoder_segment_ids_BS,
+            cache, cache_index,
+        )
+        layer_cache = None if cache is None else {k: v for k, v in cache.items() if k in LAYER_CACHE_KEYS}
+        x_BLD, layer_cache = self._run_blocks(x_BLD, ctx, layer_cache)
+        if cfg.final_norm:
+            x_BLD = self.final_norm(x_BLD)
+        if cache is None:
+            return x_BLD
+        cache.update({k: constrain(v, CACHE_AXES) for k, v in layer_cache.items()})
+        return x_BLD, cache
 
+    def _context(
+        self, shape_BL, positions_BL, segment_ids_BL, prefix_mask_BL, encoder_BSD, encoder_segment_ids_BS,
+        cache, cache_index,
+    ) -> tuple[dict, dict | None]:
+        """What every block reads (mask, position bias, encoder output) and, with a cache, the cache with
+        the new tokens' per-slot entries written (their keys see themselves and every earlier slot)."""
+        cfg = self.cfg
+        B, L = shape_BL
         if cache is None:
             # Pure causal attention without packing or padding takes the fused causal path (no mask array).
             is_causal = self.causal and segment_ids_BL is None and prefix_mask_BL is None
@@ -224,15 +243,7 @@ class Stack(nnx.Module):
         if "encoder_BSD" in ctx or (cache is not None and "cross_k" in cache):
             q_segments = segment_ids_BL if segment_ids_BL is not None else jnp.ones((B, L), jnp.int32)
             ctx["cross_mask_B1LS"] = attention_mask(q_segments, encoder_segment_ids_BS, causal=False)
-
-        layer_cache = None if cache is None else {k: v for k, v in cache.items() if k in LAYER_CACHE_KEYS}
-        x_BLD, layer_cache = self._run_blocks(x_BLD, ctx, layer_cache)
-        if cfg.final_norm:
-            x_BLD = self.final_norm(x_BLD)
-        if cache is None:
-            return x_BLD
-        cache.update({k: constrain(v, CACHE_AXES) for k, v in layer_cache.items()})
-        return x_BLD, cache
+        return ctx, cache
 
     def _run_blocks(self, x_BLD, ctx: dict, layer_cache: dict | None):
         """The blocks, scanned over their leading `layers` axis (and over the cache's, when there is one)."""
