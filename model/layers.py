@@ -24,8 +24,11 @@ def param(rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], names: tupl
     return nnx.Param(init(rngs.params(), shape, jnp.float32), out_sharding=names, eager_sharding=False)
 
 
-def compute_dtype(cfg: ModelConfig):
-    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+def compute_dtype(cfg: ModelConfig | str):
+    """The dtype of activations and matmul inputs, from a config or its `dtype` string: the one place that
+    maps "bfloat16"/"float32" to a jnp dtype (the KV cache and the MFU matmul peak use it too)."""
+    name = cfg if isinstance(cfg, str) else cfg.dtype
+    return jnp.bfloat16 if name == "bfloat16" else jnp.float32
 
 
 def dense_init(fan_in_axes: int = 1) -> Initializer:
