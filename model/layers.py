@@ -26,7 +26,8 @@ def param(rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], names: tupl
 
 def compute_dtype(cfg: ModelConfig | str):
     """The dtype of activations and matmul inputs, from a config or its `dtype` string: the one place that
-    maps "bfloat16"/"float32" to a jnp dtype (the KV cache and the MFU matmul peak use it too)."""
+    maps "bfloat16"/"float32" to a jnp dtype (the model and its KV cache; a dtype string serves callers
+    outside model/, such as the MFU matmul peak)."""
     name = cfg if isinstance(cfg, str) else cfg.dtype
     return jnp.bfloat16 if name == "bfloat16" else jnp.float32
 
