@@ -25,7 +25,7 @@ from chinchax.model.decoding import SamplingConfig, generate
 
 SMALL = ["vocab_size=64", "d_model=32", "n_layers=2", "n_heads=4", "d_ff=64", "head_dim=8", "max_len=32"]
 MODELS = {
-    "causal_rope_gqa": ("tiny-llama", ["n_kv_heads=2"]),
+    "causal_rope_gqa_remat": ("tiny-llama", ["n_kv_heads=2", "remat=dots"]),  # remat around the scanned blocks
     "prefix_lm_t5_relative": ("tiny-gpt2", ["position=t5_relative", "attention=prefix", "relative_buckets=8",
                                             "relative_max_distance=16"]),
     "encoder_decoder": ("tiny-t5", ["relative_buckets=8", "relative_max_distance=16"]),
@@ -111,7 +111,7 @@ def test_scorer_loglikelihood_is_the_cached_logits_log_probability(logits_pair):
 def test_prefill_in_two_chunks_equals_one():
     """A chunk that starts mid-cache (cache_index > 0, L > 1) sees the earlier slots: the cache is not just
     a one-token-at-a-time path."""
-    model = model_for("causal_rope_gqa")
+    model = model_for("causal_rope_gqa_remat")
     prompt = jnp.asarray([[BOS, *CONTEXTS[0]], [BOS, *CONTEXTS[1]]], jnp.int32)
     one, _ = _call(model, prompt, {"cache": model.init_cache(2, 8), "cache_index": 0})
     _, cache = _call(model, prompt[:, :3], {"cache": model.init_cache(2, 8), "cache_index": 0})
@@ -123,7 +123,7 @@ def test_cache_misuse_is_a_clear_error():
     bert = Transformer(load_model_config("tiny-bert", SMALL), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="encoder-only"):
         bert.init_cache(1, 4)
-    model = model_for("causal_rope_gqa")
+    model = model_for("causal_rope_gqa_remat")
     with pytest.raises(ValueError, match="cache_index"):
         model(jnp.ones((1, 2), jnp.int32), cache=model.init_cache(1, 4))
     t5 = model_for("encoder_decoder")
