@@ -150,9 +150,6 @@ def _generate(
 ):
     model = nnx.merge(graphdef, state)
     model.eval()
-    # The loop body merges the model (in eval mode) from state it carries: nnx transforms inside the body
-    # (the layer scan) refuse variables of the enclosing trace.
-    graphdef, state = nnx.split(model)
     B, P = tokens_BP.shape
     N = max_new_tokens
     chunk = partial(_chunk_inputs, model, pads_B=pads_B, prefix_end=jnp.where(prefix, P, 0))
@@ -169,10 +166,14 @@ def _generate(
     stop_T, key = sampling["stop_tokens"], sampling["key"]
     V = logits_B1V.shape[-1]
 
-    def cond(carry):
+    def cond(model_carry):
+        carry = model_carry[1]
         return (carry["i"] < N) & ~jnp.all(carry["done"])
 
-    def body(carry):
+    # nnx.while_loop carries the model through the loop: the layer scan (an nnx transform) inside the body
+    # refuses a module closed over from the enclosing trace.
+    def body(model_carry):
+        model, carry = model_carry
         i = carry["i"]
         token_B = sample_logits(
             carry["logits"],
@@ -192,12 +193,9 @@ def _generate(
             out["step_logits"] = carry["step_logits"].at[:, i].set(carry["logits"])
         # (the last iteration's forward is not needed; skipping it would cost a lax.cond per step)
         token_B1 = token_B[:, None]
-        out["state"] = carry["state"]
-        logits_B1V, out["cache"] = nnx.merge(graphdef, carry["state"])(
-            token_B1, **chunk(token_B1, index=P + i), cache=carry["cache"], cache_index=P + i
-        )
+        logits_B1V, out["cache"] = model(token_B1, **chunk(token_B1, index=P + i), cache=carry["cache"], cache_index=P + i)
         out["logits"] = logits_B1V[:, 0]
-        return out
+        return model, out
 
     carry = {
         "i": jnp.int32(0),
@@ -206,11 +204,10 @@ def _generate(
         "done": jnp.zeros((B,), bool),
         "cache": cache,
         "logits": logits_B1V[:, 0],
-        "state": state,
     }
     if return_logits:
         carry["step_logits"] = jnp.zeros((B, N, V), jnp.float32)
-    carry = jax.lax.while_loop(cond, body, carry)
+    _, carry = nnx.while_loop(cond, body, (model, carry))
     return carry["tokens"], carry["lengths"], carry.get("step_logits")
 
 
