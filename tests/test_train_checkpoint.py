@@ -127,3 +127,30 @@ def test_every_step_damaged_says_training_restarts_from_zero(tmp_path, capsys):
     assert "every checkpoint of this run is damaged (steps [2, 4]" in err and "restarts from step 0" in err
     assert ckpt.steps() == []
     ckpt.close()
+
+
+def test_read_only_restore_skips_a_damaged_step_and_changes_nothing(tmp_path, capsys):
+    """Evaluation's mode: the newest good step is restored (train state only), a damaged one is skipped but left
+    where it is (a run may still be writing it), nothing is created and nothing can be saved."""
+    import pytest
+
+    from chinchax.train.checkpoint import DAMAGED_DIR
+
+    ckpt = Checkpointer(tmp_path / "ckpt", max_to_keep=3)
+    for step in (2, 4):
+        ckpt.save(step, _state(step), {"pos": step})
+    ckpt.close()
+    _flip_bytes(_largest_file(tmp_path / "ckpt" / "4"))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    reader = Checkpointer(tmp_path / "ckpt", read_only=True)
+    step, state, data = reader.restore_latest(_abstract(), with_data=False)
+    assert step == 2 and data is None
+    np.testing.assert_array_equal(np.asarray(state["w"]), np.asarray(_state(2)["w"]))
+    assert "skipping checkpoint step 4" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="read-only"):
+        reader.save(6, _state(6), {"pos": 6})
+    reader.close()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert not (tmp_path / "ckpt" / DAMAGED_DIR).exists()
+    assert Checkpointer(tmp_path / "nowhere", read_only=True).restore_latest(_abstract()) is None
+    assert not (tmp_path / "nowhere").exists()
