@@ -70,10 +70,7 @@ def data_constrained_objective(theta_P, data, w_R):
     import jax.numpy as jnp
 
     a, b, e, alpha, beta, log_r = (theta_P[i] for i in range(6))
-    r_star = jnp.exp(log_r)
-    tokens, unique = data["tokens"], data["unique"]
-    repeats = jnp.maximum(tokens / unique - 1.0, 0.0)
-    d_eff = jnp.where(tokens <= unique, tokens, unique + unique * r_star * (1.0 - jnp.exp(-repeats / r_star)))
+    d_eff = effective_data(data["tokens"], data["unique"], jnp.exp(log_r), xp=jnp)
     log_n = data["log_n"]
     terms_3R = jnp.stack([a - alpha * log_n, b - beta * jnp.log(d_eff), jnp.broadcast_to(e, log_n.shape)])
     pred_R = jax.scipy.special.logsumexp(terms_3R, axis=0)

@@ -13,8 +13,6 @@ there, where A/N^alpha in floats would overflow.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 
 from chinchax import jsonio
 from chinchax.errors import UserError
+from chinchax.fileio import write_text_atomic
 from chinchax.scaling.laws import FLOPS_PER_PARAM_TOKEN, Allocation
 
 CONFIDENCE = 0.95
@@ -138,10 +137,7 @@ class FitResult:
     def to_json(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            jsonio.dump(asdict(self), f, indent=1)  # strict JSON: a nan or inf is written as null
-        os.replace(tmp, path)
+        write_text_atomic(path, jsonio.dumps(asdict(self), indent=1))  # strict JSON: nan or inf as null
         return path
 
     @classmethod

@@ -135,12 +135,16 @@ def kaplan_loss_nd(n, d, n_c, d_c, alpha_n, alpha_d):
     return ((n_c / n) ** (alpha_n / alpha_d) + d_c / d) ** alpha_d
 
 
-def effective_data(tokens, unique_tokens, r_star):
+def effective_data(tokens, unique_tokens, r_star, xp=np):
     """Muennighoff et al. 2023: D' = U + U·R*·(1 - exp(-R/R*)), R = D/U - 1 repeated epochs.
-    Tokens seen within the first epoch count fully; each further epoch is worth less."""
-    tokens, unique = np.asarray(tokens, np.float64), np.asarray(unique_tokens, np.float64)
-    repeats = np.maximum(tokens / unique - 1.0, 0.0)
-    return np.where(tokens <= unique, tokens, unique + unique * r_star * (1.0 - np.exp(-repeats / r_star)))
+    Tokens seen within the first epoch count fully; each further epoch is worth less. `xp`: the array
+    module (numpy, or jax.numpy inside the data-constrained fit's objective)."""
+    if xp is np:
+        tokens, unique_tokens = np.asarray(tokens, np.float64), np.asarray(unique_tokens, np.float64)
+    repeats = xp.maximum(tokens / unique_tokens - 1.0, 0.0)
+    return xp.where(
+        tokens <= unique_tokens, tokens, unique_tokens + unique_tokens * r_star * (1.0 - xp.exp(-repeats / r_star))
+    )
 
 
 @dataclass(frozen=True)

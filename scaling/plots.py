@@ -16,13 +16,14 @@ in display coordinates, so it holds at the size the figure is saved at.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from chinchax.fileio import write_bytes_atomic
 from chinchax.scaling.fitresult import FitResult
 from chinchax.scaling.laws import CHINCHILLA_3, FLOPS_PER_PARAM_TOKEN, ParametricLaw, published_allocations
 
@@ -50,9 +51,9 @@ def save(fig, stem: str | Path) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
         path = stem.with_suffix(f".{ext}")
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=ext, bbox_inches="tight")
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=ext, bbox_inches="tight")
+        write_bytes_atomic(path, buffer.getvalue())
         paths.append(path)
     _plt().close(fig)
     return paths
