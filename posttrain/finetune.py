@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,12 +236,6 @@ def make_method(spec: FinetuneSection, model, shapes: dict) -> Method:
     return method
 
 
-def trainable_count(method: Method, trainable) -> int:
-    import jax
-
-    return int(sum(math.prod(np.shape(x)) for x in jax.tree.leaves(trainable)))
-
-
 # --- the run --------------------------------------------------------------------------------------------
 
 
@@ -292,8 +285,12 @@ def finetune(base_dir: str | Path, cfg: FinetuneConfig, *, data=None) -> dict:
     exp = experiment(base, cfg)
     run_dir = Path(cfg.trainer.run_dir)
     _check_same_method(run_dir, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "finetune.yaml", configlib.dump_yaml(cfg.finetune))
+    import jax
+
+    primary = jax.process_index() == 0
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "finetune.yaml", configlib.dump_yaml(cfg.finetune))
     made: dict = {}
 
     def make(exp_cfg, mesh):
@@ -302,7 +299,7 @@ def finetune(base_dir: str | Path, cfg: FinetuneConfig, *, data=None) -> dict:
 
     with _programs_for(make):
         result = train(exp, data=data)
-    if not result:
+    if not result or not primary:  # the trainer returns {} on the other hosts
         return result
     programs = made["programs"]
     info = {
