@@ -17,7 +17,7 @@ METHODS = (("bon", "bon", "best-of-n over n"), ("ppo", "rl", "PPO over steps"), 
 
 
 def _points(px: dict, method: str, gold0: float) -> dict:
-    rows = px.get(method) or []
+    rows = [r for r in (px.get(method) or []) if r["d"] > 0]  # best-of-1 is the initial policy itself
     d = [0.0] + [r["d"] for r in rows]
     gold = [0.0] + [r["gold"] - gold0 for r in rows]
     proxy = [0.0] + [r.get("proxy", float("nan")) - px["proxy_initial"] for r in rows]
