@@ -55,8 +55,8 @@ def register(subparsers) -> None:
                     help="chain-of-thought vs direct answering: 'arith[:N]' (built in) or a question/answer/rationale JSONL")
     ev.add_argument("--cot-samples", type=int, default=5, help="--cot: sampled rationales for the majority vote")
     ev.add_argument("--cot-temperature", type=float, default=0.7, help="--cot: sampling temperature of those")
-    ev.add_argument("--out", default=None, help="where the ICL table and plots go; none: SWEEP_DIR/icl or "
-                    "the first run's parent/icl")
+    ev.add_argument("--out", default=None, help="where the ICL table and plots go; none: SWEEP_DIR/icl (runs "
+                    "listed from one sweep's runs/ count as that sweep) or the first run's parent/icl")
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each task")
     ev.add_argument("--seed", type=int, default=0, help="which shots are drawn")
     ev.add_argument("--loss", action="store_true", help="validation loss on the run's fixed eval batches")
@@ -185,7 +185,7 @@ def _eval(args) -> int:
             print(f"{run.run_dir.name} {key}: {jsonio.dumps(shown)}")
         print(f"-> {run.run_dir / results_lib.EVAL_FILE} (step {run.step})")
     if rows and (len(run_dirs) > 1 or len(args.shots) > 1 or sweep is not None):
-        out = Path(args.out) if args.out else (sweep / "icl" if sweep else Path(run_dirs[0]).parent / "icl")
+        out = Path(args.out) if args.out else icl_curves.default_out(run_dirs, sweep)
         table = icl_curves.write_table(rows, out)
         plots = icl_curves.plot(rows, out)
         print(f"-> {table[0]}, {table[1]}" + "".join(f", {p.name}" for p in plots))

@@ -47,6 +47,14 @@ def expand_run_dirs(paths: list[str]) -> tuple[list[Path], Path | None]:
     return out, sweep
 
 
+def default_out(run_dirs: list[Path], sweep: Path | None) -> Path:
+    """SWEEP/icl; runs listed one by one from the same SWEEP/runs/ count as that sweep."""
+    parents = {Path(r).absolute().parent for r in run_dirs}
+    if sweep is None and len(parents) == 1 and next(iter(parents)).name == "runs":
+        sweep = next(iter(parents)).parent
+    return sweep / "icl" if sweep is not None else Path(run_dirs[0]).absolute().parent / "icl"
+
+
 def run_scale(run_dir: Path, model_cfg) -> dict:
     """N, compute and tokens of a run: from run.json when the run finished, else N from the model config."""
     path = Path(run_dir) / "run.json"
@@ -105,6 +113,7 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     written = []
     for stem, title, sel, line_key, line_label, ylabel in _figures(rows):
@@ -120,6 +129,7 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
                 es = [0.0 if e is None or not math.isfinite(e) else e for e in es]
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=line_label.format(line))
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # crowded minor labels overlap
             ax.set_xlabel(label)
             ax.grid(alpha=0.3)
         chance = [r.get("chance") for r in sel if r.get("chance") is not None]

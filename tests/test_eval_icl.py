@@ -74,6 +74,10 @@ def test_sweep_icl_table_and_plots_hold_every_run_and_k(sweep, tmp_path):
                                                             ("plus", "rougeL"), ("plus", "bleu")}
     n = json.loads((sweep / "runs" / "d16" / "run.json").read_text())["n_params"]
     assert n < json.loads((sweep / "runs" / "d32" / "run.json").read_text())["n_params"]
+    from chinchax.evaluation.icl_curves import default_out
+
+    assert default_out([sweep / "runs" / "d16", sweep / "runs" / "d32"], None) == sweep.absolute() / "icl"
+    assert default_out([tmp_path / "a"], None) == tmp_path.absolute() / "icl"
     for png in ("yesno_acc", "yesno_acc_norm", "plus_rougeL", "plus_bleu"):
         assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*"))  # no temporary files left
