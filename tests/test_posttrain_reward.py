@@ -56,6 +56,7 @@ def trained(tmp_path_factory, pair_files):
     return run_dir, reward.train_reward(_cfg(run_dir, pair_files, checkpoint_every=30))
 
 
+@pytest.mark.slow
 def test_reward_model_learns_the_preference(trained):
     run_dir, result = trained
     ev = result["eval"]
@@ -69,6 +70,7 @@ def test_reward_model_learns_the_preference(trained):
     assert on_disk["eval"] == ev
 
 
+@pytest.mark.slow
 def test_loaded_reward_model_scores_like_the_trained_one(trained, pair_files):
     run_dir, result = trained
     loaded = reward.load_reward(run_dir)
@@ -77,6 +79,7 @@ def test_loaded_reward_model_scores_like_the_trained_one(trained, pair_files):
     assert again == pytest.approx(result["eval"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(trained, pair_files, tmp_path):
     run_dir, result = trained
     copy = tmp_path / "resumed"
@@ -148,6 +151,7 @@ def test_too_long_pairs_are_refused_not_truncated():
 
 
 
+@pytest.mark.slow
 def test_cli_reward_train_and_eval(pair_files, tmp_path, capsys):
     from chinchax.cli import main
 
