@@ -6,7 +6,12 @@ tasks.py             multiple-choice and generation tasks from JSONL or prepared
 fewshot.py           k-shot prompts, seeded per example
 multiple_choice.py   accuracy by log-likelihood (raw, per byte, per token) with standard errors
 generation_tasks.py  KV-cache generation scored with ROUGE and BLEU (metrics.py)
-run_loading.py       a run directory -> (config, model, tokenizer, step) with the trainer's restore
+run_loading.py       a run directory or converted checkpoint -> (config, model, tokenizer, step), read-only
 results.py           RUN_DIR/eval.json
+icl_curves.py        k-shot results of a sweep: table and plots vs N and compute, a line per k
+chain_of_thought.py  chain of thought, self-consistency and direct answering, compared across sizes
+lm_eval_model.py     chinchax as an lm-evaluation-harness model; the few-shot sampler; task export
+comparable.py        measures every architecture and objective is scored on alike (`chinchax compare`)
+lm_eval_main.py      lm-eval's own CLI with the chinchax model registered (`chinchax-lm-eval`)
 Decoding itself lives in chinchax.model.decoding.
 """
