@@ -66,9 +66,17 @@ def make_mesh(shape=(-1, 1, 1)):
 
 
 def create_sharded(mesh, make_module: Callable[[], nnx.Module]) -> nnx.Module:
-    """The module built under the mesh and the logical axis rules: its parameters are sharded as in training."""
+    """The module with every parameter placed by its logical axis names on the mesh (the table in
+    chinchax.sharding, as train.state does): FSDP over `fsdp`, tensor parallel over `tensor`."""
+    from jax.sharding import NamedSharding
+
+    module = make_module()
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-        return make_module()
+        params = nnx.state(module, nnx.Param)
+        specs = nnx.get_partition_spec(params)
+    placed = jax.tree.map(lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec)), params, specs)
+    nnx.update(module, placed)
+    return module
 
 
 def split_params(module: nnx.Module):
@@ -112,10 +120,13 @@ def run_loop(
     evaluate: Callable[[int, Any], dict] | None = None,
     eval_steps: frozenset[int] = frozenset(),
     extra_state: dict | None = None,
+    mesh=None,
 ) -> tuple[dict, list[dict]]:
     """Train (or resume) to `len(lr_by_step)` steps; returns (final state, metrics rows of this run dir).
     `evaluate(step, params)` runs after the steps in `eval_steps`; its dict is logged as an eval row.
-    `extra_state`: more arrays carried (and checkpointed) in the state, e.g. PPO's adaptive KL coefficient."""
+    `extra_state`: more arrays carried (and checkpointed) in the state, e.g. PPO's adaptive KL coefficient.
+    `mesh`: batches are sharded along their leading axis over its data-parallel axes (as the pretraining
+    trainer's), the parameters keep the shardings they were created with."""
     from chinchax.train import runlock
     from chinchax.train.checkpoint import Checkpointer
     from chinchax.train.metrics import MetricsLogger
@@ -138,7 +149,7 @@ def run_loop(
         t0 = time.perf_counter()
         try:
             for s in range(start, total):
-                batch = batch_for_step(s, state["params"])
+                batch = shard_batch(batch_for_step(s, state["params"]), mesh)
                 state, metrics = step(state, batch, jnp.float32(lr_by_step[s]))
                 done = s + 1
                 if done % trainer_cfg.log_every == 0 or done == total:
@@ -155,6 +166,17 @@ def run_loop(
             ckpt.close()
         rows = logger.rows() if hasattr(logger, "rows") else []
     return state, rows
+
+
+def shard_batch(batch, mesh):
+    """Rows over the mesh's data-parallel axes (train.step.batch_sharding), when they divide evenly."""
+    if mesh is None:
+        return batch
+    from chinchax.train.step import batch_sharding
+
+    sharding = batch_sharding(mesh)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    return jax.tree.map(lambda x: jax.device_put(x, sharding) if x.ndim and x.shape[0] % shards == 0 else x, batch)
 
 
 def restore_params(run_dir: Path, params, tx) -> tuple[int, Any]:

@@ -125,7 +125,7 @@ def train_dpo(cfg: DPORunConfig, *, evaluate: Callable[[int, object], dict] | No
     eval_steps = frozenset(range(every, cfg.trainer.steps + 1, every)) if every else frozenset()
     state, rows = align_loop.run_loop(
         run_dir=run_dir, trainer_cfg=cfg.trainer, params=params, tx=tx, lr_by_step=lrs, step_fn=step_fn,
-        batch_for_step=batch_for_step, config=config, tag="dpo",
+        batch_for_step=batch_for_step, config=config, tag="dpo", mesh=mesh,
         evaluate=None if evaluate is None else (lambda s, p: evaluate(s, align_loop.merge(graphdef, p, rest))),
         eval_steps=eval_steps,
     )

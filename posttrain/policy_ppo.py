@@ -245,7 +245,7 @@ def train_ppo(
         run_dir=run_dir, trainer_cfg=cfg.trainer, params=params, tx=tx, lr_by_step=lrs, step_fn=step_fn,
         batch_for_step=batch_for_step, config=config, tag=s.algorithm,
         evaluate=None if evaluate is None else (lambda st, p: evaluate(st, align_loop.merge(graphdef, p, rest).policy)),
-        eval_steps=eval_steps, extra_state={"kl_coef": jnp.float32(s.kl_coef)},
+        eval_steps=eval_steps, extra_state={"kl_coef": jnp.float32(s.kl_coef)}, mesh=mesh,
     )
     export_policy(run_dir / "policy", base, state["params"]["policy"], cfg)
     train_rows = [r for r in rows if not r.get("eval")]

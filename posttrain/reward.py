@@ -215,7 +215,7 @@ def train_reward(cfg: RewardRunConfig) -> dict:
 
     state, rows = align_loop.run_loop(
         run_dir=run_dir, trainer_cfg=cfg.trainer, params=params, tx=tx, lr_by_step=lrs, step_fn=step_fn,
-        batch_for_step=batch_for_step, config=config, tag="reward",
+        batch_for_step=batch_for_step, config=config, tag="reward", mesh=mesh,
     )
     trained = align_loop.merge(graphdef, state["params"], rest)
     result = {
