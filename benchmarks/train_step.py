@@ -52,6 +52,13 @@ def parse_args(argv=None):
         help="pack DOCS documents of random lengths into each row (segment_ids and positions in the batch, as "
         "the data pipeline's packing makes them): the attention then has a segment mask (0 = one document)",
     )
+    p.add_argument(
+        "--max-segments",
+        type=int,
+        default=None,
+        help="model.attention_max_segments: packed rows take cuDNN's fused attention on GPU; 0 = XLA's "
+        "masked attention (default: DOCS of --packed)",
+    )
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes; -1 = fill")
     p.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
@@ -133,6 +140,7 @@ def main(argv=None) -> dict:
         dtype=dtype,
         remat=args.remat,
         scan_layers=args.scan_layers,
+        attention_max_segments=args.packed if args.max_segments is None else args.max_segments,
     ).validate()
     mesh = make_mesh(tuple(int(x) for x in args.mesh.split(",")))
     parts = model_parts(cfg, mesh, 0)
@@ -191,6 +199,7 @@ def main(argv=None) -> dict:
         "remat": args.remat,
         "scan_layers": args.scan_layers,
         "packed_docs": args.packed,
+        "attention_max_segments": cfg.attention_max_segments,
         "n_params": count_params(cfg).total,
         "compile_s": compile_s,
         "step_s": step_s,

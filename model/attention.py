@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from chinchax.model.config import ModelConfig
+from chinchax.model.cudnn_segments import cudnn_segment_attention
 from chinchax.model.layers import dense_init, param
 
 # --- masks ---------------------------------------------------------------------------------------
@@ -190,7 +191,7 @@ class Attention(nnx.Module):
         return q_BLHK, k_BLGK, v_BLGK
 
     def attend_and_project(
-        self, q_BLHK, k_BSGK, v_BSGK, *, mask_B1LS, bias_BHLS, is_causal=False, within_causal=False
+        self, q_BLHK, k_BSGK, v_BSGK, *, mask_B1LS, bias_BHLS, is_causal=False, within_causal=False, segments=None
     ) -> jax.Array:
         """Softmax attention over the given keys and values, then the output projection to [B, L, D]."""
         out_BLHK = attend(
@@ -203,6 +204,7 @@ class Attention(nnx.Module):
             is_causal=is_causal,
             within_causal=within_causal,
             dropout=self.attention_dropout,
+            segments=segments,
         )
         out_BLD = jnp.einsum("BLHK,HKD->BLD", out_BLHK, self.o_HKD[...].astype(q_BLHK.dtype))
         if self.cfg.use_bias:
@@ -221,6 +223,7 @@ class Attention(nnx.Module):
         within_causal: bool = False,
         cache: dict | None = None,
         cache_index: jax.Array | int | None = None,
+        segments: tuple | None = None,
     ):
         """Self-attention over x, or cross-attention to `kv_BSD` (no positions on cross-attention).
 
@@ -255,12 +258,23 @@ class Attention(nnx.Module):
             bias_BHLS=bias_BHLS,
             is_causal=is_causal,
             within_causal=within_causal,
+            segments=segments,
         )
         return out_BLD if cache is None else (out_BLD, cache)
 
 
 def attend(
-    q_BLHK, k_BSGK, v_BSGK, *, mask_B1LS, bias_BHLS, scale, is_causal, dropout: nnx.Dropout, within_causal=False
+    q_BLHK,
+    k_BSGK,
+    v_BSGK,
+    *,
+    mask_B1LS,
+    bias_BHLS,
+    scale,
+    is_causal,
+    dropout: nnx.Dropout,
+    within_causal=False,
+    segments: tuple | None = None,
 ):
     """Softmax attention with float32 logits and softmax.
 
@@ -272,6 +286,20 @@ def attend(
     blocks this is `jax.nn.dot_product_attention`, which takes cuDNN flash attention on GPU.
     """
     use_dropout = not (dropout.rate == 0.0 or dropout.deterministic)
+    if segments is not None and not use_dropout and _use_cudnn(q_BLHK, bias_BHLS, None):
+        # Packed or padded rows (`segments`: query ids, key ids, most documents per row): cuDNN's layout
+        # instead of the mask array, so they keep the fused kernel.
+        q_segment_ids_BL, kv_segment_ids_BS, max_segments = segments
+        return cudnn_segment_attention(
+            q_BLHK,
+            k_BSGK,
+            v_BSGK,
+            q_segment_ids_BL=q_segment_ids_BL,
+            kv_segment_ids_BS=kv_segment_ids_BS,
+            max_segments=max_segments,
+            scale=scale,
+            is_causal=is_causal or within_causal,
+        )
     if not use_dropout and _use_cudnn(q_BLHK, bias_BHLS, mask_B1LS):
         return jax.nn.dot_product_attention(
             q_BLHK, k_BSGK, v_BSGK, scale=scale, is_causal=is_causal, implementation="cudnn"

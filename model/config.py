@@ -74,6 +74,10 @@ class ModelConfig:
     dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = True  # one compiled block scanned over layers: fast compiles for deep models
+    # GPU: packed or padded rows take cuDNN's fused attention with up to this many documents per row
+    # (model/cudnn_segments.py; the trainer refuses a batch with more). 0: XLA's masked attention, which
+    # keeps every [B, H, L, S] probability for the backward pass.
+    attention_max_segments: int = 0
 
     # --- derived -----------------------------------------------------------------------------------
     @property
@@ -115,6 +119,11 @@ class ModelConfig:
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
             if getattr(self, key) <= 0:
                 raise UserError(f"model.{key}={getattr(self, key)} must be a positive integer")
+        if self.attention_max_segments < 0:
+            raise UserError(
+                f"model.attention_max_segments={self.attention_max_segments} must be >= 0 (documents per row "
+                "for cuDNN's packed attention on GPU; 0 = XLA's masked attention)"
+            )
         for key in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise UserError(f"model.{key}={getattr(self, key)} must be in [0, 1)")

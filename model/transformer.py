@@ -97,7 +97,7 @@ class Block(nnx.Module):
                 within_causal=ctx["within_causal"],
             )
             if cache is None:
-                return self.self_attention(h_BLD, **kwargs)
+                return self.self_attention(h_BLD, **kwargs, segments=ctx.get("segments"))
             kv = {"k": cache["k"], "v": cache["v"]}
             out_BLD, kv = self.self_attention(h_BLD, **kwargs, cache=kv, cache_index=ctx["cache_index"])
             new_cache.update(kv)
@@ -201,6 +201,9 @@ class Stack(nnx.Module):
             is_causal = self.causal and segment_ids_BL is None and prefix_mask_BL is None
             ctx = {"is_causal": is_causal, "within_causal": self.causal and prefix_mask_BL is None}
             kv_segment_ids_BS, kv_positions_BS, kv_prefix_BS, q_offset = segment_ids_BL, positions_BL, None, 0
+            if cfg.attention_max_segments and segment_ids_BL is not None and prefix_mask_BL is None:
+                # On GPU, attention takes these instead of the mask (cuDNN's packed layout); elsewhere the mask.
+                ctx["segments"] = (segment_ids_BL, segment_ids_BL, cfg.attention_max_segments)
         else:
             if not self.causal or cache_index is None:
                 raise ValueError("a KV cache needs a causal (decoder) stack and the `cache_index` of the new tokens")

@@ -49,3 +49,47 @@ def test_too_many_segments_is_refused_on_the_host():
     # what the guard prevents: a layout of M=3 silently drops the fourth document
     seqlens_BM, _ = segment_layout(ids_BL, max_segments=3)
     assert np.asarray(seqlens_BM)[0].tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize("variant", ["decoder_only", "encoder_only"])
+def test_model_hands_packed_rows_to_the_segment_kernel(monkeypatch, variant):
+    """With model.attention_max_segments, packed rows reach the fused kernel as segment ids (not a mask).
+    cuDNN cannot run on CPU: a stand-in computes what it computes (attention under the layout's mask), and
+    the model's outputs must equal the masked XLA path's on every real token."""
+    import jax
+    from flax import nnx
+
+    from chinchax.model import attention
+    from chinchax.model.config import ModelConfig
+    from chinchax.model.transformer import Transformer
+
+    calls = []
+
+    def stand_in(q, k, v, *, q_segment_ids_BL, kv_segment_ids_BS, max_segments, scale, is_causal):
+        calls.append(is_causal)
+        seqlens, offsets = segment_layout(q_segment_ids_BL, max_segments)
+        mask = layout_mask(seqlens, offsets, q.shape[1], k.shape[1], causal=is_causal)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
+
+    monkeypatch.setattr(attention, "_use_cudnn", lambda *args: True)
+    monkeypatch.setattr(attention, "cudnn_segment_attention", stand_in)
+    attn = "causal" if variant == "decoder_only" else "bidirectional"
+    cfg = ModelConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=24, variant=variant,
+                      attention=attn, position="rope", norm="rmsnorm")  # fmt: skip
+    rng = np.random.default_rng(1)
+    ids_BL = packed_rows(rng, B=4, L=24, max_docs=4)
+    positions_BL = np.zeros_like(ids_BL)
+    for b in range(4):
+        for s in set(ids_BL[b].tolist()):
+            positions_BL[b, ids_BL[b] == s] = np.arange((ids_BL[b] == s).sum())
+    tokens_BL = rng.integers(1, 64, (4, 24)).astype(np.int32)
+    fused = Transformer(cfg.replace(attention_max_segments=4), rngs=nnx.Rngs(0))
+    masked = Transformer(cfg, rngs=nnx.Rngs(0))
+    got = fused(tokens_BL, segment_ids=ids_BL, positions=positions_BL)
+    assert calls and all(c == (variant == "decoder_only") for c in calls)
+    n_calls = len(calls)
+    monkeypatch.setattr(attention, "_use_cudnn", lambda *args: False)  # the reference: XLA with the mask
+    want = masked(tokens_BL, segment_ids=ids_BL, positions=positions_BL)
+    assert len(calls) == n_calls
+    real_BL = ids_BL != 0
+    np.testing.assert_allclose(np.asarray(got)[real_BL], np.asarray(want)[real_BL], atol=1e-5, rtol=1e-5)

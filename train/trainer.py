@@ -203,6 +203,7 @@ class _Run:
         import jax
 
         from chinchax.model.counting import count_params, flops_per_token
+        from chinchax.model.cudnn_segments import check_segments_fit
         from chinchax.sharding import make_mesh
         from chinchax.train import step as step_lib
         from chinchax.train.checkpoint import Checkpointer
@@ -257,7 +258,15 @@ class _Run:
         progress = Progress(total=total_steps, initial=start_step, enabled=primary and tc.progress_bar)
         batch_sharding = step_lib.batch_sharding(mesh)
 
+        max_segments = cfg.model.attention_max_segments
+
         def to_global(batch: dict) -> dict:
+            if max_segments:  # cuDNN's packed attention was compiled for this many documents per row
+                for key in (k for k in batch if k.endswith("segment_ids")):
+                    try:
+                        check_segments_fit(batch[key], max_segments, key=key)
+                    except ValueError as e:
+                        raise UserError(str(e)) from None
             return {
                 k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()
             }
