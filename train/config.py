@@ -173,5 +173,6 @@ RESUME_SAFE_KEYS = frozenset(
         "data.worker_count",
         "trainer.microbatches",
         "model.remat",
+        "model.attention_max_segments",  # which attention kernel runs, not what it computes
     }
 )
