@@ -187,10 +187,10 @@ def render(s: dict, cfg: StudyConfig) -> str:
         for x in xs:
             lines.append(f"| {m} | {x:,} | " + " | ".join(f"{by.get((m, x, d), float('nan')):.4f}" for d in dfs) + " |")
     lines += ["", "## Fitted law per method: L = A X^-alpha D_f^-beta + E", "",
-              "| method | A | E | alpha [95% CI] | beta [95% CI] | mean rel. error |", "|---|---|---|---|---|---|"]
+              "| method | A | E | alpha [95% CI] | beta [95% CI] | mean rel. error | note |", "|---|---|---|---|---|---|---|"]
     for m, f in fits.items():
         lines.append(f"| {m} | {f['A']:.3g} | {f['E']:.3f} | {_with_ci(f, 'alpha')} | {_with_ci(f, 'beta')} | "
-                     f"{f['rel_error_mean']:.2%} |")
+                     f"{f['rel_error_mean']:.2%} | {_fit_note(f)} |")
     lines += ["", "## Which method wins where", ""]
     for x in xs:
         wins = []
@@ -208,6 +208,18 @@ def render(s: dict, cfg: StudyConfig) -> str:
                   "these bases are 10^4-10^5, so a non-closing gap here says nothing about that regime)."]
     lines += ["", f"Wall time {s['wall_time_s']:.0f} s.", ""]
     return "\n".join(lines)
+
+
+def _fit_note(fit: dict) -> str:
+    """Say when a fit sits on a boundary or its interval is wide: few X and D_f values pin E down poorly."""
+    notes = []
+    if fit["E"] < 1e-2:
+        notes.append("E ~ 0: these runs do not pin down an irreducible loss")
+    for k in ("alpha", "beta"):
+        lo, hi = fit.get("ci", {}).get(k, (fit[k], fit[k]))
+        if fit[k] > 2 or hi - lo > 1:
+            notes.append(f"{k} ill-determined")
+    return "; ".join(notes) or "-"
 
 
 def _with_ci(fit: dict, key: str) -> str:
