@@ -82,7 +82,9 @@ def sustained_dot(dtype: str, n: int, seconds: float) -> float:
     import jax
     import jax.numpy as jnp
 
-    jdtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    from chinchax.model.layers import compute_dtype
+
+    jdtype = compute_dtype(dtype)
     a, b = jnp.ones((n, n), jdtype), jnp.full((n, n), 0.5, jdtype)
     dot = jax.jit(jnp.dot)
     dot(a, b).block_until_ready()

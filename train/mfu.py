@@ -43,8 +43,10 @@ def measure_matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5,
     import jax
     import jax.numpy as jnp
 
+    from chinchax.model.layers import compute_dtype
+
     device = device or jax.local_devices()[0]
-    jdtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    jdtype = compute_dtype(dtype)
     a = jax.device_put(jnp.ones((n, n), jdtype), device)
     b = jax.device_put(jnp.full((n, n), 0.5, jdtype), device)
     dot = jax.jit(jnp.dot)
