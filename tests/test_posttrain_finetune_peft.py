@@ -111,3 +111,36 @@ def test_exported_adapters_load_in_peft(case, tmp_path):
     chinchax = _logits(case["cfg"], case["merged"], case["tokens"])
     np.testing.assert_allclose(logits, chinchax, rtol=0, atol=1e-5)
     np.testing.assert_allclose(logits, case["expected"], rtol=0, atol=1e-5)
+
+
+def test_finetune_of_a_converted_model_exports_a_peft_adapter(tmp_path):
+    """HF LLaMA -> `convert_hf_checkpoint` -> `finetune` (LoRA, 2 steps) -> adapter/ loads in peft with the
+    fine-tuned model's logits (merged/)."""
+    from chinchax.configlib import load_config
+    from chinchax.data.pipeline import register_memory_source
+    from chinchax.model.convert.hf import convert_hf_checkpoint, load_converted
+    from chinchax.posttrain.finetune import FinetuneConfig, finetune
+
+    config = T.LlamaConfig(vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(1)
+    T.LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    convert_hf_checkpoint(tmp_path / "hf", tmp_path / "converted")
+    src = register_memory_source("peft-ft", {"train": ["hello world, " * 20] * 20, "validation": ["hello " * 40] * 4})
+    cfg = load_config(FinetuneConfig, None, [
+        f"data.source={src}", "data.seq_len=32", "data.eval_batches=1", "trainer.batch_size=4", "trainer.steps=2",
+        "trainer.progress_bar=false", "optimizer.learning_rate=0.01", "optimizer.warmup_steps=0",
+        "finetune.method=lora", "finetune.lora.targets=[attention,mlp]", f"trainer.run_dir={tmp_path / 'ft'}"])
+    result = finetune(tmp_path / "converted", cfg)
+    adapter = tmp_path / "ft" / "adapter"
+    assert result["finetune"]["peft_adapter"] == str(adapter.absolute())
+    base = T.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    loaded = peft.PeftModel.from_pretrained(base, str(adapter)).eval()
+    tokens = np.random.default_rng(0).integers(0, 384, (2, 12))
+    with torch.no_grad():
+        logits = loaded(torch.from_numpy(tokens)).logits.numpy()
+    merged_cfg, merged = load_converted(tmp_path / "ft" / "merged")
+    expected = _logits(merged_cfg, flatten(merged), tokens)
+    base_logits = _logits(merged_cfg, flatten(load_converted(tmp_path / "converted")[1]), tokens)
+    assert np.abs(expected - base_logits).max() > 1e-4  # two steps did move the model
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
