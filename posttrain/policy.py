@@ -19,27 +19,16 @@ from chinchax.errors import UserError
 
 
 def hidden_states(backbone, batch: dict) -> jax.Array:
-    """[B, L, D] final hidden states of the rows. Padding is its own segment (id 0), so it is never attended
-    to by real tokens; a prefix-LM decoder sees its prompt bidirectionally, as it was trained."""
+    """[B, L, D] final hidden states of the rows (the model's public `hidden_states`). Padding is its own
+    segment (id 0), so real tokens never attend to it; a prefix-LM decoder sees its prompt bidirectionally,
+    as it was trained; an encoder-decoder reads the prompt with its encoder."""
     cfg = backbone.cfg
-    tokens_BL, segments_BL = batch["tokens"], batch["segments"]
-    if cfg.variant == "encoder_only":
-        return backbone.encode(tokens_BL, encoder_segment_ids_BS=segments_BL)
-    encoder_BSD = None
+    kwargs = {"segment_ids": batch["segments"]}
     if cfg.variant == "encoder_decoder":
-        encoder_BSD = backbone.encode(batch["encoder"], encoder_segment_ids_BS=batch["encoder_segments"])
-    prefix_BL = None
-    if cfg.attention == "prefix":
-        prefix_BL = (segments_BL > 0) & (batch["completion"] == 0)
-    positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1], dtype=jnp.int32), tokens_BL.shape)
-    return backbone.decoder(
-        backbone.embed(tokens_BL),
-        positions_BL=positions_BL,
-        segment_ids_BL=segments_BL,
-        prefix_mask_BL=prefix_BL,
-        encoder_BSD=encoder_BSD,
-        encoder_segment_ids_BS=batch.get("encoder_segments"),
-    )
+        kwargs.update(encoder_inputs=batch["encoder"], encoder_segment_ids=batch["encoder_segments"])
+    if cfg.variant == "decoder_only" and cfg.attention == "prefix":
+        kwargs["prefix_mask"] = (batch["segments"] > 0) & (batch["completion"] == 0)
+    return backbone.hidden_states(batch["tokens"], **kwargs)
 
 
 def token_logps(backbone, batch: dict, hidden_BLD=None) -> tuple[jax.Array, jax.Array]:
