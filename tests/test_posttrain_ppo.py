@@ -115,3 +115,24 @@ def test_reward_model_of_another_vocabulary_is_refused(setup, tmp_path):
     cfg = dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, reward_model=str(other)))
     with pytest.raises(UserError, match="another vocabulary"):
         policy_ppo.train_ppo(cfg, prompts=PROMPTS)
+
+
+@pytest.mark.slow
+def test_cli_bon_and_ppo(setup, tmp_path, capsys):
+    from chinchax.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    assert main(["align", "bon", "--policy", str(setup / "policy"), "--reward-model", str(setup / "rm"),
+                 "--prompts", str(prompts), "--n", "1", "2", "--max-new-tokens", "6"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["n"] for r in rows] == [1, 2] and rows[1]["kl"] == pytest.approx(np.log(2) - 0.5)
+    assert main(["align", "ppo", f"ppo.policy={setup / 'policy'}", f"ppo.reward_model={setup / 'rm'}",
+                 f"ppo.prompts_file={prompts}", "ppo.max_new_tokens=6", "trainer.steps=1", "trainer.batch_size=4",
+                 f"trainer.run_dir={tmp_path / 'cli_ppo'}", "trainer.progress_bar=false"]) == 0
+    assert "score" in capsys.readouterr().out
+    assert policy.load_policy(tmp_path / "cli_ppo" / "policy").step == 1
+    assert main(["align", "ppo", "ppo.kl_coef=-1", f"ppo.policy={setup / 'policy'}",
+                 f"ppo.reward_model={setup / 'rm'}", f"ppo.prompts_file={prompts}",
+                 f"trainer.run_dir={tmp_path / 'neg'}"]) == 2
+    assert "kl_coef=-1.0 must be a finite number >= 0" in capsys.readouterr().err
