@@ -136,3 +136,14 @@ def test_cli_bon_and_ppo(setup, tmp_path, capsys):
                  f"ppo.reward_model={setup / 'rm'}", f"ppo.prompts_file={prompts}",
                  f"trainer.run_dir={tmp_path / 'neg'}"]) == 2
     assert "kl_coef=-1.0 must be a finite number >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_reward_model_initialised_from_the_policy_run(setup):
+    cfg = reward.RewardRunConfig(reward=reward.RewardSettings(init_from=str(setup / "policy"),
+                                                             train_file=str(setup / "pairs.jsonl")))
+    model_cfg, tok, init = reward._resolve(cfg)
+    base = policy.load_policy(setup / "policy")
+    assert model_cfg == base.config.model and tok.hash == base.tokenizer.hash
+    rm = reward.build(model_cfg, 0, init)
+    np.testing.assert_array_equal(np.asarray(rm.backbone.embedding_VD[...]), np.asarray(base.model.embedding_VD[...]))
