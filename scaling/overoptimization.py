@@ -80,6 +80,17 @@ def fit(form: str, d, gold_delta, sigma=None) -> OveroptimizationFit:
     )
 
 
+def _save(fig, path) -> None:
+    """PNG written atomically (a reader never sees half a file)."""
+    import io
+
+    from chinchax.fileio import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 def plot_scores(curves: dict, path, *, title: str) -> None:
     """Gold (solid) and proxy (dashed) score gains against d, one colour per proxy size, with the fitted
     gold curve dotted. `curves[label] = {"d": [...], "gold": [...], "proxy": [...], "fit": fit or None}`."""
@@ -102,7 +113,7 @@ def plot_scores(curves: dict, path, *, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -126,5 +137,5 @@ def plot_coefficients(sizes, fits_by_method: dict, path) -> None:
             ax.set_title(key)
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
