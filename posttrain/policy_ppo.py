@@ -1,5 +1,6 @@
 """RLHF of a chinchax decoder against a reward model: PPO with a per-token KL penalty to the frozen initial
-policy (Ziegler et al. 2019; Ouyang et al. 2022), or RLOO (Ahmadian et al. 2024) as the critic-free variant.
+policy (Ziegler et al. 2019; Ouyang et al. 2022), or RLOO (Ahmadian et al. 2024) and GRPO (Shao et al. 2024)
+as the critic-free variants (`ppo.algorithm`).
 
     chinchax align ppo CONFIG.yaml ppo.policy=runs/base ppo.reward_model=runs/rm ppo.prompts_file=p.jsonl \
         trainer.run_dir=runs/ppo
@@ -35,7 +36,7 @@ from chinchax.model.layers import param
 from chinchax.posttrain import align_loop, align_losses, policy
 from chinchax.train.config import OptimizerConfig, TrainerConfig
 
-ALGORITHMS = ("ppo", "rloo")
+ALGORITHMS = ("ppo", "rloo", "grpo")
 
 
 class PolicyWithValue(nnx.Module):
@@ -57,8 +58,8 @@ class PPOSettings:
     policy: str = ""  # run dir of the initial policy (also the frozen reference)
     reward_model: str = ""  # run dir of a reward model (`chinchax reward train`)
     prompts_file: str = ""  # JSONL with a "prompt" per line (a preference file works)
-    algorithm: str = "ppo"  # ppo | rloo
-    samples_per_prompt: int = 1  # rloo: >= 2
+    algorithm: str = "ppo"  # ppo | rloo | grpo
+    samples_per_prompt: int = 1  # rloo, grpo: >= 2
     max_new_tokens: int = 32
     temperature: float = 1.0
     kl_coef: float = 0.05
@@ -80,8 +81,10 @@ class PPOSettings:
         align_losses.check_kl_coef(self.kl_coef)
         if self.algorithm not in ALGORITHMS:
             raise UserError(f"ppo.algorithm={self.algorithm!r}: choose one of {ALGORITHMS}")
-        if self.algorithm == "rloo" and self.samples_per_prompt < 2:
-            raise UserError("ppo.algorithm=rloo needs ppo.samples_per_prompt >= 2 (its baseline is the other samples)")
+        if self.algorithm in ("rloo", "grpo") and self.samples_per_prompt < 2:
+            raise UserError(
+                f"ppo.algorithm={self.algorithm} needs ppo.samples_per_prompt >= 2 (its baseline is the other samples)"
+            )
         if self.kl_target is not None and not self.kl_target > 0:
             raise UserError(f"ppo.kl_target={self.kl_target} must be > 0, or null for a fixed kl_coef")
         if self.kl_estimator not in align_losses.KL_ESTIMATORS:
@@ -129,12 +132,21 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 def _ppo_math(s: PPOSettings, score_B, logp_BT, ref_BT, values_BT, mask_BT, kl_coef):
-    """(advantages, returns, per-token KL) of one rollout batch, PPO or RLOO."""
+    """(advantages, returns, per-token KL) of one rollout batch. PPO and RLOO put the KL penalty in the reward;
+    GRPO (Shao et al. 2024; trl's GRPOTrainer) normalises scores within each prompt's group and puts
+    kl_coef * k3 in the loss instead (`loss_fn`)."""
     if s.algorithm == "ppo":
         rewards_BT, kl_BT = align_losses.rlhf_token_rewards(
             score_B, logp_BT, ref_BT, mask_BT, kl_coef=kl_coef, estimator=s.kl_estimator
         )
         adv_BT, returns_BT = align_losses.gae(rewards_BT, values_BT, mask_BT, gamma=s.gamma, lam=s.lam)
+    elif s.algorithm == "grpo":
+        kl_BT = align_losses.kl_estimate(logp_BT, ref_BT, "k3") * mask_BT
+        K = s.samples_per_prompt
+        group_PK = score_B.reshape(K, -1).T  # rows are k-major
+        adv_PK = (group_PK - group_PK.mean(axis=1, keepdims=True)) / (group_PK.std(axis=1, ddof=1, keepdims=True) + 1e-4)
+        adv_BT = adv_PK.T.reshape(-1)[:, None] * mask_BT
+        return jax.lax.stop_gradient(adv_BT), jnp.zeros_like(adv_BT), kl_BT
     else:
         kl_BT = align_losses.kl_estimate(logp_BT, ref_BT, s.kl_estimator) * mask_BT
         seq_B = score_B - kl_coef * jnp.sum(kl_BT, axis=1)
@@ -199,7 +211,7 @@ def train_ppo(
                      score=jnp.asarray(reward.score_encoded(rm.model, scored, batch_size=B * K)))
         return batch
 
-    def loss_fn(params, mb):
+    def loss_fn(params, mb, kl_coef):
         logp, _, values = align_loop.merge(graphdef, params, rest)(mb)
         pg, clipfrac, approx_kl = align_losses.ppo_policy_loss(logp, mb["old_logp"], mb["adv"], mb["mask"],
                                                               clip_eps=s.clip_eps)
@@ -207,12 +219,17 @@ def train_ppo(
         if s.algorithm == "ppo":
             vf, _ = align_losses.ppo_value_loss(values, mb["old_values"], mb["returns"], mb["mask"],
                                                 clip_value=s.clip_value)
-        return pg + s.vf_coef * vf, {"policy_loss": pg, "value_loss": vf, "clipfrac": clipfrac, "approx_kl": approx_kl}
+        loss = pg + s.vf_coef * vf
+        if s.algorithm == "grpo":  # trl's GRPO: + beta * k3 per token, same masked mean
+            loss = loss + kl_coef * align_losses.masked_mean(align_losses.kl_estimate(logp, mb["ref_logp"], "k3"),
+                                                             mb["mask"])
+        return loss, {"policy_loss": pg, "value_loss": vf, "clipfrac": clipfrac, "approx_kl": approx_kl}
 
     def step_fn(state, batch, lr):
         adv, returns, kl_BT = _ppo_math(s, batch["score"], batch["old_logp"], batch["ref_logp"],
                                         batch["old_values"], batch["mask"], state["kl_coef"])
-        data = {**{k: batch[k] for k in ("tokens", "segments", "completion", "last", "old_logp", "old_values", "mask")},
+        keys = ("tokens", "segments", "completion", "last", "old_logp", "old_values", "mask", "ref_logp")
+        data = {**{k: batch[k] for k in keys},
                 "adv": adv, "returns": returns}
         rows, M = B * K, s.minibatches
 
@@ -221,7 +238,7 @@ def train_ppo(
             perm = jax.random.permutation(jax.random.fold_in(jax.random.key(cfg.trainer.seed), state["step"] * 1000 + epoch), rows)
             idx = jax.lax.dynamic_slice_in_dim(perm, m * (rows // M), rows // M)
             mb = jax.tree.map(lambda x: x[idx], data)
-            (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], mb)
+            (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], mb, state["kl_coef"])
             direction, opt_state = tx.update(grads, state["opt_state"], state["params"])
             params = jax.tree.map(lambda p, u: p + u * lr.astype(u.dtype), state["params"], direction)
             return {**state, "params": params, "opt_state": opt_state}, aux

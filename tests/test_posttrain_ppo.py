@@ -88,10 +88,19 @@ def test_rloo_runs_critic_free(setup):
     assert result["final"]["value_loss"] == 0.0 and np.isfinite(result["final"]["policy_loss"])
 
 
+@pytest.mark.slow
+def test_grpo_runs_with_the_kl_in_the_loss(setup):
+    result = policy_ppo.train_ppo(_cfg(setup, "grpo", steps=3, algorithm="grpo", samples_per_prompt=2, kl_coef=0.1),
+                                  prompts=PROMPTS)
+    assert result["final"]["value_loss"] == 0.0 and np.isfinite(result["final"]["policy_loss"])
+    assert result["final"]["kl"] >= 0.0  # k3 per token is never negative
+
+
 @pytest.mark.parametrize(
     "change, message",
     [(dict(kl_coef=-0.1), "kl_coef=-0.1 must be a finite number >= 0"),
      (dict(algorithm="rloo", samples_per_prompt=1), "samples_per_prompt >= 2"),
+     (dict(algorithm="grpo", samples_per_prompt=1), "grpo needs ppo.samples_per_prompt >= 2"),
      (dict(kl_target=0.0), "kl_target=0.0 must be > 0"),
      (dict(minibatches=3), "does not split")],
 )
