@@ -89,11 +89,21 @@ def render(s: dict, cfg: QuantStudyConfig) -> str:
         losses = ", ".join(f"{k}: {v:.4f}" for k, v in sorted(b["losses"].items(), key=lambda kv: kv[1]))
         lines.append(f"| {b['total_bits'] / 8e3:.0f} | {b['best_bits']} | {losses} |")
     four = sum(w in ("int4", "nf4") for w in wins)
+    fp32 = [by[(d, "fp32")]["loss"] for d in ds if (d, "fp32") in by]
+    spread = max(abs(by[(d, b)]["loss"] - by[(d, "fp32")]["loss"]) for d in ds for b in labels if (d, b) in by)
+    caveats = []
+    if any(b >= a for a, b in zip(fp32, fp32[1:], strict=False)):
+        caveats.append("the bases' float32 losses do not fall monotonically with size, so the curves mix "
+                       "quantization with base-to-base noise")
+    caveats.append(f"the largest change quantization makes to any base's loss is {spread:.4f} nats, against "
+                   f"{max(fp32) - min(fp32):.4f} between bases: at fixed total bits, more parameters at fewer bits "
+                   "wins whenever the larger base is better")
     lines += ["", f"4-bit formats have the lowest loss at {four} of the {len(wins)} total-bit points where two or more "
               "precisions' curves overlap. "
               "Dettmers & Zettlemoyer found 4 bits optimal for models of 19M-176B parameters; these bases "
               "are 10^4-10^6 parameters, with embeddings (kept at 32 bits) a large share of the bits of the "
-              "smallest, so the comparison here is at a scale the paper did not test.",
+              "smallest, so the comparison here is at a scale the paper did not test. Here "
+              + "; ".join(caveats) + ".",
               "", f"Wall time {s['wall_time_s']:.0f} s.", ""]
     return "\n".join(lines)
 
