@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from chinchax.errors import UserError
+from chinchax.model.losses import token_cross_entropy
 
 
 def hidden_states(backbone, batch: dict) -> jax.Array:
@@ -39,7 +40,8 @@ def token_logps(backbone, batch: dict, hidden_BLD=None) -> tuple[jax.Array, jax.
     hidden_BLD = hidden_states(backbone, batch) if hidden_BLD is None else hidden_BLD
     logits_BLV = backbone.logits(hidden_BLD[:, :-1])
     targets_BT = batch["tokens"][:, 1:]
-    logp_BT = jnp.take_along_axis(jax.nn.log_softmax(logits_BLV, axis=-1), targets_BT[..., None], axis=-1)[..., 0]
+    ce_BT, _ = token_cross_entropy(logits_BLV, targets_BT)  # the one cross-entropy: log p = -ce
+    logp_BT = -ce_BT
     mask_BT = batch["completion"][:, 1:].astype(jnp.float32)
     return logp_BT * mask_BT, mask_BT
 
