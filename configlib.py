@@ -90,6 +90,19 @@ def dump_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False)
 
 
+def refuse_changed_config(run_dir, old: Mapping, new: Mapping, *, ignored=frozenset(), what: str = "a run",
+                          fix: str = "use a new run directory") -> None:
+    """Refuse to resume `run_dir` when its saved (flat) config differs from the new one in a key outside
+    `ignored`: resuming would mix two experiments. The message lists the first changed keys."""
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ignored)
+    if changed:
+        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise UserError(
+            f"{run_dir} holds {what} with a different config ({diffs}); resuming would mix two experiments. "
+            f"Restore the old values, or {fix}"
+        )
+
+
 def _validate_tree(obj: Any) -> None:
     if dataclasses.is_dataclass(obj):
         for field in dataclasses.fields(obj):

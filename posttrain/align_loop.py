@@ -44,14 +44,8 @@ def check_or_write_config(run_dir: Path, config: dict, resume_safe: frozenset[st
     """Refuse to resume a run dir holding another experiment (as the pretraining trainer does)."""
     path = run_dir / CONFIG_NAME
     if path.is_file():
-        old = configlib.read_yaml(path)
-        changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k) and k not in resume_safe)
-        if changed:
-            diffs = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in changed[:6])
-            raise UserError(
-                f"{run_dir} holds an alignment run with a different config ({diffs}); resuming would mix two "
-                "experiments. Restore the old values or use a new run directory"
-            )
+        configlib.refuse_changed_config(run_dir, configlib.read_yaml(path), config, ignored=resume_safe,
+                                        what="an alignment run")
     else:
         import yaml
 

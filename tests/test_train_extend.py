@@ -107,3 +107,12 @@ def test_wsd_extends_before_its_cooldown_and_not_after(tmp_path):
     # Shortening below the steps taken is refused too.
     with pytest.raises(UserError, match="already trained 24 steps"):
         train(_steps(alone, 20))
+
+
+def test_a_run_dir_of_another_experiment_is_refused_naming_the_keys(tmp_path):
+    from chinchax.train.trainer import train
+
+    train(_steps(_cfg(tmp_path), 2))
+    with pytest.raises(UserError, match=r"different config \(model.d_ff: 64 -> 128.*Restore the old values"):
+        train(_steps(_cfg(tmp_path, "model.d_ff=128"), 2))
+    train(_steps(_cfg(tmp_path, "trainer.log_every=2", "model.attention_max_segments=4"), 2))  # resume-safe keys

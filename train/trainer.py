@@ -53,14 +53,8 @@ def check_resume_compatible(run_dir: Path, cfg: ExperimentConfig) -> int | None:
         return None
     old = traverse_util.flatten_dict(configlib.read_yaml(path), sep=".")
     new = traverse_util.flatten_dict(configlib.to_dict(cfg), sep=".")
-    ignored = RESUME_SAFE_KEYS | LENGTH_KEYS
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ignored)
-    if changed:
-        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-        raise UserError(
-            f"{run_dir} holds a run with a different config ({diffs}); resuming would mix two experiments. "
-            "Restore the old values, or use a new trainer.run_dir"
-        )
+    configlib.refuse_changed_config(run_dir, old, new, ignored=RESUME_SAFE_KEYS | LENGTH_KEYS,
+                                    fix="use a new trainer.run_dir")
     if old.get("trainer.steps") is not None:
         return int(old["trainer.steps"])
     return -(-int(old["trainer.tokens"]) // (cfg.trainer.batch_size * cfg.data.seq_len))
