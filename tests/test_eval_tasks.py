@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from chinchax.configlib import load_model_config
 from chinchax.data.tokenizers import ByteTokenizer
 from chinchax.errors import UserError
 from chinchax.evaluation import fewshot, tasks
@@ -18,6 +17,7 @@ from chinchax.evaluation.metrics import bleu, mean_and_stderr, rouge
 from chinchax.evaluation.multiple_choice import evaluate_multiple_choice
 from chinchax.evaluation.scoring import Score, Scorer
 from chinchax.model import Transformer
+from chinchax.model.config import load_model_config
 from chinchax.model.decoding import SamplingConfig
 
 TOK = ByteTokenizer()

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from chinchax.configlib import load_model_config
 from chinchax.errors import UserError
 from chinchax.model import Transformer
+from chinchax.model.config import load_model_config
 from chinchax.model.decoding import SamplingConfig, generate
 
 SMALL = ["vocab_size=64", "d_model=32", "n_layers=2", "n_heads=4", "d_ff=64", "head_dim=8", "max_len=32"]

@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent(
     import flax.linen as nn
     import jax, jax.numpy as jnp, numpy as np
     from flax import nnx
-    from chinchax.configlib import load_model_config
+    from chinchax.model.config import load_model_config
     from chinchax.model.decoding import CACHE_AXES, SamplingConfig, generate, init_cache
     from chinchax.sharding import LOGICAL_AXIS_RULES, logical_to_spec, make_mesh
     from chinchax.train import state as state_lib

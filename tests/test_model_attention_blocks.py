@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from chinchax.configlib import load_model_config
 from chinchax.model import Transformer, attention
 from chinchax.model.attention import Attention, alibi_bias, attend, attention_mask, causal_query_blocks
+from chinchax.model.config import load_model_config
 from chinchax.model.layers import gelu_exact
 
 B, L, H, G, K = 2, 512, 4, 2, 16

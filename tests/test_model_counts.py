@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from chinchax.configlib import load_model_config, preset_names
+from chinchax.model.config import load_model_config
 from chinchax.model.counting import count_params, flops_per_token
+from chinchax.model.presets import preset_names
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from chinchax.configlib import load_model_config
 from chinchax.evaluation.losses import validation_loss
 from chinchax.evaluation.scoring import Scorer
 from chinchax.model import Transformer
+from chinchax.model.config import load_model_config
 from chinchax.model.losses import token_cross_entropy, weighted_row_losses
 
 

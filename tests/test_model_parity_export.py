@@ -12,8 +12,8 @@ transformers = pytest.importorskip("transformers")
 import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from chinchax.configlib import load_model_config  # noqa: E402
 from chinchax.errors import UserError  # noqa: E402
+from chinchax.model.config import load_model_config  # noqa: E402
 from chinchax.model.convert.hf import config_from_hf, model_from_params, param_shapes, unflatten  # noqa: E402
 from chinchax.model.convert.hf_export import _architecture, export_hf_checkpoint, hf_config_for  # noqa: E402
 

@@ -237,7 +237,7 @@ def test_conversion_round_trips_exactly(name, hf_models):
 
 def test_same_seed_builds_the_same_model():
     """Built as the trainer builds it (jitted init, seed as the key); tiny-bart has most kinds of parameter."""
-    from chinchax.configlib import load_model_config
+    from chinchax.model.config import load_model_config
 
     cfg = load_model_config("tiny-bart")
 

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from chinchax.configlib import load_model_config  # noqa: E402
+from chinchax.model.config import load_model_config  # noqa: E402
 from chinchax.model.convert.hf import config_from_hf  # noqa: E402
 from chinchax.model.counting import count_params  # noqa: E402
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from chinchax.configlib import load_model_config
 from chinchax.model import Transformer
+from chinchax.model.config import load_model_config
 from chinchax.model.transformer import REMAT_POLICIES
 
 L = 8

@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     import flax.linen as nn
     from flax import nnx
-    from chinchax.configlib import load_model_config
+    from chinchax.model.config import load_model_config
     from chinchax.model import Transformer
     from chinchax.sharding import LOGICAL_AXIS_RULES, create_sharded, make_mesh
 

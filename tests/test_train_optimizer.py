@@ -64,8 +64,8 @@ def test_bad_optimizer_values_are_rejected_with_the_key():
 def test_weight_decay_mask_decays_matrices_only():
     from flax import nnx
 
-    from chinchax.configlib import load_model_config
     from chinchax.model import Transformer
+    from chinchax.model.config import load_model_config
     from chinchax.train.state import decay_mask_from_variables
 
     cfg = load_model_config(

@@ -161,7 +161,7 @@ def test_optimizer_state_shards_like_its_params_by_optax():
     import jax
     from jax.sharding import PartitionSpec
 
-    from chinchax.configlib import load_model_config
+    from chinchax.model.config import load_model_config
     from chinchax.sharding import make_mesh
     from chinchax.train import state as state_lib
     from chinchax.train.config import OptimizerConfig
