@@ -18,7 +18,7 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    gen.add_argument("run_dir", help="a run directory written by `chinchax train`")
+    gen.add_argument("run_dir", help="a run directory written by `chinchax train`, or a checkpoint converted by `chinchax model convert`")
     gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
