@@ -13,14 +13,11 @@ and run.json all serve a fine-tune unchanged. The run dir adds finetune.yaml (th
 resume), and at the end merged/ (model.yaml + params/, the format of a converted checkpoint: adapters
 merged, NF4 dequantized), which `chinchax eval`/`generate` can load like any converted model.
 
-The trainer takes its programs from `chinchax.train.programs.programs_for`; while a fine-tune runs that
-function is swapped for one returning these programs (`_programs_for`). A `programs=` argument on
-`train()` would say the same without the swap: see docs/finetuning.md.
+The trainer runs with these programs in place of pretraining's (`train(..., programs=)`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,18 +240,6 @@ def experiment(base: Base, cfg: FinetuneConfig) -> ExperimentConfig:
     return ExperimentConfig(model=base.model, data=cfg.data, optimizer=cfg.optimizer, trainer=cfg.trainer)
 
 
-@contextlib.contextmanager
-def _programs_for(make):
-    import chinchax.train.programs as programs_mod
-
-    original = programs_mod.programs_for
-    programs_mod.programs_for = lambda cfg, mesh: make(cfg, mesh)
-    try:
-        yield
-    finally:
-        programs_mod.programs_for = original
-
-
 def _check_same_method(run_dir: Path, cfg: FinetuneConfig) -> None:
     from chinchax import configlib
 
@@ -297,8 +282,7 @@ def finetune(base_dir: str | Path, cfg: FinetuneConfig, *, data=None) -> dict:
         made["programs"] = FinetunePrograms(exp_cfg, mesh, method, base.flat)
         return made["programs"]
 
-    with _programs_for(make):
-        result = train(exp, data=data)
+    result = train(exp, data=data, programs=make)
     if not result or not primary:  # the trainer returns {} on the other hosts
         return result
     programs = made["programs"]

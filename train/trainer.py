@@ -119,9 +119,12 @@ def train(
     cfg: ExperimentConfig,
     *,
     data: Callable[[int, int], tuple[Iterator, Callable[[], list] | None, Any]] | None = None,
+    programs: Callable[[ExperimentConfig, Any], Any] | None = None,
 ) -> dict:
     """Run (or resume) training; returns the run.json dict. `data(process_index, process_count)` may
-    replace the grain pipeline with (train iterator, eval-batches factory or None, tokenizer or None)."""
+    replace the grain pipeline with (train iterator, eval-batches factory or None, tokenizer or None).
+    `programs(cfg, mesh)` may replace the compiled programs (train/programs.py's `programs_for`) with others
+    of the same interface: fine-tuning trains adapters with the same loop, checkpoints and run.json."""
     from chinchax.train.distributed import maybe_initialize
 
     maybe_initialize(cfg.trainer)  # before any other jax call
@@ -133,12 +136,12 @@ def train(
     # One trainer per run dir (the primary host holds the lock; the others share its run): released when
     # this call returns or raises, so a sweep worker can train one run after another in one process.
     with runlock.hold(run_path(cfg.trainer.run_dir), enabled=jax.process_index() == 0):
-        return _train(cfg, data)
+        return _train(cfg, data, programs)
 
 
-def _train(cfg: ExperimentConfig, data) -> dict:
+def _train(cfg: ExperimentConfig, data, programs) -> dict:
     """Setup (mesh, programs, data, restore), the loop, and the summary: see _Run, _loop and _summary."""
-    run = _Run.setup(cfg, data)
+    run = _Run.setup(cfg, data, programs)
     status = "running"  # "done" only once the loop has finished: a crash never writes a finished run.json
     try:
         _loop(run)
@@ -193,7 +196,7 @@ class _Run:
         return _cumulative(self.flops, self.tokens_per_step, step)
 
     @classmethod
-    def setup(cls, cfg: ExperimentConfig, data) -> _Run:
+    def setup(cls, cfg: ExperimentConfig, data, make_programs=None) -> _Run:
         import jax
 
         from chinchax.model.counting import count_params, flops_per_token
@@ -213,7 +216,7 @@ class _Run:
         mesh = make_mesh(tc.mesh)
         _check_batch_splits(cfg, mesh)
         total_steps = cfg.total_steps
-        programs = programs_for(cfg, mesh)  # shared with earlier runs of this shape in this process
+        programs = (make_programs or programs_for)(cfg, mesh)  # shared with earlier runs of this shape
         lr_by_step = schedule_values(make_schedule(cfg.optimizer, total_steps), total_steps)
 
         train_it, make_eval, tokenizer = (data or (lambda i, n: _default_data(cfg, i, n)))(
