@@ -1,4 +1,5 @@
-"""A trained model from a directory: a `chinchax train` run or a `chinchax model convert` output, one API.
+"""A trained model from a directory: a `chinchax train` run, a `chinchax model convert` output or a
+`chinchax finetune` run (the model it exported, merged/), one API.
 
 - A run directory (config.yaml + checkpoints/): its newest verified checkpoint, restored by the trainer's own
   Checkpointer opened read-only (unverified or damaged steps are announced and skipped, never moved aside:
@@ -35,13 +36,15 @@ class LoadedRun:
     model: Any  # chinchax.model.Transformer with the trained parameters (eval mode)
     tokenizer: Any
     step: int
-    kind: str = "run"  # "run" (chinchax train) or "converted" (chinchax model convert)
+    kind: str = "run"  # "run" (chinchax train), "converted" (chinchax model convert) or "finetuned" (merged/)
 
 
 def load_run(run_dir: str | Path, *, tokenizer: str | None = None) -> LoadedRun:
     """`tokenizer` (a load_tokenizer spec) overrides the run's own; a converted checkpoint without a recorded
     tokenizer needs it."""
     run_dir = Path(run_dir)
+    if (run_dir / "finetune.yaml").is_file():
+        return _load_finetuned(run_dir, tokenizer)
     if (run_dir / "config.yaml").is_file():
         return _load_train_run(run_dir, tokenizer)
     if (run_dir / "model.yaml").is_file():
@@ -50,6 +53,23 @@ def load_run(run_dir: str | Path, *, tokenizer: str | None = None) -> LoadedRun:
         f"{run_dir} is neither a run directory (no config.yaml: train one with `chinchax train`) nor a converted "
         "checkpoint (no model.yaml: make one with `chinchax model convert HF_DIR OUT_DIR`)"
     )
+
+
+def _load_finetuned(run_dir: Path, tokenizer: str | None) -> LoadedRun:
+    """A `chinchax finetune` run: its checkpoints hold trainable and frozen parts, not a model, so the model is
+    the one it exported when it finished (merged/: adapters merged, NF4 dequantized)."""
+    merged = run_dir / "merged"
+    if (merged / "prompt_PD.npy").is_file():
+        raise UserError(
+            f"{run_dir} is a prompt-tuned run: its soft prompt is not part of the model's weights, so it cannot "
+            "be loaded as a plain model; its run.json holds the losses measured with the prompt"
+        )
+    if not (merged / "model.yaml").is_file():
+        raise UserError(
+            f"{run_dir} is a fine-tune that has not finished (no {merged.name}/ yet): resume it with the same "
+            "`chinchax finetune` command, then evaluate it"
+        )
+    return dataclasses.replace(_load_converted(merged, tokenizer), run_dir=run_dir, kind="finetuned")
 
 
 def _load_train_run(run_dir: Path, tokenizer: str | None) -> LoadedRun:

@@ -102,6 +102,29 @@ def test_merged_model_has_the_runs_eval_loss(runs):
         np.testing.assert_allclose(loss, result["eval_loss"], rtol=2e-6, err_msg=method)
 
 
+def test_load_run_reads_a_finetune_run_dir_as_its_merged_model(runs):
+    """`chinchax eval/generate RUN` on a fine-tune: the model it exported, not its {trainable, frozen}
+    checkpoint; a prompt-tuned run is refused (its prompt is not a weight)."""
+    from chinchax.evaluation.run_loading import load_run
+    from chinchax.model.convert.hf import load_converted
+
+    run_dir, _ = runs["lora"]
+    loaded = load_run(run_dir)
+    assert loaded.kind == "finetuned" and loaded.run_dir == run_dir
+    _, merged = load_converted(run_dir / "merged")
+    got = {k: np.asarray(v) for k, v in flatten(nnx_params(loaded.model)).items()}
+    for key, value in flatten(merged).items():
+        np.testing.assert_array_equal(got[key], np.asarray(value), err_msg=key)
+    with pytest.raises(UserError, match="prompt-tuned run"):
+        load_run(runs["prompt_tuning"][0])
+
+
+def nnx_params(model):
+    from flax import nnx
+
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
 @pytest.mark.slow
 def test_lora_resume_is_bitwise(base_dir, runs, tmp_path):
     """4 steps with a checkpoint at 2, the step-4 checkpoint removed (a kill after step 2), re-run: the
