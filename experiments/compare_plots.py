@@ -52,6 +52,7 @@ def plot_loss(table: pd.DataFrame, comparison, stem: Path) -> list[Path]:
         ax.axhline(float(ref.loss(comparison.top_flops)), color="0.4", ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _no_minor_x_labels(ax)
     ax.set_xlabel("training compute C = 6ND (FLOPs)")
     ax.set_ylabel("bits per byte of the continuation")
     ax.set_title("Held-out bits per byte vs compute: points = runs, lines = L(C) = A C^-alpha per family")
@@ -76,6 +77,7 @@ def plot_accuracy(table: pd.DataFrame, shots, stem: Path) -> list[Path]:
                         color=colors[f], ms=4, lw=1, capsize=2, label=f)
         ax.axhline(float(table[f"mc{k}_chance"].iloc[0]), color="0.4", ls=":", lw=1, label="chance")
         ax.set_xscale("log")
+        _no_minor_x_labels(ax)
         ax.set_xlabel("training compute C = 6ND (FLOPs)")
         ax.set_title(f"next-line multiple choice, {k}-shot")
     axes[0][0].set_ylabel("acc_norm (± 1 s.e.), each budget's best run")
@@ -107,6 +109,13 @@ def plot_multipliers(comparison, stem: Path) -> list[Path]:
     ax.set_xlabel(f"compute to match {comparison.reference} at {comparison.top_flops:.3g} FLOPs (x; < 1 = more efficient)")
     ax.set_title("Compute multipliers, 95% paired bootstrap intervals (red: read beyond the family's runs)")
     return save(fig, stem)
+
+
+def _no_minor_x_labels(ax) -> None:
+    """Less than a decade of compute: matplotlib labels the minor log ticks too, and they overprint."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _plain_y(ax) -> None:
