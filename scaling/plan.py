@@ -155,7 +155,26 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
 
 
 def _run_id(family: str, budget: float, tag: str, config: Mapping) -> str:
-    return f"{family}-c{budget:.2g}-{tag}-{config_hash(config, budget)[:8]}".replace("+", "")
+    return f"{family}-c{budget:.2g}-{tag}-{config_hash(_identity(config), budget)[:8]}".replace("+", "")
+
+
+def _identity(config: Mapping) -> dict:
+    """What names a run: its resolved config minus every key left at chinchax's default. A new config field
+    (with a default that keeps the old behaviour) then renames no planned run, and a sweep re-run after an
+    upgrade still finds its finished runs instead of training them all again."""
+    from chinchax.train.config import ExperimentConfig
+
+    defaults = json.loads(json.dumps(to_dict(ExperimentConfig()), default=str))
+    config = json.loads(json.dumps(config, default=str))
+    return {
+        section: {k: v for k, v in values.items() if defaults.get(section, {}).get(k, _NO_DEFAULT) != v}
+        if isinstance(values, dict)
+        else values
+        for section, values in config.items()
+    }
+
+
+_NO_DEFAULT = object()
 
 
 MAX_TRUNK_CHECKPOINTS = 16  # checkpoints a WSD trunk keeps for its branches (disk vs exact branch points)

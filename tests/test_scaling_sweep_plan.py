@@ -72,6 +72,16 @@ def test_plan_is_deterministic_and_ids_are_stable(write):
     # ...and any change to what a run trains changes its id.
     _, d = _plan(path, ["overrides=[optimizer.weight_decay=0.0]"])
     assert not {r.run_id for r in d.runs} & set(ids)
+    # A key at chinchax's default is not part of a run's name: a config field added later (with a default
+    # that keeps the old behaviour) renames no run, so a re-run after an upgrade skips the finished ones.
+    import json
+
+    from chinchax.scaling.plan import _run_id
+
+    for r in a.runs[:3]:
+        before_the_field = json.loads(json.dumps(r.config))
+        del before_the_field["model"]["attention_max_segments"]  # the config as an older chinchax wrote it
+        assert _run_id(r.family, r.budget, f"d{r.d_model}l{r.n_layers}", before_the_field) == r.run_id
 
 
 def test_compute_matches_6nd_within_rounding_of_one_step(write):
