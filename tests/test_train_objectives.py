@@ -17,6 +17,7 @@ CASES = [
     ("prefix_lm", ["model.preset=tiny-t5"]),
     ("span_corruption", ["model.preset=tiny-t5"]),
     ("span_corruption", ["model.preset=tiny-gpt2", "model.attention=prefix"]),
+    ("span_corruption", ["model.preset=tiny-gpt2", "model.attention=causal"]),  # Wang et al.'s causal decoder + MLM
     ("masked_lm", ["model.preset=tiny-bert"]),
 ]
 
@@ -25,7 +26,7 @@ CASES = [
 @pytest.mark.parametrize(
     "objective, model",
     CASES,
-    ids=[f"{o}-{m[0].split('=')[1]}{'-prefix' if len(m) > 1 else ''}" for o, m in CASES],
+    ids=[f"{o}-{m[0].split('=')[1]}{'-' + m[1].split('=')[1] if len(m) > 1 else ''}" for o, m in CASES],
 )
 def test_objective_trains_variant(tmp_path, objective, model):
     overrides = [

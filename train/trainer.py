@@ -256,8 +256,13 @@ class _Run:
         batch_sharding = step_lib.batch_sharding(mesh)
 
         max_segments = cfg.model.attention_max_segments
+        # A causal decoder on a prefix objective (span corruption or prefix LM: Wang et al.'s causal-decoder
+        # families) attends causally over the prefix too; the prefix only decides where the loss is taken.
+        causal_decoder = cfg.model.variant == "decoder_only" and cfg.model.attention == "causal"
 
         def to_global(batch: dict) -> dict:
+            if causal_decoder:
+                batch = {k: v for k, v in batch.items() if k != "prefix_mask"}
             if max_segments:  # cuDNN's packed attention was compiled for this many documents per row
                 for key in (k for k in batch if k.endswith("segment_ids")):
                     try:
