@@ -12,7 +12,6 @@ and what is valid.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -121,15 +120,3 @@ def _explain(error: OmegaConfBaseException, cls: type) -> str:
         valid = ", ".join(f.name for f in dataclasses.fields(node_cls))
         return f"{message} (key {key!r}); valid keys here: {valid}"
     return f"{message} (key {key!r})"
-
-
-_MOVED = {"load_model_config": "chinchax.model.config", "preset_names": "chinchax.model.presets",
-          "model_spec_to_dict": "chinchax.model.presets"}
-
-
-def __getattr__(name: str):
-    """The model's config helpers moved to chinchax.model (configlib knows no model); importing them from
-    here still works, loaded on first use, for code written before the move."""
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module 'chinchax.configlib' has no attribute {name!r}")

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from chinchax.configlib import load_model_config
 from chinchax.data.tokenizers import load_tokenizer
 from chinchax.errors import UserError
 from chinchax.evaluation.comparable import build_measure_set, measure_model
 from chinchax.evaluation.scoring import Scorer
 from chinchax.model import Transformer
+from chinchax.model.config import load_model_config
 
 SMALL = ["vocab_size=384", "d_model=16", "n_layers=1", "n_heads=2", "d_ff=32", "head_dim=8", "max_len=64",
          "n_kv_heads=null"]

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from chinchax.configlib import load_model_config
 from chinchax.errors import UserError
+from chinchax.model.config import load_model_config
 
 
 def test_preset_with_overrides():
@@ -86,7 +86,7 @@ def test_configlib_knows_no_model_and_presets_live_in_model():
     from chinchax.model.presets import preset_names
 
     assert "tiny-gpt2" in preset_names()
-    assert configlib.load_model_config is load_model_config  # the old import path still works
+    assert not hasattr(configlib, "load_model_config")  # the model's helpers live in the model only
     assert load_model_config("tiny-gpt2", ["n_layers=3"]) == configlib.load_config(
         ModelConfig, {"preset": "tiny-gpt2", "n_layers": 3})
     import chinchax.model.convert.hf as hf

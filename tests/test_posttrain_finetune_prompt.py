@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from chinchax.configlib import load_model_config
 from chinchax.model import Transformer
+from chinchax.model.config import load_model_config
 from chinchax.posttrain.prompt_tuning import PromptedModel
 
 P, B, L, S = 3, 2, 6, 5
