@@ -246,7 +246,9 @@ def test_sizes_rule_validates():
         dataclasses.replace(SizeRule(), mode="explicit").validate()
 
 
-@pytest.mark.parametrize("name", ["demo_sweep.yaml", "chinchilla_ladder.yaml", "arch_objective.yaml"])
+@pytest.mark.parametrize(
+    "name", ["demo_sweep.yaml", "demo_gpu_sweep.yaml", "chinchilla_ladder.yaml", "arch_objective.yaml", "arch_objective_gpu.yaml"]
+)
 def test_shipped_sweeps_load_and_resolve(name):
     from importlib import resources
 
