@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 from chinchax.fileio import run_path
 
@@ -52,3 +53,26 @@ def read_jsonl(path) -> list[dict]:
         except ValueError:
             break
     return rows
+
+
+def jsonl_records(path, *, what: str = "JSONL file") -> list[tuple[str, dict]]:
+    """(place, record) for every non-blank line of a user's JSON-lines file (tasks, preferences, ...), place
+    being "path:line" for messages. A missing file, a line that is not JSON or not an object: UserError
+    naming the file, the line and the fix."""
+    from chinchax.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n} is not valid JSON ({e.msg}); each line must be one JSON object") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}:{n} holds a JSON {type(record).__name__}; each line must be one JSON object")
+        records.append((f"{path}:{n}", record))
+    return records

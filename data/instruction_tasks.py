@@ -14,13 +14,13 @@ instruction. The tasks from code, all parsed with `ast` (no model, no network):
 from __future__ import annotations
 
 import ast
-import json
 import random
 import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chinchax import jsonio
 from chinchax.errors import UserError
 
 
@@ -132,20 +132,11 @@ def code_tasks(sources: Iterable[str], *, max_per_task: int | None = None, seed:
 def jsonl_task(path: str | Path, *, name: str, cluster: str, input_field: str = "input",
                target_field: str = "target", templates: Sequence[str] = ("{input}",)) -> Task:
     """A task from a JSONL file: one object per line with `input_field` and `target_field`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"JSONL task {name!r}: no file {path}")
     examples = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{i} is not JSON ({e.msg}); one object per line") from None
+    for where, record in jsonio.jsonl_records(path, what=f"JSONL task {name!r}:"):
         missing = [k for k in (input_field, target_field) if k not in record]
         if missing:
-            raise UserError(f"{path}:{i} has no {missing[0]!r} field; set input_field/target_field to its keys "
+            raise UserError(f"{where} has no {missing[0]!r} field; set input_field/target_field to its keys "
                             f"({', '.join(record)})")
         examples.append(Example({**record, "input": record[input_field]}, str(record[target_field])))
     for t in templates:

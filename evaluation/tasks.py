@@ -14,12 +14,12 @@ A task spec is either
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chinchax import jsonio
 from chinchax.errors import UserError
 
 
@@ -78,17 +78,7 @@ def _parse(record: dict, where: str):
 
 def read_jsonl(path: str | Path) -> list:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"task file {path} does not exist")
-    examples = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{i} is not valid JSON: {e}") from None
-        examples.append(_parse(record, f"{path}:{i}"))
+    examples = [_parse(record, where) for where, record in jsonio.jsonl_records(path, what="task file")]
     if not examples:
         raise UserError(f"task file {path} holds no examples")
     kinds = {type(e) for e in examples}

@@ -15,7 +15,6 @@ Pairs stack chosen rows first, then rejected rows ([2B, L]), as trl does.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,15 +42,7 @@ def read_preferences(path: str | Path) -> list[Pair]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"preference file {path} does not exist; give a JSONL file of {{prompt, chosen, rejected}}")
-    pairs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n} is not valid JSON ({e.msg}); each line must be one JSON object") from None
-        pairs.append(check_pair(row, where=f"{path}:{n}"))
+    pairs = [check_pair(row, where=where) for where, row in jsonio.jsonl_records(path, what="preference file")]
     if not pairs:
         raise UserError(f"{path} holds no preference pairs; each line needs prompt, chosen and rejected")
     return pairs
