@@ -1,5 +1,7 @@
 """Checkpointer: manifests, retention that never drops a good step for a damaged one, verified fallback."""
 
+import contextlib
+import logging
 from pathlib import Path
 
 import jax
@@ -142,7 +144,9 @@ def test_read_only_restore_skips_a_damaged_step_and_changes_nothing(tmp_path, ca
     ckpt.close()
     _flip_bytes(_largest_file(tmp_path / "ckpt" / "4"))
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    reader = Checkpointer(tmp_path / "ckpt", read_only=True)
+    with _absl_warnings() as warned:
+        reader = Checkpointer(tmp_path / "ckpt", read_only=True)
+    assert warned == []  # read-only is what evaluation asks for: orbax's "directory is read only" is noise
     step, state, data = reader.restore_latest(_abstract(), with_data=False)
     assert step == 2 and data is None
     np.testing.assert_array_equal(np.asarray(state["w"]), np.asarray(_state(2)["w"]))
@@ -154,3 +158,24 @@ def test_read_only_restore_skips_a_damaged_step_and_changes_nothing(tmp_path, ca
     assert not (tmp_path / "ckpt" / DAMAGED_DIR).exists()
     assert Checkpointer(tmp_path / "nowhere", read_only=True).restore_latest(_abstract()) is None
     assert not (tmp_path / "nowhere").exists()
+
+
+@contextlib.contextmanager
+def _absl_warnings():
+    """The messages of absl warnings (what orbax logs) emitted in the block."""
+    from absl import logging as absl_logging
+
+    seen = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            if record.levelno >= logging.WARNING:
+                seen.append(record.getMessage())
+
+    handler = Catch()
+    absl_logger = absl_logging.get_absl_logger()
+    absl_logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        absl_logger.removeHandler(handler)

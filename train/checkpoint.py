@@ -18,6 +18,7 @@ damaged newer one. So orbax keeps everything (`max_to_keep=None`) and this class
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -138,16 +139,17 @@ class Checkpointer:
 
     def _new_manager(self, use_async: bool) -> ocp.CheckpointManager:
         # orbax keeps every step (max_to_keep=None): retention is ours, see the module docstring.
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=None, create=not self.read_only, read_only=self.read_only,
-            enable_async_checkpointing=use_async, cleanup_tmp_directories=not self.read_only,
-        )
-        return ocp.CheckpointManager(
-            self.directory,
-            options=options,
-            item_names=("state", "data"),
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
-        )
+        with _quiet_absl(self.read_only):  # read-only is what we asked for: orbax's two warnings say only that
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=None, create=not self.read_only, read_only=self.read_only,
+                enable_async_checkpointing=use_async, cleanup_tmp_directories=not self.read_only,
+            )
+            return ocp.CheckpointManager(
+                self.directory,
+                options=options,
+                item_names=("state", "data"),
+                item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
+            )
 
     def _step_dir(self, step: int) -> Path:
         return self.directory / str(step)
@@ -294,3 +296,19 @@ def load_numpy_state(step_dir: str | Path) -> Any:
     tree = getattr(tree, "tree", tree)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
+@contextlib.contextmanager
+def _quiet_absl(quiet: bool):
+    """absl warnings off for the block (orbax logs through absl)."""
+    from absl import logging as absl_logging
+
+    if not quiet:
+        yield
+        return
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(level)
