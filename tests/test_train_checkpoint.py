@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from chinchax.train.checkpoint import MANIFEST, Checkpointer, verify
+from chinchax.train.checkpoint import MANIFEST, Checkpointer, load_numpy_state, verify
 
 
 def _state(step):
@@ -146,7 +146,9 @@ def test_read_only_restore_skips_a_damaged_step_and_changes_nothing(tmp_path, ca
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with _absl_warnings() as warned:
         reader = Checkpointer(tmp_path / "ckpt", read_only=True)
+        on_host = load_numpy_state(tmp_path / "ckpt" / "2")
     assert warned == []  # read-only is what evaluation asks for: orbax's "directory is read only" is noise
+    np.testing.assert_array_equal(on_host["w"], np.asarray(_state(2)["w"]))
     step, state, data = reader.restore_latest(_abstract(), with_data=False)
     assert step == 2 and data is None
     np.testing.assert_array_equal(np.asarray(state["w"]), np.asarray(_state(2)["w"]))

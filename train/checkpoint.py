@@ -291,11 +291,13 @@ def load_numpy_state(step_dir: str | Path) -> Any:
     (for inspection, tests and export; the trainer restores onto its mesh with `restore_latest`)."""
     path = run_path(step_dir) / "state"
     checkpointer = ocp.PyTreeCheckpointer()
-    metadata = checkpointer.metadata(path)
-    tree = getattr(metadata, "item_metadata", metadata)
-    tree = getattr(tree, "tree", tree)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    # An item of a manager's step has no step-level metadata file of its own: orbax warns, harmlessly.
+    with _quiet_absl(True):
+        metadata = checkpointer.metadata(path)
+        tree = getattr(metadata, "item_metadata", metadata)
+        tree = getattr(tree, "tree", tree)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
 
 @contextlib.contextmanager
