@@ -99,19 +99,23 @@ def plot_scores(curves: dict, path, *, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    # Two panels: the proxy's gains are often 100x the gold's, and on one axis the gold curve (the point of
+    # the plot: where optimisation starts to hurt) would be a flat line at zero.
+    fig, (ax_gold, ax_proxy) = plt.subplots(1, 2, figsize=(10, 4))
     for i, (label, c) in enumerate(curves.items()):
         color = f"C{i}"
-        ax.plot(c["d"], c["gold"], "o-", color=color, label=f"{label} gold")
-        ax.plot(c["d"], c["proxy"], "s--", color=color, alpha=0.6, label=f"{label} proxy")
+        ax_gold.plot(c["d"], c["gold"], "o-", color=color, label=label)
+        ax_proxy.plot(c["d"], c["proxy"], "s--", color=color, label=label)
         if c.get("fit") is not None:
             grid = np.linspace(0, max(c["d"]) * 1.05, 100)
             fn = r_bon if c["fit"].form == "bon" else r_rl
-            ax.plot(grid, fn(grid, c["fit"].alpha, c["fit"].beta), ":", color=color)
-    ax.set_xlabel("d = sqrt(KL from the initial policy)")
-    ax.set_ylabel("score gain over the initial policy")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
+            ax_gold.plot(grid, fn(grid, c["fit"].alpha, c["fit"].beta), ":", color=color)
+    for ax, what in ((ax_gold, "gold score gain (dotted: fit)"), (ax_proxy, "proxy score gain")):
+        ax.set_xlabel("d = sqrt(KL from the initial policy)")
+        ax.set_ylabel(what)
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
