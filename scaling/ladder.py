@@ -41,7 +41,7 @@ def _round_up(x: float, multiple: int) -> int:
 
 
 def _resized(model_cfg, rule: ShapeRule, d_model: int, n_layers: int, d_ff: int):
-    n_heads = d_model // rule.head_dim
+    n_heads = rule.n_heads or d_model // rule.head_dim
     kv = model_cfg.n_kv_heads
     if kv is not None and n_heads % kv:
         kv = math.gcd(n_heads, kv)  # keep grouped-query attention valid at every width

@@ -27,6 +27,7 @@ Planning is pure and deterministic: the same sweep YAML always gives the same ru
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -103,7 +104,7 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
         shortest: dict[Shape, int] = {}
         for _, shape, steps in grid:
             shortest[shape] = min(steps, shortest.get(shape, steps))
-        for budget, shape, steps in grid:
+        for (budget, shape, steps), seed in itertools.product(grid, cfg.seeds):
             basis = shortest[shape] if cfg.wsd.enabled and cfg.wsd.branch else steps
             warmup = min(steps, max(cfg.hparams.min_warmup_steps, round(cfg.hparams.warmup_fraction * basis)))
             lr = cfg.hparams.base_lr
@@ -127,6 +128,8 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
                 f"optimizer.learning_rate={lr}",
                 f"optimizer.warmup_steps={warmup}",
             ]
+            if cfg.seeds != [0]:  # a one-seed sweep keeps the base's seeds (and its run ids)
+                overrides += [f"trainer.seed={seed}", f"data.seed={seed}"]
             if m.variant == "encoder_decoder":
                 overrides.append("model.n_encoder_layers=null")
             if cfg.wsd.enabled:
@@ -135,13 +138,13 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
             config["trainer"].pop("run_dir", None)
             runs.append(
                 PlannedRun(
-                    run_id=_run_id(family, budget, shape.tag, config),
+                    run_id=_run_id(family, budget, _tag(shape.d_model, shape.n_layers, seed), config),
                     family=family, budget=float(budget), d_model=shape.d_model, n_layers=shape.n_layers,
                     n_heads=shape.n_heads, d_ff=shape.d_ff, n_params=shape.n_total,
                     n_params_embedding=shape.n_embedding, n_params_non_embedding=shape.n_non_embedding,
                     n_tokens=steps * tokens_per_step, steps=steps, batch_size=batch, seq_len=seq_len,
                     lr=lr, warmup_steps=warmup, flops=6.0 * shape.n(conv) * steps * tokens_per_step,
-                    overrides=tuple(overrides), config=config,
+                    overrides=tuple(overrides), config=config, seed=seed,
                 )
             )
     runs = _add_branches(runs, cfg) if cfg.wsd.enabled and cfg.wsd.branch else runs
@@ -152,6 +155,10 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
         if r.branch_of
     )
     return Plan(cfg.name, conv, str(exp_path), tuple(runs), tuple(dropped), independent, with_branching)
+
+
+def _tag(d_model: int, n_layers: int, seed: int) -> str:
+    return f"d{d_model}l{n_layers}" + (f"s{seed}" if seed else "")
 
 
 def _run_id(family: str, budget: float, tag: str, config: Mapping) -> str:
@@ -181,7 +188,7 @@ MAX_TRUNK_CHECKPOINTS = 16  # checkpoints a WSD trunk keeps for its branches (di
 
 
 def _add_branches(runs: list[PlannedRun], cfg: SweepConfig) -> list[PlannedRun]:
-    """Per (family, shape): the longest run is the trunk; each shorter run starts from a trunk checkpoint
+    """Per (family, shape, seed): the longest run is the trunk; each shorter run starts from a trunk checkpoint
     at or before the step where its own cooldown begins. Up to there the two schedules are the same
     (same warmup, same peak lr, same data order), so the branch then trains exactly as it would alone.
 
@@ -189,7 +196,7 @@ def _add_branches(runs: list[PlannedRun], cfg: SweepConfig) -> list[PlannedRun]:
     each branch starts from the last multiple of K before its cooldown."""
     groups: dict[tuple, list[PlannedRun]] = {}
     for r in runs:
-        groups.setdefault((r.family, r.d_model, r.n_layers), []).append(r)
+        groups.setdefault((r.family, r.d_model, r.n_layers, r.seed), []).append(r)
     out = {}
     for group in groups.values():
         trunk = original = max(group, key=lambda r: (r.steps, r.run_id))
@@ -206,7 +213,7 @@ def _add_branches(runs: list[PlannedRun], cfg: SweepConfig) -> list[PlannedRun]:
             config["trainer"].update(checkpoint_every=every, max_to_keep=keep)
             trunk = dataclasses.replace(
                 trunk,
-                run_id=_run_id(trunk.family, trunk.budget, f"d{trunk.d_model}l{trunk.n_layers}", config),
+                run_id=_run_id(trunk.family, trunk.budget, _tag(trunk.d_model, trunk.n_layers, trunk.seed), config),
                 config=config,
                 overrides=(*trunk.overrides, f"trainer.checkpoint_every={every}", f"trainer.max_to_keep={keep}"),
             )

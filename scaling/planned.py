@@ -34,6 +34,7 @@ class PlannedRun:
     config: dict  # the run's resolved ExperimentConfig (run_dir left for the executor to set)
     branch_of: str = ""  # WSD: the trunk run this run branches from ("" = trained from scratch)
     branch_step: int = 0  # WSD: the trunk step whose checkpoint this run starts from
+    seed: int = 0  # trainer.seed and data.seed of this replicate of its grid point
 
     def row(self) -> dict:
         d = dataclasses.asdict(self)

@@ -23,12 +23,12 @@ from chinchax.errors import UserError
 N_CONVENTIONS = ("total", "non_embedding")
 RESULT_COLUMNS = ("run", "n_params", "n_params_non_embedding", "n_tokens", "flops", "loss", "budget")
 EXTRA_COLUMNS = (
-    "family", "d_model", "n_layers", "n_heads", "d_ff", "n_params_embedding", "steps", "batch_size",
+    "family", "seed", "d_model", "n_layers", "n_heads", "d_ff", "n_params_embedding", "steps", "batch_size",
     "seq_len", "learning_rate", "flops_6nd", "flops_6nd_non_embedding", "flops_detailed", "eval_loss",
     "eval_loss_stderr", "eval_bits_per_byte", "final_train_loss", "wall_time_s", "mfu",
 )
 # PlannedRun field -> results column, for the columns the plan knows and run.json may not.
-_PLANNED = {"family": "family", "d_model": "d_model", "n_layers": "n_layers", "n_heads": "n_heads",
+_PLANNED = {"family": "family", "seed": "seed", "d_model": "d_model", "n_layers": "n_layers", "n_heads": "n_heads",
             "d_ff": "d_ff", "batch_size": "batch_size", "seq_len": "seq_len", "lr": "learning_rate"}
 _MEASURED_INTS = ("n_params", "n_params_non_embedding", "n_params_embedding", "n_tokens", "steps")
 

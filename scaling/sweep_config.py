@@ -21,6 +21,10 @@ SIZE_MODES = ("around_optimum", "explicit")
 class ShapeRule:
     aspect_ratio: float = 32.0  # d_model / n_layers, held fixed across sizes
     head_dim: int = 64  # fixed head size: n_heads = d_model / head_dim
+    # A fixed number of heads at every width instead (0 = d_model / head_dim). Tiny models on a CPU want
+    # few wide heads: softmax over [batch, heads, L, L] is element-wise work that 8-wide heads multiply
+    # (measured: 1 head trains a d40 decoder 1.4x faster than 5 heads of 8; docs/sweeps.md).
+    n_heads: int = 0
     ffn_ratio: float = 4.0  # d_ff = ffn_ratio * d_model (8/3 is usual for gated MLPs)
     d_model_multiple: int = 0  # d_model steps; 0 = head_dim
     min_layers: int = 1
@@ -31,8 +35,15 @@ class ShapeRule:
         for key in ("aspect_ratio", "head_dim", "ffn_ratio", "min_layers", "max_layers", "max_d_model"):
             if getattr(self, key) <= 0:
                 raise UserError(f"shape.{key}={getattr(self, key)} must be positive")
+        if self.n_heads < 0:
+            raise UserError(f"shape.n_heads={self.n_heads} must be >= 0 (0 = d_model / shape.head_dim)")
         step = self.d_model_multiple or self.head_dim
-        if step % self.head_dim:
+        if self.n_heads and step % self.n_heads:
+            raise UserError(
+                f"shape.d_model_multiple={step} must be a multiple of shape.n_heads={self.n_heads} "
+                "so that every d_model splits into whole heads"
+            )
+        if not self.n_heads and step % self.head_dim:
             raise UserError(
                 f"shape.d_model_multiple={step} must be a multiple of shape.head_dim={self.head_dim} "
                 "so that every d_model splits into whole heads"
@@ -148,6 +159,10 @@ class SweepConfig:
     budgets: list[float] = field(default_factory=list)  # training FLOPs, C = 6 N D
     n_convention: str = "total"  # N in C = 6 N D: "total" (Chinchilla) or "non_embedding" (Kaplan)
     batch_size: int = 0  # global batch in sequences; 0 = the experiment's trainer.batch_size
+    # Every grid point trained once per seed (trainer.seed and data.seed = the seed: a new init and data
+    # order, shared by all sizes of that seed). Small models differ by a few hundredths of a nat from seed
+    # to seed, as much as neighbouring sizes do: averaging seeds is what makes isoFLOP profiles smooth.
+    seeds: list[int] = field(default_factory=lambda: [0])
     shape: ShapeRule = field(default_factory=ShapeRule)
     sizes: SizeRule = field(default_factory=SizeRule)
     hparams: HParamRule = field(default_factory=HParamRule)
@@ -169,6 +184,8 @@ class SweepConfig:
             )
         if self.batch_size < 0:
             raise UserError(f"batch_size={self.batch_size} must be >= 0 (0 = the experiment's)")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise UserError(f"seeds={self.seeds} must be distinct non-negative integers, e.g. [0, 1]")
         for name in self.families:
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise UserError(f"family name {name!r} must be letters, digits, '-' or '_' (it names run dirs)")

@@ -223,6 +223,33 @@ def test_families_are_planned_side_by_side(write):
         assert r.config["data"]["objective"] == ("prefix_lm" if r.family == "prefix" else "causal_lm")
 
 
+def test_seeds_replicate_every_grid_point_with_its_own_init_and_data_order(write):
+    _, one = _plan(write())
+    _, two = _plan(write(), ["seeds=[0,1]"])
+    assert len(two.runs) == 2 * len(one.runs)
+    assert two.flops_independent == pytest.approx(2 * one.flops_independent)
+    by_seed = {s: [r for r in two.runs if r.seed == s] for s in (0, 1)}
+    # seed 0 is the one-seed sweep's run, id and all (a sweep can grow seeds without renaming its runs)
+    assert [r.run_id for r in by_seed[0]] == [r.run_id for r in one.runs]
+    for r0, r1 in zip(by_seed[0], by_seed[1], strict=True):
+        assert (r0.budget, r0.d_model, r0.steps, r0.lr) == (r1.budget, r1.d_model, r1.steps, r1.lr)
+        assert r1.config["trainer"]["seed"] == 1 and r1.config["data"]["seed"] == 1
+        assert r0.config["trainer"]["seed"] == 0 and r1.run_id != r0.run_id and "s1-" in r1.run_id
+    # WSD: each seed has its own trunk (a branch must continue its own seed's init and data order)
+    _, wsd = _plan(write(), ["seeds=[0,1]", "wsd.enabled=true"])
+    runs = wsd.by_id()
+    branches = [r for r in wsd.runs if r.branch_of]
+    assert branches and all(runs[r.branch_of].seed == r.seed for r in branches)
+
+
+def test_fixed_head_count_keeps_n_and_changes_only_the_heads(write):
+    _, heads = _plan(write(), ["shape.n_heads=1", "shape.d_model_multiple=16"])
+    _, dims = _plan(write(), ["shape.d_model_multiple=16"])
+    assert {r.n_heads for r in heads.runs} == {1}
+    assert [r.n_params for r in heads.runs] == [r.n_params for r in dims.runs]  # heads do not change N
+    assert all(r.config["model"]["n_heads"] == 1 for r in heads.runs)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -234,6 +261,9 @@ def test_families_are_planned_side_by_side(write):
         ("wsd.cooldown_fraction=1.5", "wsd.cooldown_fraction"),
         ("experiment=missing.yaml", "experiment 'missing.yaml' not found"),
         ("unknown_key=1", "unknown_key"),
+        ("seeds=[0,0]", "seeds=[0, 0] must be distinct"),
+        ("seeds=[]", "seeds=[] must be distinct"),
+        ("shape.n_heads=3", "multiple of shape.n_heads=3"),
     ],
 )
 def test_bad_sweeps_are_refused_clearly(write, override, message):
