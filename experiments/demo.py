@@ -97,7 +97,7 @@ def run_demo(out: Path, *, quick: bool = False, parallel: int = 2, n_bootstrap: 
              max_retries: int = 1, train_command=None, scale: str = "cpu") -> dict:
     """The demo as a function (the CLI and the tests call this); returns the report's numbers.
     `train_command` (tests) replaces the worker processes with that subprocess command."""
-    from chinchax.experiments import demo_lr
+    from chinchax.experiments import demo_lr, demo_seeds
     from chinchax.scaling.plan import load_sweep, plan_sweep
     from chinchax.scaling.results import SweepDir
 
@@ -135,19 +135,21 @@ def run_demo(out: Path, *, quick: bool = False, parallel: int = 2, n_bootstrap: 
     plan = plan_sweep(cfg, base_dir)
     sweep = SweepDir(out / f"sweep{suffix}")
     _say(f"plan ({len(plan.runs)} runs, {plan.flops_independent:.3g} FLOPs):\n{plan.table()}")
-    rows = run(plan, sweep, results_to=out)
+    seed_rows = run(plan, sweep, results_to=out)
+    rows = demo_seeds.seed_means(seed_rows)  # one row per grid point: what the fits and the report read
     if len(rows) < 6:
         raise UserError(
-            f"only {len(rows)} of {len(plan.runs)} demo runs finished; see `chinchax sweep status {sweep.root}` "
-            "and the runs' sweep_train.log; the fits need at least 6"
+            f"only {len(seed_rows)} of {len(plan.runs)} demo runs finished; see `chinchax sweep status {sweep.root}` "
+            "and the runs' sweep_train.log; the fits need at least 6 grid points"
         )
 
     # 3. fits, noise, plots
-    _say(f"{len(rows)} runs finished; fitting approaches 1, 2 and 3 with {n_bootstrap} bootstrap resamples")
+    _say(f"{len(seed_rows)} runs finished ({len(rows)} grid points x {len(cfg.seeds)} seeds); fitting approaches "
+         f"1, 2 and 3 on the seed means with {n_bootstrap} bootstrap resamples")
     from chinchax.experiments.demo_fits import fit_all, noise_table
 
     fits = fit_all(out, n_bootstrap=n_bootstrap, quick=quick)
-    noise = noise_table(sweep, plan)
+    noise = {**noise_table(sweep, plan), "seeds": demo_seeds.seed_noise(seed_rows)}
 
     # 4. the held-out prediction
     prediction = None
@@ -163,6 +165,7 @@ def run_demo(out: Path, *, quick: bool = False, parallel: int = 2, n_bootstrap: 
     wall = time.time() - t0
     throughput = _throughput(out, phases, peak)
     summary = _summary(quick=quick, wall=wall, corpus=corpus, rule=rule, plan=plan, lr_plan=lr_plan, rows=rows,
+                       seed_rows=seed_rows,
                        fits=fits, noise=noise, prediction=prediction, throughput=throughput)
     text, optimal_table = render(summary, plan, rows, fits, _machine(), sweep.root.name)
     from chinchax import jsonio
@@ -175,9 +178,11 @@ def run_demo(out: Path, *, quick: bool = False, parallel: int = 2, n_bootstrap: 
 
 def _runner(out: Path, parallel: int, max_retries: int, train_command, phases: Phases):
     """run(plan, sweep, results_to=None) -> results rows: one training phase, timed and counted."""
+    from chinchax.experiments import demo_seeds
     from chinchax.fileio import write_text_atomic
     from chinchax.scaling import executors
-    from chinchax.scaling.results import collect
+    from chinchax.scaling.results import CURVE_COLUMNS, collect, csv_text
+    from chinchax.scaling.run_rows import EXTRA_COLUMNS, RESULT_COLUMNS
 
     env = {
         # Only the first process compiles a shape; later workers (and re-runs) load it from disk.
@@ -197,10 +202,14 @@ def _runner(out: Path, parallel: int, max_retries: int, train_command, phases: P
         failed = [o.run_id for o in outcomes if o.status == "failed"]
         if failed:
             _say(f"{len(failed)} run(s) failed and are left out: {', '.join(failed)}")
-        rows, _ = collect(sweep, plan)
-        if results_to is not None:
-            for name in ("results.csv", "curves.csv"):
-                write_text_atomic(results_to / name, (sweep.root / name).read_text())
+        rows, curves = collect(sweep, plan)
+        if results_to is not None:  # what the fits read: one row (and one curve) per grid point, seeds averaged
+            means = demo_seeds.seed_means(rows)
+            columns = [*RESULT_COLUMNS, *EXTRA_COLUMNS, "n_seeds", "loss_seed_sd"]
+            write_text_atomic(results_to / "results.csv", csv_text(means, columns))
+            write_text_atomic(results_to / "results_seeds.csv", (sweep.root / "results.csv").read_text())
+            write_text_atomic(results_to / "curves.csv",
+                              csv_text(demo_seeds.mean_curves(curves, rows), list(CURVE_COLUMNS)))
         return rows
 
     return run
@@ -221,12 +230,16 @@ def holdout(cfg, base_dir, fit, run, out: Path, suffix: str) -> dict:
     predicted, lo, hi = fit.predict_loss(planned.n_params, planned.n_tokens)
     _say(f"held-out run at {budget:.3g} FLOPs: N = {planned.n_params:,} (N_opt {frontier['n_opt']:,.0f}), "
          f"predicted loss {predicted:.4f} [{lo:.4f}, {hi:.4f}]")
-    rows = run(plan, SweepDir(out / f"sweep_holdout{suffix}"))
-    measured = float(rows[0]["loss"]) if rows else float("nan")
+    # One run per seed of the sweep, trained side by side (each on its own core): the fits predict a seed
+    # mean, so the held-out point is one too, and the spread of its seeds is measured where it matters.
+    rows = sorted(run(plan, SweepDir(out / f"sweep_holdout{suffix}")), key=lambda r: int(r.get("seed") or 0))
+    seeds = [float(r["loss"]) for r in rows]
+    measured = sum(seeds) / len(seeds) if seeds else float("nan")
     error = (predicted - measured) / measured
-    _say(f"held-out run: measured {measured:.4f}, predicted {predicted:.4f} ({error:+.2%})")
+    _say(f"held-out run: measured {measured:.4f} (mean of {len(seeds)} seeds), predicted {predicted:.4f} ({error:+.2%})")
     return {"budget": budget, "n_opt": frontier["n_opt"], "n_params": planned.n_params, "n_tokens": planned.n_tokens,
             "d_model": planned.d_model, "n_layers": planned.n_layers, "run": planned.run_id,
+            "runs": [r["run"] for r in rows], "measured_seeds": seeds,
             "predicted": float(predicted), "predicted_lo": float(lo), "predicted_hi": float(hi),
             "measured": measured, "relative_error": float(error), "inside_interval": bool(lo <= measured <= hi)}
 
@@ -258,16 +271,18 @@ def _previous_summary(out: Path) -> dict | None:
         return None
 
 
-def _summary(*, quick, wall, corpus, rule, plan, lr_plan, rows, fits, noise, prediction, throughput) -> dict:
+def _summary(*, quick, wall, corpus, rule, plan, lr_plan, rows, seed_rows, fits, noise, prediction,
+             throughput) -> dict:
     import math
 
     budgets = sorted({float(r["budget"]) for r in rows})
     n_ne = [float(r["n_params_non_embedding"]) for r in rows]
     edges = edge_winners(rows)
     flops_total = plan.flops_independent + lr_plan.flops_independent + (
-        6.0 * prediction["n_params"] * prediction["n_tokens"] if prediction else 0.0)
+        6.0 * prediction["n_params"] * prediction["n_tokens"] * len(prediction["measured_seeds"]) if prediction else 0.0)
     return {
-        "quick": quick, "wall_time_s": wall, "runs": len(rows), "corpus": corpus,
+        "quick": quick, "wall_time_s": wall, "runs": len(seed_rows), "grid_points": len(rows),
+        "seeds": sorted({int(r.get("seed") or 0) for r in seed_rows}), "corpus": corpus,
         "throughput": throughput,
         "scale": {"flops_total": flops_total, "flops_sweep": plan.flops_independent,
                   "flops_lr_sweep": lr_plan.flops_independent, "budgets": budgets,

@@ -99,15 +99,20 @@ def agreement(approaches: dict) -> dict:
 
 
 def noise_table(sweep, plan) -> dict:
-    """Paired loss differences between neighbouring sizes at each budget (same eval rows for every run)."""
+    """Paired loss differences between neighbouring sizes at each budget (same eval rows for every run; a grid
+    point's seeds averaged row by row)."""
     from chinchax.scaling.paired import neighbour_differences
     from chinchax.scaling.results import read_json
 
-    runs = []
-    for r in plan.runs:
+    from chinchax.experiments.demo_seeds import mean_eval_rows
+
+    seeds_of: dict[tuple, list] = {}  # grid point -> (run id, eval rows) of each seed that has them
+    for r in sorted(plan.runs, key=lambda r: r.seed):
         rows = read_json(sweep.run_dir(r.run_id) / "eval_rows.json")
         if rows:
-            runs.append({"run": r.run_id, "budget": r.budget, "n_params": r.n_params, "rows": rows})
+            seeds_of.setdefault((r.family, r.budget, r.d_model, r.n_layers), []).append((r, rows))
+    runs = [{"run": members[0][0].run_id, "budget": members[0][0].budget, "n_params": members[0][0].n_params,
+             "rows": mean_eval_rows([rows for _, rows in members])} for members in seeds_of.values()]
     pairs = neighbour_differences(runs)
     ratios = [p["ratio"] for p in pairs]
     n_rows = len(runs[0]["rows"]["weight"]) if runs else 0

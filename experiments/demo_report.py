@@ -109,7 +109,19 @@ def _noise(summary: dict) -> str:
             + (" The pairs below it sit at the bottom of an isoFLOP valley, on both sides of the optimum, where two "
                "sizes can truly be equally good: there no validation set separates them, and none needs to (the "
                "parabola is fitted through all of them)." if noise["share_at_least_3"] < 1 else "") + "\n\n"
-            + _md_table(["budget", "sizes", "loss difference", "paired s.e.", "difference / s.e. (abs)"], rows))
+            + _md_table(["budget", "sizes", "loss difference", "paired s.e.", "difference / s.e. (abs)"], rows)
+            + _seed_noise(noise.get("seeds")))
+
+
+def _seed_noise(seeds: dict | None) -> str:
+    if not seeds or not seeds.get("dof"):
+        return ""
+    return (f"\n\nThe validation set is not the only noise. Two seeds of one grid point (another initialisation "
+            f"and data order) differ by a pooled standard deviation of **{seeds['pooled_sd']:.4f}** nats "
+            f"({seeds['dof']} degrees of freedom; largest spread {seeds['max_spread']:.4f}): as large as many "
+            f"differences between neighbouring sizes. The fits read the mean of {seeds['seeds']} seeds per grid "
+            f"point, whose seed noise is {seeds['sd_of_mean']:.4f}; the bootstrap resamples grid points, so its "
+            "intervals carry that noise.")
 
 
 def _prediction(summary: dict) -> str:
@@ -121,8 +133,15 @@ def _prediction(summary: dict) -> str:
             f"N_opt = {_si(p['n_opt'])} (the nearest shape: d_model {p['d_model']} x {p['n_layers']} layers, "
             f"N = {_si(p['n_params'])}, D = {_si(p['n_tokens'])} tokens). Predicted loss "
             f"**{p['predicted']:.4f}** [{p['predicted_lo']:.4f}, {p['predicted_hi']:.4f}], measured "
-            f"**{p['measured']:.4f}**: error **{p['relative_error']:+.2%}** "
+            f"**{p['measured']:.4f}**{_held_out_seeds(p)}: error **{p['relative_error']:+.2%}** "
             f"({'inside' if p['inside_interval'] else 'outside'} the interval).")
+
+
+def _held_out_seeds(p: dict) -> str:
+    seeds = p.get("measured_seeds") or []
+    if len(seeds) < 2:
+        return ""
+    return f" (the mean of {len(seeds)} seeds: {', '.join(f'{x:.4f}' for x in seeds)})"
 
 
 def _throughput(summary: dict) -> str:
@@ -133,6 +152,11 @@ def _throughput(summary: dict) -> str:
             f"FLOPs (every matmul, forward and backward) in {t['training_wall_s']:.0f} s of training wall time over "
             f"{t['runs_trained']} runs, start-ups, compiles, evals and checkpoints included. Counted as 6ND the "
             f"same runs are {t['efficiency_6nd']:.1%}.{again}")
+
+
+def _seeds_text(summary: dict) -> str:
+    n = len(summary.get("seeds") or [0])
+    return "one seed per run" if n == 1 else f"{n} seeds per grid point"
 
 
 def _trust(summary: dict, rows: list[dict]) -> str:
@@ -168,8 +192,8 @@ def _trust(summary: dict, rows: list[dict]) -> str:
         cannot.append(f"loss predictions beyond the fitted budgets to better than {abs(p['relative_error']):.1%}")
     cannot.append("anything about models of millions of parameters or more: byte-level models of "
                   f"{_si(min(float(r['n_params']) for r in rows))}-{_si(max(float(r['n_params']) for r in rows))} "
-                  f"parameters over {scale['budget_decades']:.1f} decades of compute, one corpus (Python source), one "
-                  "seed per run, learning rates tuned at the smallest budget only")
+                  f"parameters over {scale['budget_decades']:.1f} decades of compute, one corpus (Python source), "
+                  f"{_seeds_text(summary)}, learning rates tuned at the smallest budget only")
     text = ""
     if can:
         text += "What it supports: " + "; ".join(can) + ". "
@@ -190,10 +214,12 @@ def render(summary: dict, plan, rows: list[dict], fits: dict, machine: dict, swe
     scale, corpus = summary["scale"], summary["corpus"]
     budgets = scale["budgets"]
     runs_md = _md_table(
-        ["run", "budget", "d_model x layers", "N (non-emb.)", "D", "lr", "eval loss ± s.e.", "wall s"],
+        ["run (first seed)", "budget", "d_model x layers", "N (non-emb.)", "D", "lr", "eval loss ± s.e.",
+         "seeds: sd", "wall s"],
         [[r["run"], f"{float(r['budget']):.3g}", f"{r['d_model']} x {r['n_layers']}",
           f"{_si(float(r['n_params']))} ({_si(float(r['n_params_non_embedding']))})", _si(float(r["n_tokens"])),
           f"{float(r['learning_rate']):.3g}", f"{float(r['loss']):.4f} ± {float(r.get('eval_loss_stderr') or 0):.4f}",
+          f"{r.get('n_seeds', 1)}: {float(r.get('loss_seed_sd', 'nan')):.4f}",
           f"{float(r.get('wall_time_s') or 0):.0f}"] for r in rows])
     plots = "\n\n".join(f"![{title}]({name})" for title, name in fits["plots"])
     text = f"""# chinchax demo: a compute-optimal scaling study on {machine['cpus']} CPU cores
@@ -208,12 +234,14 @@ Wall time: **{summary['wall_time_s'] / 60:.1f} min** on {machine['processor']} (
 {corpus['train_documents']:,} train / {corpus['validation_documents']:,} validation), byte-level tokens \
 (vocabulary {corpus['vocab_size']}), rows of {rows[0]['seq_len']} tokens.
 - **Models**: causal decoders (pre-LN, RoPE, GELU, tied embeddings), d_model / n_layers fixed by the shape rule.
-- **Sweep**: {len(rows)} runs at {len(budgets)} FLOP budgets ({", ".join(f"{b:.3g}" for b in budgets)}; \
+- **Sweep**: {summary['runs']} runs ({len(rows)} grid points x {len(summary.get('seeds') or [0])} seeds: another \
+initialisation and data order) at {len(budgets)} FLOP budgets ({", ".join(f"{b:.3g}" for b in budgets)}; \
 {scale['budget_decades']:.2f} decades), non-embedding N spanning {scale['n_non_embedding_span']:.0f}x; C = 6·N·D with \
 N = all parameters (with a tied head and no position table, exactly the matmuls a token pays for). \
 {scale['flops_total']:.3g} training FLOPs in all (sweep {scale['flops_sweep']:.3g}, learning-rate sweep \
-{scale['flops_lr_sweep']:.3g}, held-out run the rest). Cosine schedule to 10%.
-- **Fits**: Chinchilla approaches 1, 2 and 3, each with {fits['n_bootstrap']} bootstrap resamples of the runs; \
+{scale['flops_lr_sweep']:.3g}, held-out runs the rest). Cosine schedule to 10%.
+- **Fits**: Chinchilla approaches 1, 2 and 3 on the seed means, each with {fits['n_bootstrap']} bootstrap resamples \
+of the grid points; \
 {level:.0%} percentile intervals.
 
 ## Throughput
@@ -259,7 +287,8 @@ lr = {lr['base_lr']:.3g} x ({lr['base_d_model']} / d_model)^{lr['width_exponent'
 
 {runs_md}
 
-Files: `results.csv` (one row per run, what `chinchax fit` reads), `curves.csv` (per-step losses), `summary.json` \
+Files: `results.csv` (one row per grid point, seeds averaged: what `chinchax fit` reads), `results_seeds.csv` (one \
+row per run), `curves.csv` (per-step losses, seeds averaged), `summary.json` \
 (every figure above, docs/interfaces.md), {", ".join(f"`{name}`" for name in fits["files"])}, `{sweep_dir}/` (plan, \
 configs, run directories).
 """

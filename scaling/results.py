@@ -92,7 +92,7 @@ class SweepDir:
                 f"{self.root} already holds sweep {existing.name!r}; pick another --out for sweep {plan.name!r}"
             )
         write_atomic(self.plan_path, jsonio.dumps(plan.to_json(), indent=1) + "\n")
-        write_atomic(self.root / "plan.csv", _csv([r.row() for r in plan.runs], list(plan.runs[0].row()) if plan.runs else []))
+        write_atomic(self.root / "plan.csv", csv_text([r.row() for r in plan.runs], list(plan.runs[0].row()) if plan.runs else []))
 
     def load_plan(self) -> Plan:
         data = read_json(self.plan_path)
@@ -177,12 +177,12 @@ def collect(sweep: SweepDir, plan: Plan | None = None) -> tuple[list[dict], list
             last[c["step"]] = c  # a resumed run may log a step twice: keep the last
         curves.extend(last[s] for s in sorted(last))
     eval_columns = sorted({k for row in rows for k in row if k.startswith("eval/")})
-    write_atomic(sweep.root / "results.csv", _csv(rows, [*RESULT_COLUMNS, *EXTRA_COLUMNS, *eval_columns]))
-    write_atomic(sweep.root / "curves.csv", _csv(curves, list(CURVE_COLUMNS)))
+    write_atomic(sweep.root / "results.csv", csv_text(rows, [*RESULT_COLUMNS, *EXTRA_COLUMNS, *eval_columns]))
+    write_atomic(sweep.root / "curves.csv", csv_text(curves, list(CURVE_COLUMNS)))
     return rows, curves
 
 
-def _csv(rows: list[dict], columns: list[str]) -> str:
+def csv_text(rows: list[dict], columns: list[str]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from chinchax.cli import main
 
 
@@ -29,11 +31,18 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     # Nothing but our own messages on the terminal: no warnings, no tracebacks.
     assert "Traceback" not in captured.err and "Warning" not in captured.err
 
-    # results.csv: one row per planned run, the columns `chinchax fit` reads, losses that make sense.
+    # results.csv: one row per grid point (its two seeds averaged), the columns `chinchax fit` reads, losses
+    # that make sense; results_seeds.csv: one row per run.
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
+    with (out / "results_seeds.csv").open() as f:
+        seed_rows = list(csv.DictReader(f))
     plan = json.loads((out / "sweep_quick" / "plan.json").read_text())
-    assert len(rows) == len(plan["runs"]) == 6
+    assert len(seed_rows) == len(plan["runs"]) == 12 and len(rows) == 6
+    for r in rows:
+        seeds = [float(s["loss"]) for s in seed_rows
+                 if (s["budget"], s["d_model"]) == (r["budget"], r["d_model"])]
+        assert len(seeds) == int(r["n_seeds"]) == 2 and float(r["loss"]) == pytest.approx(sum(seeds) / 2)
     budgets = sorted({float(r["budget"]) for r in rows})
     assert len(budgets) == 2
     for r in rows:
@@ -54,6 +63,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert 0 < throughput["efficiency"] < 1 and throughput["peak_flops"] > 1e9 and throughput["runs_trained"] >= 16
     # Noise: neighbouring sizes compared row by row on the same eval rows.
     assert summary["noise"]["pairs"] and summary["noise"]["eval_rows"] == 4 * 16
+    assert summary["noise"]["seeds"]["dof"] == 6 and summary["noise"]["seeds"]["pooled_sd"] > 0
     # Fits: approaches 1 and 3 always fit here (approach 2 may refuse a budget whose best run is at an edge).
     fits = {p.name for p in out.glob("fit_*.json")}
     assert {"fit_approach1.json", "fit_approach3.json"} <= fits
@@ -63,7 +73,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert prediction["budget"] == 3 * budgets[-1]
     assert prediction["predicted_lo"] <= prediction["predicted"] <= prediction["predicted_hi"]
     assert abs(prediction["relative_error"] - (prediction["predicted"] / prediction["measured"] - 1)) < 1e-12
-    assert (out / "sweep_holdout_quick" / "runs" / prediction["run"] / "run.json").exists()
+    assert len(prediction["measured_seeds"]) == 2  # the held-out point is a seed mean, as the fitted ones are
+    assert prediction["measured"] == pytest.approx(sum(prediction["measured_seeds"]) / 2)
+    for run in prediction["runs"]:
+        assert (out / "sweep_holdout_quick" / "runs" / run / "run.json").exists()
 
     # The report embeds every plot it names, and the plots exist.
     report = (out / "report.md").read_text()
@@ -86,7 +99,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert time.time() - t < first_wall
     again = json.loads((out / "summary.json").read_text())
-    assert again["runs"] == 6 and again["throughput"]["from_previous_call"]
+    assert again["runs"] == 12 and again["grid_points"] == 6 and again["throughput"]["from_previous_call"]
     assert again["throughput"]["efficiency"] == throughput["efficiency"]
 
 
