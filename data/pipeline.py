@@ -138,6 +138,17 @@ class RowObjective:
 
 
 @dataclasses.dataclass(frozen=True)
+class CausalLMBatch:
+    """Packed rows, batched -> causal LM batch keys. Applied after batching: one numpy pass per batch
+    instead of a grain element per row (a third of the pipeline's time at rows of 64 tokens)."""
+
+    bos_id: int
+
+    def __call__(self, rows: dict) -> dict:
+        return obj.causal_lm_batch(rows["tokens"], rows["segment_ids"], rows["positions"], bos_id=self.bos_id)
+
+
+@dataclasses.dataclass(frozen=True)
 class PrefixPair:
     def __call__(self, tokens_n: np.ndarray, rng: np.random.Generator) -> dict:
         encoder_inputs, targets = obj.split_prefix(tokens_n, rng)
@@ -233,7 +244,14 @@ def _rows(cfg: DataConfig, tokens: grain.IterDataset, variant: str, special, *, 
                                num_bins=num_bins, seed=seed)
         return packed.map(EncoderDecoderRow(special.bos_id))
     rows = pk.pack_tokens(tokens, length=L, packing=cfg.packing, num_bins=num_bins, seed=seed)
+    if _objective_after_batching(cfg):
+        return rows
     return rows.random_map(RowObjective(cfg.objective, special, cfg.mlm_probability), seed=seed)
+
+
+def _objective_after_batching(cfg: DataConfig) -> bool:
+    """Causal LM on packed rows needs no randomness: build_dataset applies it to whole batches."""
+    return cfg.objective == "causal_lm"
 
 
 def _token_stream(
@@ -293,7 +311,10 @@ def build_dataset(
     rows = _rows(cfg, tokens, variant, special, seed=host_seed, num_bins=num_bins)
     if shuffle and cfg.shuffle_rows:  # checkpointable: the window's state is part of the iterator's
         rows = grain.experimental.WindowShuffleIterDataset(rows, window_size=cfg.shuffle_rows, seed=host_seed)
-    return rows.batch(batch_size, drop_remainder=True)
+    batches = rows.batch(batch_size, drop_remainder=True)
+    if variant != "encoder_decoder" and _objective_after_batching(cfg):
+        batches = batches.map(CausalLMBatch(special.bos_id))
+    return batches
 
 
 def train_iterator(

@@ -54,6 +54,18 @@ def test_causal_lm_shifts_inside_segments_and_weights_every_real_token():
     }
 
 
+def test_causal_lm_of_a_batch_equals_row_by_row():
+    rng = np.random.default_rng(1)
+    layouts = [[5, 3, 4], [16], [1, 1, 2], [7], [2, 9, 5]]  # with padding, a full row, one-token documents
+    rows = [packed_row(lengths, 16, rng) for lengths in layouts]
+    batch = obj.causal_lm_batch(*(np.stack(parts) for parts in zip(*rows, strict=True)), bos_id=SPECIAL.bos_id)
+    for i, row in enumerate(rows):
+        one = obj.causal_lm(*row, bos_id=SPECIAL.bos_id)
+        for key, value in one.items():
+            np.testing.assert_array_equal(batch[key][i], value)
+            assert batch[key].dtype == value.dtype
+
+
 # --- prefix LM -------------------------------------------------------------------------------------------
 
 
