@@ -10,7 +10,11 @@ law L(X, D_f) = A X^-alpha D_f^-beta + E fitted per method.
    constant learning rate, evaluating on the mixture's held-in validation split after each D_f in
    `eval_at` steps: with a constant rate the model after k steps of one run is the model of a k-step
    run, so one run gives every D_f (Chinchilla's warning is about decaying schedules);
-4. fits the law per method (run bootstrap), and writes report.md and summary.json.
+4. scores the held-out cluster's tasks zero-shot by their own metric (ROUGE-L for summaries, exact match,
+   accuracy: chinchax.evaluation.task_metrics) at every D_f: the run is trained in stages that stop at each
+   `eval_at` step (a constant rate makes an extended run equal one run of the full length) and keep the
+   model of each stage (`at/stepN/`); `held_out.every_d_f=false` scores the last D_f only (--quick);
+5. fits the law per method (run bootstrap), and writes report.md and summary.json.
 Finished runs are reused on a re-run.
 """
 
@@ -28,7 +32,7 @@ from chinchax.fileio import write_text_atomic
 
 QUICK = ["base.d_models=[32,64]", "base.steps=60", "finetune.steps=12", "finetune.eval_at=[3,6,12]",
          "finetune.methods=[full,lora,prompt_tuning]", "mixture.n_examples=400", "mixture.file_stride=40",
-         "bootstrap=10"]
+         "bootstrap=10", "held_out.examples=8", "held_out.max_new_tokens=16", "held_out.every_d_f=false"]
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,20 @@ class MixtureSection:
 
 
 @dataclass(frozen=True)
+class HeldOutSection:
+    examples: int = 64  # per held-out task (0 = none scored)
+    max_new_tokens: int = 48  # bytes generated per example (summaries are one docstring line)
+    every_d_f: bool = True  # score the model at every D_f (staged runs), or at the last one only
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     name: str = "finetune_study"
     base: BaseSection = field(default_factory=BaseSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     mixture: MixtureSection = field(default_factory=MixtureSection)
+    held_out: HeldOutSection = field(default_factory=HeldOutSection)
     bootstrap: int = 50
 
 
@@ -101,7 +114,8 @@ def pretrain_bases(cfg: StudyConfig, out: Path) -> dict[int, Path]:
     return bases
 
 
-def mixture_source(cfg: StudyConfig) -> tuple[str, dict]:
+def mixture_source(cfg: StudyConfig) -> tuple[str, dict, list]:
+    """(data source name, mixture info, the held-out clusters' tasks)."""
     from chinchax.data.config import DataConfig
     from chinchax.data.instruction_tasks import Task, code_tasks
     from chinchax.data.mixtures import MixtureConfig, build_mixture, register_mixture
@@ -119,26 +133,66 @@ def mixture_source(cfg: StudyConfig) -> tuple[str, dict]:
                                              shots=tuple(m.shots), n_examples=m.n_examples))
     info = {"tasks": {t.name: len(t) for t in short}, "rates": mix.rates, "train": len(mix.train),
             "validation": len(mix.validation), "held_out": len(mix.held_out)}
-    return register_mixture(f"{cfg.name}-mixture", mix), info
+    held_out = [t for t in short if t.cluster in m.held_out_clusters]
+    return register_mixture(f"{cfg.name}-mixture", mix), info, held_out
 
 
-def finetune_run(cfg: StudyConfig, base_dir: Path, method: str, source: str, run_dir: Path) -> dict:
+def finetune_run(cfg: StudyConfig, base_dir: Path, method: str, source: str, run_dir: Path) -> tuple[dict, dict]:
+    """(run.json, {step: model dir}): the fine-tune, stopped at each D_f stage whose model is scored."""
+    stages = [s for s in sorted(cfg.finetune.eval_at) if s < cfg.finetune.steps] if cfg.held_out.every_d_f else []
+    models = {}
+    for s in stages:
+        at = run_dir / "at" / f"step{s}"
+        if not (at / "model.yaml").is_file():
+            if _steps_done(run_dir) < s:
+                _finetune(cfg, base_dir, method, source, run_dir, s)
+            if _steps_done(run_dir) == s and (run_dir / "merged" / "model.yaml").is_file():
+                at.parent.mkdir(parents=True, exist_ok=True)
+                (run_dir / "merged").rename(at)  # the next stage exports its own merged/
+        if (at / "model.yaml").is_file():  # (absent for a run finished before stages existed)
+            models[s] = at
+    if _steps_done(run_dir) < cfg.finetune.steps or not (run_dir / "merged" / "model.yaml").is_file():
+        _finetune(cfg, base_dir, method, source, run_dir, cfg.finetune.steps)
+    models[cfg.finetune.steps] = run_dir / "merged"
+    return json.loads((run_dir / "run.json").read_text()), models
+
+
+def _steps_done(run_dir: Path) -> int:
+    path = run_dir / "run.json"
+    return int(json.loads(path.read_text())["steps"]) if path.is_file() else 0
+
+
+def _finetune(cfg: StudyConfig, base_dir: Path, method: str, source: str, run_dir: Path, steps: int) -> dict:
     from chinchax.configlib import load_config
     from chinchax.posttrain.finetune import FinetuneConfig, finetune
 
     f = cfg.finetune
-    if (run_dir / "run.json").is_file():
-        return json.loads((run_dir / "run.json").read_text())
     ft = load_config(FinetuneConfig, None, [
         f"finetune.method={method}", f"finetune.lora.rank={f.lora_rank}", "finetune.lora.targets=[attention,mlp]",
         f"finetune.prompt.length={f.prompt_length}", "finetune.qlora.group_size=32", f"data.source={source}",
         f"data.seq_len={cfg.base.seq_len}",  # the same rows for every method: losses compare
-        "data.packing=none", f"data.eval_batches={f.eval_batches}", f"trainer.steps={f.steps}",
+        "data.packing=none", f"data.eval_batches={f.eval_batches}", f"trainer.steps={steps}",
         f"trainer.batch_size={f.batch_size}", f"optimizer.learning_rate={f.learning_rates[method]}",
         "optimizer.schedule=constant", "optimizer.warmup_steps=0", "optimizer.weight_decay=0.0",
         "trainer.checkpoint_every=0", "trainer.progress_bar=false", f"trainer.log_every={min(f.eval_at)}",
         f"trainer.eval_every={math.gcd(*f.eval_at)}", f"trainer.run_dir={run_dir}"])
     return finetune(base_dir, ft)
+
+
+def score_held_out(cfg: StudyConfig, tasks: list, model_dir: Path) -> dict:
+    """{task: {metric, score, stderr, examples}} of the model in `model_dir`, zero-shot on the held-out tasks."""
+    from chinchax.evaluation.task_metrics import load_finetuned, score_task
+
+    h = cfg.held_out
+    if not tasks or h.examples <= 0:
+        return {}
+    model, tokenizer = load_finetuned(model_dir)
+    out = {}
+    for task in tasks:
+        r = score_task(model, tokenizer, task, limit=h.examples, max_new_tokens=h.max_new_tokens,
+                       batch_size=h.batch_size)
+        out[task.name] = {k: r[k] for k in ("metric", "score", "stderr", "examples", "samples")}
+    return out
 
 
 def collect(run_dir: Path, eval_at, batch_size: int) -> list[dict]:
@@ -154,16 +208,19 @@ def run_study(out: Path, cfg: StudyConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     bases = pretrain_bases(cfg, out)
     base_runs = {d: json.loads((p / "run.json").read_text()) for d, p in bases.items()}
-    source, mix_info = mixture_source(cfg)
+    source, mix_info, held_out_tasks = mixture_source(cfg)
     rows = []
     for d, base_dir in bases.items():
         for method in cfg.finetune.methods:
-            result = finetune_run(cfg, base_dir, method, source, out / "finetunes" / f"d{d}-{method}")
+            result, models = finetune_run(cfg, base_dir, method, source, out / "finetunes" / f"d{d}-{method}")
             for r in collect(out / "finetunes" / f"d{d}-{method}", cfg.finetune.eval_at, cfg.finetune.batch_size):
+                held = score_held_out(cfg, held_out_tasks, models[r["step"]]) if r["step"] in models else {}
                 rows.append({"method": method, "d_model": d, "x": base_runs[d]["n_params"],
-                             "trainable": result["finetune"]["n_params_trainable"], **r})
+                             "trainable": result["finetune"]["n_params_trainable"], **r, "held_out": held})
     fits = fit_by_method(rows, n_bootstrap=cfg.bootstrap)
     summary = {"name": cfg.name, "rows": rows, "fits": fits, "mixture": mix_info,
+               "held_out_tasks": {t.name: {"cluster": t.cluster, "metric": t.metric, "examples": min(len(t), cfg.held_out.examples)}
+                                  for t in held_out_tasks},
                "bases": {d: {"n_params": r["n_params"], "eval_loss": r["eval_loss"]} for d, r in base_runs.items()},
                "wall_time_s": time.time() - t0}
     write_text_atomic(out / "summary.json", jsonio.dumps(summary, indent=2) + "\n")
@@ -186,6 +243,7 @@ def render(s: dict, cfg: StudyConfig) -> str:
     for m in methods:
         for x in xs:
             lines.append(f"| {m} | {x:,} | " + " | ".join(f"{by.get((m, x, d), float('nan')):.4f}" for d in dfs) + " |")
+    lines += held_out_lines(s, methods, xs, dfs)
     lines += ["", "## Fitted law per method: L = A X^-alpha D_f^-beta + E", "",
               "| method | A | E | alpha [95% CI] | beta [95% CI] | mean rel. error | note |", "|---|---|---|---|---|---|---|"]
     for m, f in fits.items():
@@ -208,6 +266,25 @@ def render(s: dict, cfg: StudyConfig) -> str:
                   "these bases are 10^4-10^5, so a non-closing gap here says nothing about that regime)."]
     lines += ["", f"Wall time {s['wall_time_s']:.0f} s.", ""]
     return "\n".join(lines)
+
+
+METRIC_NAMES = {"rouge": "ROUGE-L F", "exact_match": "exact match", "accuracy": "accuracy"}
+
+
+def held_out_lines(s: dict, methods: list, xs: list, dfs: list) -> list[str]:
+    """One table per held-out task: its metric (mean ± standard error over examples) by method, X and D_f."""
+    lines = []
+    for name, t in s.get("held_out_tasks", {}).items():
+        lines += ["", f"## Held-out task {name} (cluster {t['cluster']}, zero-shot): {METRIC_NAMES[t['metric']]}", "",
+                  f"Greedy generation, {t['examples']} examples, mean ± standard error; '-': not scored at that D_f "
+                  "(held_out.every_d_f=false scores the last only).", "",
+                  "| method | X (params) | " + " | ".join(f"D_f={d}" for d in dfs) + " |", "|---|---|" + "---|" * len(dfs)]
+        by = {(r["method"], r["x"], r["d_f"]): r.get("held_out", {}).get(name) for r in s["rows"]}
+        for m in methods:
+            for x in xs:
+                cells = [f"{v['score']:.3f} ± {v['stderr']:.3f}" if v else "-" for v in (by.get((m, x, d)) for d in dfs)]
+                lines.append(f"| {m} | {x:,} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _fit_note(fit: dict) -> str:
