@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from chinchax.errors import UserError
 
 MAX_INTERVAL_WIDTH = 0.25  # the issue's bar for a usable exponent: a 95% interval of a at most this wide
@@ -67,6 +69,7 @@ def fit_all(out: Path, *, n_bootstrap: int, quick: bool = False) -> dict:
     approaches = {name[-1]: _exponents(result) for name, result in results.items()}
     if "approach3" in results:
         approaches["3"]["params"] = {k: _triple(results["approach3"], k) for k in ("E", "A", "B", "alpha", "beta")}
+        approaches["3"]["residuals_by_length"] = residuals_by_length(results["approach3"], table)
     if "approach2" in results:
         approaches["2"]["budgets"] = results["approach2"].extra.get("budgets")
     return {"level": CONFIDENCE, "n_bootstrap": n_bootstrap, "optimal": optimal, "plots": plots, "files": files,
@@ -96,6 +99,23 @@ def agreement(approaches: dict) -> dict:
     return {"comparable": True, "overlap": bool(overlap), "narrow": bool(narrow),
             "max_width": MAX_INTERVAL_WIDTH, "a2_width": two["a_width"], "a3_width": three["a_width"],
             "agree": bool(overlap and narrow)}
+
+
+def residuals_by_length(fit, table, groups: int = 3) -> list[dict]:
+    """Approach 3's residuals (measured - fitted loss) of the runs in `groups` equal shares by number of
+    steps, shortest first: a law that holds has mean residuals near 0 in every share; short runs above it
+    and long ones below it mean the runs' length, not only N and D, sets their loss (an optimizer-limited
+    regime the law has no term for), and predictions of longer runs come out too pessimistic."""
+    ordered = table.sort_values("steps")
+    predicted, _, _ = fit.predict_loss(ordered["n_params"].to_numpy(float), ordered["n_tokens"].to_numpy(float))
+    residual = ordered["loss"].to_numpy(float) - np.asarray(predicted)
+    steps = ordered["steps"].to_numpy(int)
+    out = []
+    for idx in np.array_split(np.arange(len(ordered)), min(groups, len(ordered))):
+        out.append({"steps_min": int(steps[idx].min()), "steps_max": int(steps[idx].max()), "runs": int(len(idx)),
+                    "mean_residual": float(residual[idx].mean()),
+                    "stderr": float(residual[idx].std(ddof=1) / np.sqrt(len(idx))) if len(idx) > 1 else float("nan")})
+    return out
 
 
 def noise_table(sweep, plan) -> dict:

@@ -77,6 +77,14 @@ def _laws(summary: dict, fits: dict) -> str:
         p = three["params"]
         lines.append(f"- Approach 3's parameters: E = {_interval(p['E'])}, A = {_interval(p['A'])}, "
                      f"B = {_interval(p['B'])}, α = {_interval(p['alpha'])}, β = {_interval(p['beta'])}.")
+        shares = three.get("residuals_by_length") or []
+        if shares:
+            lines.append("- Approach 3's residuals (measured - fitted loss) by run length, shortest third first: "
+                         + "; ".join(f"{g['steps_min']}-{g['steps_max']} steps: {g['mean_residual']:+.3f} ± "
+                                     f"{g['stderr']:.3f} ({g['runs']} grid points)" for g in shares)
+                         + ". Near 0 everywhere if the law holds; a trend with length means how long a run "
+                         "trains, not only N and D, sets its loss at this scale (an optimizer-limited regime), "
+                         "and the law's predictions for longer runs are pessimistic.")
     for name, error in fits["errors"].items():
         lines.append(f"- Approach {name[-1]} could not be fitted on these runs: {error}")
     for name, notes in fits.get("notes", {}).items():

@@ -32,7 +32,8 @@ from chinchax.fileio import write_text_atomic
 
 QUICK = ["base.d_models=[32,64]", "base.steps=60", "finetune.steps=12", "finetune.eval_at=[3,6,12]",
          "finetune.methods=[full,lora,prompt_tuning]", "mixture.n_examples=400", "mixture.file_stride=40",
-         "bootstrap=10", "held_out.examples=8", "held_out.max_new_tokens=16", "held_out.every_d_f=false"]
+         "bootstrap=10", "held_out.examples=8", "held_out.max_new_tokens=16", "held_out.batch_size=8",
+         "held_out.every_d_f=false"]
 
 
 @dataclass(frozen=True)
