@@ -43,9 +43,10 @@ def test_metrics_dispatch_and_unknown_metric_is_refused():
 
 # --- the study on a toy run -----------------------------------------------------------------------------
 
-TINY = ["base.d_models=[32]", "base.steps=10", "finetune.steps=4", "finetune.eval_at=[2,4]",
+# --quick with two bases and the two generation paths (merged weights: full; soft prompt: prompt_tuning)
+TINY = ["base.steps=10", "finetune.steps=4", "finetune.eval_at=[1,2,4]", "finetune.methods=[full,prompt_tuning]",
         "finetune.eval_batches=1", "mixture.n_examples=64", "bootstrap=4", "held_out.examples=6",
-        "held_out.max_new_tokens=8", "held_out.batch_size=4", "held_out.every_d_f=true"]
+        "held_out.max_new_tokens=8", "held_out.batch_size=4"]
 
 
 @pytest.fixture(scope="module")
@@ -58,22 +59,44 @@ def study(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_study_summary_holds_the_held_out_metric_per_method_and_d_f(study):
+def test_quick_summary_holds_the_held_out_metric_per_method(study):
     out, summary = study
     assert summary["held_out_tasks"] == {"function_summary": {"cluster": "summarization", "metric": "rouge",
                                                               "examples": 6}}
-    assert {r["method"] for r in summary["rows"]} == {"full", "lora", "prompt_tuning"}
-    assert sorted({r["d_f"] for r in summary["rows"]}) == [2 * 8, 4 * 8]  # steps x finetune.batch_size
-    for r in summary["rows"]:
-        held = r["held_out"]["function_summary"]
-        assert held["metric"] == "rouge" and held["examples"] == 6
-        assert 0.0 <= held["score"] <= 1.0 and math.isfinite(held["stderr"])
-        assert all(isinstance(s["prediction"], str) and "\n" not in s["prediction"] for s in held["samples"])
-    for method in ("full", "lora", "prompt_tuning"):  # every stage kept its model
-        assert (out / "finetunes" / f"d32-{method}" / "at" / "step2" / "model.yaml").is_file()
-    assert (out / "finetunes" / "d32-prompt_tuning" / "at" / "step2" / "prompt_PD.npy").is_file()
+    last = max(r["d_f"] for r in summary["rows"])
+    scored = {(r["method"], r["d_model"]): r["held_out"] for r in summary["rows"] if r["d_f"] == last}
+    assert set(scored) == {(m, d) for m in ("full", "prompt_tuning") for d in (32, 64)}
+    for held in scored.values():
+        h = held["function_summary"]
+        assert h["metric"] == "rouge" and h["examples"] == 6
+        assert 0.0 <= h["score"] <= 1.0 and math.isfinite(h["stderr"])
+        assert all(isinstance(s["prediction"], str) and "\n" not in s["prediction"] for s in h["samples"])
+    assert all(r["held_out"] == {} for r in summary["rows"] if r["d_f"] < last)  # --quick: the last D_f only
     report = (out / "report.md").read_text()
     assert "Held-out task function_summary (cluster summarization, zero-shot): ROUGE-L F" in report
+
+
+@pytest.mark.slow
+def test_staged_run_scores_every_d_f_with_the_losses_of_one_run(study):
+    """held_out.every_d_f: the fine-tune stops at each D_f and keeps its model; the losses are those of the
+    unstaged run (a constant rate: extending a run equals running it at the new length)."""
+    from chinchax.configlib import load_config
+    from chinchax.experiments import finetune_study
+
+    out, summary = study
+    cfg = load_config(finetune_study.StudyConfig, None, [*finetune_study.QUICK, *TINY, "held_out.every_d_f=true"])
+    source, _, tasks = finetune_study.mixture_source(cfg)
+    run_dir = out / "staged" / "d32-full"
+    _, models = finetune_study.finetune_run(cfg, out / "bases" / "d32", "full", source, run_dir)
+    assert models == {1: run_dir / "at" / "step1", 2: run_dir / "at" / "step2", 4: run_dir / "merged"}
+    staged = {r["step"]: r["loss"] for r in finetune_study.collect(run_dir, [1, 2, 4], 8)}
+    one_run = {r["step"]: r["loss"] for r in summary["rows"] if r["method"] == "full" and r["d_model"] == 32}
+    assert staged == one_run
+    final = finetune_study.score_held_out(cfg, tasks, models[4])["function_summary"]
+    in_study = next(r for r in summary["rows"] if (r["method"], r["d_model"], r["step"]) == ("full", 32, 4))
+    assert final["score"] == in_study["held_out"]["function_summary"]["score"]
+    early = finetune_study.score_held_out(cfg, tasks, models[1])["function_summary"]
+    assert early["metric"] == "rouge" and 0.0 <= early["score"] <= 1.0
 
 
 @pytest.mark.slow
