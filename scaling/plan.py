@@ -81,31 +81,33 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
         shared = [*cfg.overrides, *family_overrides]
         # The base is a template: its own steps/warmup are replaced per run, so don't let them clash here.
         base = _resolve(exp_path, [*shared, "optimizer.warmup_steps=0"])
-        batch = cfg.batch_size or base.trainer.batch_size
+        full_batch = cfg.batch_size or base.trainer.batch_size
         seq_len = base.data.seq_len
-        tokens_per_step = batch * seq_len
         if cfg.sizes.mode == "explicit":
             n_max = max(cfg.sizes.n_params)
         else:
             n_max = math.sqrt(max(cfg.budgets) / (6 * cfg.sizes.tokens_per_param) * cfg.sizes.span)
         ladder = shape_ladder(base.model, cfg.shape, 2.0 * n_max, conv)
-        grid: list[tuple[float, Shape, int]] = []  # (budget, shape, steps)
+        grid: list[tuple[float, Shape, int, int]] = []  # (budget, shape, batch, steps)
         for budget in sorted(cfg.budgets):
             for shape in sizes_for_budget(ladder, budget, cfg.sizes, conv):
-                steps = round(budget / (6.0 * shape.n(conv)) / tokens_per_step)
+                tokens = budget / (6.0 * shape.n(conv))
+                batch = batch_for_run(tokens, seq_len, full_batch, cfg.target_steps, cfg.min_batch_size)
+                steps = round(tokens / (batch * seq_len))
                 if steps < cfg.sizes.min_steps:
                     dropped.append(
                         f"{family} C={budget:.3g} {shape.tag} (N={_si(shape.n(conv))}): {steps} steps < "
                         f"sizes.min_steps={cfg.sizes.min_steps}"
                     )
                     continue
-                grid.append((budget, shape, steps))
+                grid.append((budget, shape, batch, steps))
         # Warmup: a fraction of the run, or of the shortest run of the shape when WSD runs share a trunk.
-        shortest: dict[Shape, int] = {}
-        for _, shape, steps in grid:
-            shortest[shape] = min(steps, shortest.get(shape, steps))
-        for (budget, shape, steps), seed in itertools.product(grid, cfg.seeds):
-            basis = shortest[shape] if cfg.wsd.enabled and cfg.wsd.branch else steps
+        shortest: dict[tuple[Shape, int], int] = {}
+        for _, shape, batch, steps in grid:  # a WSD trunk is shared by the runs of one shape and batch
+            shortest[shape, batch] = min(steps, shortest.get((shape, batch), steps))
+        for (budget, shape, batch, steps), seed in itertools.product(grid, cfg.seeds):
+            tokens_per_step = batch * seq_len
+            basis = shortest[shape, batch] if cfg.wsd.enabled and cfg.wsd.branch else steps
             warmup = min(steps, max(cfg.hparams.min_warmup_steps, round(cfg.hparams.warmup_fraction * basis)))
             lr = cfg.hparams.base_lr
             if cfg.hparams.rule == "inverse_width":
@@ -157,6 +159,15 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
     return Plan(cfg.name, conv, str(exp_path), tuple(runs), tuple(dropped), independent, with_branching)
 
 
+def batch_for_run(tokens: float, seq_len: int, batch: int, target_steps: int, min_batch: int) -> int:
+    """The sweep's batch, halved while the run would train fewer than `target_steps` steps (and the batch
+    stays >= `min_batch`): short runs at small scale are step-limited, and a smaller batch of the same
+    tokens trains them further (measured: 0.09 nats at 400-600 steps; docs/sweeps.md). 0 = always `batch`."""
+    while target_steps and batch // 2 >= max(min_batch, 1) and batch % 2 == 0 and tokens / (batch * seq_len) < target_steps:
+        batch //= 2
+    return batch
+
+
 def _tag(d_model: int, n_layers: int, seed: int) -> str:
     return f"d{d_model}l{n_layers}" + (f"s{seed}" if seed else "")
 
@@ -188,7 +199,7 @@ MAX_TRUNK_CHECKPOINTS = 16  # checkpoints a WSD trunk keeps for its branches (di
 
 
 def _add_branches(runs: list[PlannedRun], cfg: SweepConfig) -> list[PlannedRun]:
-    """Per (family, shape, seed): the longest run is the trunk; each shorter run starts from a trunk checkpoint
+    """Per (family, shape, seed, batch): the longest run is the trunk; each shorter run starts from a trunk checkpoint
     at or before the step where its own cooldown begins. Up to there the two schedules are the same
     (same warmup, same peak lr, same data order), so the branch then trains exactly as it would alone.
 
@@ -196,7 +207,7 @@ def _add_branches(runs: list[PlannedRun], cfg: SweepConfig) -> list[PlannedRun]:
     each branch starts from the last multiple of K before its cooldown."""
     groups: dict[tuple, list[PlannedRun]] = {}
     for r in runs:
-        groups.setdefault((r.family, r.d_model, r.n_layers, r.seed), []).append(r)
+        groups.setdefault((r.family, r.d_model, r.n_layers, r.seed, r.batch_size), []).append(r)
     out = {}
     for group in groups.values():
         trunk = original = max(group, key=lambda r: (r.steps, r.run_id))

@@ -159,6 +159,10 @@ class SweepConfig:
     budgets: list[float] = field(default_factory=list)  # training FLOPs, C = 6 N D
     n_convention: str = "total"  # N in C = 6 N D: "total" (Chinchilla) or "non_embedding" (Kaplan)
     batch_size: int = 0  # global batch in sequences; 0 = the experiment's trainer.batch_size
+    # Batch-size rule: a run that would train fewer than `target_steps` steps at `batch_size` gets the batch
+    # halved (not below `min_batch_size`) until it trains at least that many, the same tokens in more steps.
+    target_steps: int = 0  # 0 = every run at batch_size
+    min_batch_size: int = 1
     # Every grid point trained once per seed (trainer.seed and data.seed = the seed: a new init and data
     # order, shared by all sizes of that seed). Small models differ by a few hundredths of a nat from seed
     # to seed, as much as neighbouring sizes do: averaging seeds is what makes isoFLOP profiles smooth.
@@ -184,6 +188,8 @@ class SweepConfig:
             )
         if self.batch_size < 0:
             raise UserError(f"batch_size={self.batch_size} must be >= 0 (0 = the experiment's)")
+        if self.target_steps < 0 or self.min_batch_size < 1:
+            raise UserError(f"target_steps={self.target_steps} must be >= 0 and min_batch_size={self.min_batch_size} >= 1")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise UserError(f"seeds={self.seeds} must be distinct non-negative integers, e.g. [0, 1]")
         for name in self.families:
