@@ -242,6 +242,33 @@ def test_seeds_replicate_every_grid_point_with_its_own_init_and_data_order(write
     assert branches and all(runs[r.branch_of].seed == r.seed for r in branches)
 
 
+def test_batch_rule_halves_the_batch_of_short_runs_only():
+    from chinchax.scaling.plan import batch_for_run
+
+    assert batch_for_run(tokens=32 * 64 * 2000, seq_len=64, batch=32, target_steps=1000, min_batch=8) == 32
+    assert batch_for_run(tokens=32 * 64 * 600, seq_len=64, batch=32, target_steps=1000, min_batch=8) == 16
+    assert batch_for_run(tokens=32 * 64 * 100, seq_len=64, batch=32, target_steps=1000, min_batch=8) == 8
+    assert batch_for_run(tokens=32 * 64 * 100, seq_len=64, batch=32, target_steps=0, min_batch=8) == 32
+
+
+def test_plan_with_a_step_target_keeps_c_6nd_and_gives_short_runs_more_steps(write):
+    _, fixed = _plan(write())
+    _, ruled = _plan(write(), ["target_steps=400", "min_batch_size=2"])
+    assert [(r.budget, r.d_model) for r in ruled.runs] == [(r.budget, r.d_model) for r in fixed.runs]
+    for f, r in zip(fixed.runs, ruled.runs, strict=True):
+        assert r.batch_size <= f.batch_size and r.n_tokens == r.steps * r.batch_size * r.seq_len
+        assert abs(r.flops / r.budget - 1) < 0.5 / r.steps + 1e-9  # C = 6ND within half a step
+        assert r.steps >= 400 or r.batch_size == 2  # below the target only at the smallest batch allowed
+        assert r.config["trainer"]["batch_size"] == r.batch_size
+        if f.steps >= 400:
+            assert r.batch_size == f.batch_size
+    assert any(r.batch_size < f.batch_size for f, r in zip(fixed.runs, ruled.runs, strict=True))
+    # WSD: a trunk is shared only by runs of one batch (their data orders and schedules must match)
+    _, wsd = _plan(write(), ["target_steps=400", "min_batch_size=2", "wsd.enabled=true"])
+    runs = wsd.by_id()
+    assert all(runs[r.branch_of].batch_size == r.batch_size for r in wsd.runs if r.branch_of)
+
+
 def test_fixed_head_count_keeps_n_and_changes_only_the_heads(write):
     _, heads = _plan(write(), ["shape.n_heads=1", "shape.d_model_multiple=16"])
     _, dims = _plan(write(), ["shape.d_model_multiple=16"])
@@ -262,6 +289,7 @@ def test_fixed_head_count_keeps_n_and_changes_only_the_heads(write):
         ("experiment=missing.yaml", "experiment 'missing.yaml' not found"),
         ("unknown_key=1", "unknown_key"),
         ("seeds=[0,0]", "seeds=[0, 0] must be distinct"),
+        ("target_steps=-1", "target_steps=-1 must be >= 0"),
         ("seeds=[]", "seeds=[] must be distinct"),
         ("shape.n_heads=3", "multiple of shape.n_heads=3"),
     ],
