@@ -104,19 +104,26 @@ def test_staged_run_scores_every_d_f_with_the_losses_of_one_run(study):
 def test_soft_prompt_decoder_equals_kv_cache_decoder_and_accuracy_equals_mc_scorer(study):
     """With an empty soft prompt the uncached greedy loop must produce the KV-cache decoder's text, and
     accuracy must be chinchax eval's multiple-choice `acc` on the same prompts and options."""
+    from flax import nnx
+
     from chinchax.data.mixtures import format_example
     from chinchax.evaluation.multiple_choice import evaluate_multiple_choice
     from chinchax.evaluation.scoring import Scorer
     from chinchax.evaluation.tasks import MultipleChoice
     from chinchax.evaluation.tasks import Task as EvalTask
+    from chinchax.model import Transformer
 
     out, _ = study
     model, tok = task_metrics.load_finetuned(out / "finetunes" / "d32-full" / "merged")
     assert not isinstance(model, task_metrics.SoftPrompted)
+    # a random model of the same shape: the toy fine-tunes emit only spaces, which would make this vacuous
+    random_model = Transformer(model.cfg, rngs=nnx.Rngs(params=3, dropout=1))
+    random_model.eval()
     texts = ["def add(a, b):\n    return a + b\nSummary: ", "Docstring:\nRead the file.\nFunction name: ", "x"]
-    cached = task_metrics.generate_texts(model, tok, texts, max_new_tokens=12, batch_size=4)
-    empty = task_metrics.SoftPrompted(model, np.zeros((0, model.cfg.d_model), np.float32))
+    cached = task_metrics.generate_texts(random_model, tok, texts, max_new_tokens=12, batch_size=4)
+    empty = task_metrics.SoftPrompted(random_model, np.zeros((0, model.cfg.d_model), np.float32))
     uncached = task_metrics.generate_texts(empty, tok, texts, max_new_tokens=12, batch_size=4)
+    assert any(c.strip() for c in cached), cached
     assert uncached == cached
 
     prompted, _ = task_metrics.load_finetuned(out / "finetunes" / "d32-prompt_tuning" / "merged")
