@@ -24,7 +24,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from chinchax import jsonio
@@ -115,8 +115,18 @@ def pretrain_bases(cfg: StudyConfig, out: Path) -> dict[int, Path]:
     return bases
 
 
+_MIXTURES: dict[str, tuple] = {}  # one build per process and mixture section: parsing the corpus takes seconds
+
+
 def mixture_source(cfg: StudyConfig) -> tuple[str, dict, list]:
     """(data source name, mixture info, the held-out clusters' tasks)."""
+    key = jsonio.dumps([cfg.name, asdict(cfg.mixture)])
+    if key not in _MIXTURES:
+        _MIXTURES[key] = _build_mixture_source(cfg)
+    return _MIXTURES[key]
+
+
+def _build_mixture_source(cfg: StudyConfig) -> tuple[str, dict, list]:
     from chinchax.data.config import DataConfig
     from chinchax.data.instruction_tasks import Task, code_tasks
     from chinchax.data.mixtures import MixtureConfig, build_mixture, register_mixture

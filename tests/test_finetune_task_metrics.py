@@ -85,18 +85,19 @@ def test_staged_run_scores_every_d_f_with_the_losses_of_one_run(study):
     from chinchax.experiments import finetune_study
 
     out, summary = study
-    cfg = load_config(finetune_study.StudyConfig, None, [*finetune_study.QUICK, *TINY, "held_out.every_d_f=true"])
+    cfg = load_config(finetune_study.StudyConfig, None, [*finetune_study.QUICK, *TINY, "held_out.every_d_f=true",
+                                                          "finetune.eval_at=[2,4]"])
     source, _, tasks = finetune_study.mixture_source(cfg)
     run_dir = out / "staged" / "d32-full"
     _, models = finetune_study.finetune_run(cfg, out / "bases" / "d32", "full", source, run_dir)
-    assert models == {1: run_dir / "at" / "step1", 2: run_dir / "at" / "step2", 4: run_dir / "merged"}
-    staged = {r["step"]: r["loss"] for r in finetune_study.collect(run_dir, [1, 2, 4], 8)}
-    one_run = {r["step"]: r["loss"] for r in summary["rows"] if r["method"] == "full" and r["d_model"] == 32}
+    assert models == {2: run_dir / "at" / "step2", 4: run_dir / "merged"}
+    staged = {r["step"]: r["loss"] for r in finetune_study.collect(run_dir, [2, 4], 8)}
+    one_run = {r["step"]: r["loss"] for r in summary["rows"] if r["method"] == "full" and r["step"] in (2, 4)}
     assert staged == one_run
     final = finetune_study.score_held_out(cfg, tasks, models[4])["function_summary"]
     in_study = next(r for r in summary["rows"] if (r["method"], r["d_model"], r["step"]) == ("full", 32, 4))
     assert final["score"] == in_study["held_out"]["function_summary"]["score"]
-    early = finetune_study.score_held_out(cfg, tasks, models[1])["function_summary"]
+    early = finetune_study.score_held_out(cfg, tasks, models[2])["function_summary"]
     assert early["metric"] == "rouge" and 0.0 <= early["score"] <= 1.0
 
 
