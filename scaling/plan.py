@@ -127,6 +127,8 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
                 f"trainer.steps={steps}",
                 "trainer.tokens=null",
                 f"trainer.batch_size={batch}",
+                # the same evaluation rows at every batch (eval_batches x batch rows): runs stay paired
+                f"data.eval_batches={base.data.eval_batches * full_batch // batch}",
                 f"optimizer.learning_rate={lr}",
                 f"optimizer.warmup_steps={warmup}",
             ]

@@ -260,6 +260,8 @@ def test_plan_with_a_step_target_keeps_c_6nd_and_gives_short_runs_more_steps(wri
         assert abs(r.flops / r.budget - 1) < 0.5 / r.steps + 1e-9  # C = 6ND within half a step
         assert r.steps >= 400 or r.batch_size == 2  # below the target only at the smallest batch allowed
         assert r.config["trainer"]["batch_size"] == r.batch_size
+        # every run is scored on the same rows: eval_batches x batch is the same at every batch
+        assert r.config["data"]["eval_batches"] * r.batch_size == f.config["data"]["eval_batches"] * f.batch_size
         if f.steps >= 400:
             assert r.batch_size == f.batch_size
     assert any(r.batch_size < f.batch_size for f, r in zip(fixed.runs, ruled.runs, strict=True))
