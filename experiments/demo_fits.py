@@ -121,10 +121,9 @@ def residuals_by_length(fit, table, groups: int = 3) -> list[dict]:
 def noise_table(sweep, plan) -> dict:
     """Paired loss differences between neighbouring sizes at each budget (same eval rows for every run; a grid
     point's seeds averaged row by row)."""
+    from chinchax.experiments.demo_seeds import mean_eval_rows
     from chinchax.scaling.paired import neighbour_differences
     from chinchax.scaling.results import read_json
-
-    from chinchax.experiments.demo_seeds import mean_eval_rows
 
     seeds_of: dict[tuple, list] = {}  # grid point -> (run id, eval rows) of each seed that has them
     for r in sorted(plan.runs, key=lambda r: r.seed):

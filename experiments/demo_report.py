@@ -198,6 +198,9 @@ def _trust(summary: dict, rows: list[dict]) -> str:
             can.append(f"a loss prediction {p['budget'] / max(scale['budgets']):.0f}x beyond the largest fitted budget "
                        "within its 95% interval (the held-out run landed inside it)")
         cannot.append(f"loss predictions beyond the fitted budgets to better than {abs(p['relative_error']):.1%}")
+        if not p["inside_interval"]:
+            cannot.append("approach 3's intervals as error bars: the held-out run landed outside its 95% interval, so "
+                          "the bootstrap over grid points understates the law's error here")
     cannot.append("anything about models of millions of parameters or more: byte-level models of "
                   f"{_si(min(float(r['n_params']) for r in rows))}-{_si(max(float(r['n_params']) for r in rows))} "
                   f"parameters over {scale['budget_decades']:.1f} decades of compute, one corpus (Python source), "
