@@ -118,7 +118,8 @@ class Allocation:
 
 def chinchilla_loss(n, d, E, A, B, alpha, beta):
     n, d = np.asarray(n, np.float64), np.asarray(d, np.float64)
-    return E + A / n**alpha + B / d**beta
+    with np.errstate(over="ignore"):  # n**alpha beyond float64 is inf, and its term's limit, 0, is right
+        return E + A / n**alpha + B / d**beta
 
 
 def kaplan_loss_n(n, n_c, alpha_n):

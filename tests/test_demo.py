@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -24,8 +25,11 @@ def test_demo_help_is_fast_and_lists_quick():
 def test_quick_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     t = time.time()
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    with warnings.catch_warnings(record=True) as escaped:  # what would reach a user's terminal
+        warnings.simplefilter("always")
+        assert main(["demo", "--quick", "--out", str(out)]) == 0
     first_wall = time.time() - t
+    assert not [str(w.message) for w in escaped if issubclass(w.category, (RuntimeWarning, UserWarning))]
     captured = capsys.readouterr()
     printed = captured.out
     # Nothing but our own messages on the terminal: no warnings, no tracebacks.
