@@ -282,8 +282,10 @@ def attend(
     see a key s > l (causal decoders, packed or not), so key blocks above the diagonal can be skipped.
     Causal self-attention runs in query blocks, block i over keys [0, end of block i): XLA has no fused
     attention on CPU (nor on GPU in float32), and computing the masked half of [L, S] doubles the work
-    (the step of the CPU benchmark took 0.5 s less for it; docs/benchmarks.md). Without dropout and
-    blocks this is `jax.nn.dot_product_attention`, which takes cuDNN flash attention on GPU.
+    (the step of the CPU benchmark took 0.5 s less for it; docs/benchmarks.md). cuDNN's fused kernel is
+    taken explicitly where it applies; everything else is `_softmax_attention`, not XLA's path of
+    `jax.nn.dot_product_attention`, whose gradient ran 1.6-1.9x slower on CPU at the demo's shapes
+    (heads of 8, rows of 64; docs/benchmarks.md).
     """
     use_dropout = not (dropout.rate == 0.0 or dropout.deterministic)
     if segments is not None and not use_dropout and _use_cudnn(q_BLHK, bias_BHLS, None):
@@ -307,10 +309,6 @@ def attend(
     L, S = q_BLHK.shape[1], k_BSGK.shape[1]
     n_blocks = causal_query_blocks(L, S) if (is_causal or within_causal) else 1
     if n_blocks == 1:
-        if not use_dropout:
-            return jax.nn.dot_product_attention(
-                q_BLHK, k_BSGK, v_BSGK, bias=bias_BHLS, mask=mask_B1LS, scale=scale, is_causal=is_causal
-            )
         if is_causal:
             causal_11LS = (jnp.arange(L)[:, None] >= jnp.arange(S)[None, :])[None, None]
             mask_B1LS = causal_11LS if mask_B1LS is None else mask_B1LS & causal_11LS

@@ -57,6 +57,33 @@ def test_runs_of_one_shape_share_programs_and_train_as_if_alone(tmp_path):
         alone, make_mesh(alone.trainer.mesh))
 
 
+def test_seeds_share_programs_without_dropout_and_init_as_their_own_seed(tmp_path):
+    import jax
+
+    from chinchax.sharding import make_mesh
+    from chinchax.train import programs
+    from chinchax.train.state import make_init_fn
+    from chinchax.train.trainer import train
+
+    programs.clear()
+    seed0 = _cfg(tmp_path / "s0", "trainer.steps=4")
+    seed1 = _cfg(tmp_path / "s1", "trainer.steps=4", "trainer.seed=1")
+    mesh = make_mesh(seed0.trainer.mesh)
+    train(seed0)
+    shared = programs.programs_for(seed0, mesh)
+    assert programs.programs_for(seed1, mesh) is shared  # no dropout: the seed is only the init's argument
+    state1 = shared.init_state(seed1)
+    # The shared init draws seed 1's own weights: those of an init compiled for seed 1 alone.
+    alone = jax.jit(make_init_fn(seed1.model, shared.tx, 1))()
+    for a, b in zip(jax.tree.leaves(state1["params"]), jax.tree.leaves(alone["params"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    leaves0 = jax.tree.leaves(shared.init_state(seed0)["params"])
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves0, jax.tree.leaves(state1["params"]), strict=True))
+    # With dropout the seed is in the step (its dropout keys): programs of their own.
+    drop0, drop1 = (_cfg(tmp_path / f"d{s}", "model.dropout=0.1", f"trainer.seed={s}") for s in (0, 1))
+    assert programs.programs_for(drop0, mesh) is not programs.programs_for(drop1, mesh)
+
+
 def test_the_learning_rate_given_to_the_step_is_the_schedules(tmp_path):
     from chinchax.train.optimizer import make_schedule
     from chinchax.train.trainer import train

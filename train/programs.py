@@ -2,10 +2,11 @@
 
 A sweep worker trains many runs in one process (chinchax.scaling.worker). What a run's programs depend
 on is its model config, the optimizer's update direction (clipping, Adam's betas and eps, weight
-decay), microbatching, z-loss, the mesh and the seed: not its learning rate, schedule or length, since
-the train step takes the step's learning rate as an argument (chinchax.train.optimizer). Runs that agree
-on those get the same `Programs`, so the second run of a shape traces and compiles nothing. The cache
-keeps the most recently used few; one process never holds more than that.
+decay), microbatching, z-loss, the mesh, and the seed where there is dropout: not its learning rate,
+schedule or length, since the train step takes the step's learning rate as an argument
+(chinchax.train.optimizer), nor its seed otherwise (the init takes it as an argument). Runs that agree on
+those get the same `Programs`, so the second run of a shape, or its second seed, traces and compiles
+nothing. The cache keeps the most recently used few; one process never holds more than that.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 from typing import Any
 
 import jax
+import numpy as np
 
 from chinchax.train import state as state_lib
 from chinchax.train import step as step_lib
@@ -44,11 +46,15 @@ class Programs:
     _eval: dict = dataclasses.field(default_factory=dict)
 
     def init_state(self, cfg: ExperimentConfig) -> dict:
+        seed = cfg.trainer.seed
+        if not 0 <= seed < 2**31:  # a seed that is no int32 keeps its own program (same keys as before)
+            init = jax.jit(state_lib.make_init_fn(cfg.model, self.tx, seed), out_shardings=self.shardings)
+            with jax.set_mesh(self.mesh):
+                return init()
         if self._init is None:
-            init = state_lib.make_init_fn(cfg.model, self.tx, cfg.trainer.seed)
-            self._init = jax.jit(init, out_shardings=self.shardings)
+            self._init = jax.jit(state_lib.make_seeded_init_fn(cfg.model, self.tx), out_shardings=self.shardings)
         with jax.set_mesh(self.mesh):
-            return self._init()
+            return self._init(np.int32(seed))
 
     def train_step(self, batch_keys) -> Any:
         key = tuple(sorted(batch_keys))
@@ -72,9 +78,16 @@ def cache_key(cfg: ExperimentConfig, mesh) -> tuple:
         json.dumps(dataclasses.asdict(cfg.model), sort_keys=True, default=str),
         json.dumps(optimizer, sort_keys=True),
         cfg.trainer.microbatches,
-        cfg.trainer.seed,
+        cfg.trainer.seed if uses_dropout(cfg) else None,
         mesh,
     )
+
+
+def uses_dropout(cfg: ExperimentConfig) -> bool:
+    """The seed reaches the train step only through the dropout keys (constants of the program); without
+    dropout, runs that differ only in their seed share every program (the init takes the seed as an
+    argument): a sweep's second seed compiles nothing."""
+    return cfg.model.dropout > 0 or cfg.model.attention_dropout > 0
 
 
 def programs_for(cfg: ExperimentConfig, mesh) -> Programs:

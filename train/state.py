@@ -52,8 +52,10 @@ class ModelParts:
         return nnx.merge(self.graphdef, params, self.rng_keys() if rng_keys is None else rng_keys, self.other)
 
 
-def _new_model(cfg: ModelConfig, seed: int) -> nnx.Module:
-    return Transformer(cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+def _new_model(cfg: ModelConfig, seed) -> nnx.Module:
+    """`seed`: an int or a traced int32 scalar (the same keys either way, so one compiled init serves every
+    seed below 2**31)."""
+    return Transformer(cfg, rngs=nnx.Rngs(params=jax.random.key(seed), dropout=jax.random.key(seed + 1)))
 
 
 def _split(model: nnx.Module):
@@ -138,14 +140,21 @@ def _suffix_matched_shardings(abs_state, param_specs, mesh) -> Any:
     return jax.tree_util.tree_map_with_path(sharding_for, abs_state)
 
 
-def make_init_fn(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int) -> Callable[[], dict]:
-    def init():
+def make_seeded_init_fn(cfg: ModelConfig, tx: optax.GradientTransformation) -> Callable[[Any], dict]:
+    """init(seed) -> the train state; the seed is an argument, so runs of one shape share the compiled init."""
+
+    def init(seed):
         with nn.logical_axis_rules(LOGICAL_AXIS_RULES):
             _, params, _, _ = _split(_new_model(cfg, seed))
         params = nnx.to_pure_dict(params)
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
     return init
+
+
+def make_init_fn(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int) -> Callable[[], dict]:
+    init = make_seeded_init_fn(cfg, tx)
+    return lambda: init(seed)
 
 
 def init_train_state(cfg: ModelConfig, tx, parts: ModelParts, mesh, seed: int):
