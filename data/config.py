@@ -17,6 +17,7 @@ from chinchax.errors import UserError
 
 OBJECTIVES = ("causal_lm", "prefix_lm", "span_corruption", "masked_lm")
 PACKINGS = ("concat", "first_fit", "none")
+LOSS_ON = ("all", "targets")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,15 @@ class DataConfig:
     # documents, so the stream (still deterministic and resumable) differs between worker counts; the
     # workers are spawned, so a script that starts them needs `if __name__ == "__main__":`.
     worker_count: int = 0
+    # Which tokens the loss counts: "all" (pretraining), or "targets" (instruction tuning, FLAN/T5): for
+    # sources of prompt/target records (a registered mixture, JSONL with `prompt` and `target` fields) only
+    # the target's tokens and the EOS that ends it. "all" is stored as null, so the config.yaml of a run
+    # made before this key existed still matches on resume (the trainer compares missing keys as null).
+    loss_on: str | None = None
+
+    def __post_init__(self):
+        if self.loss_on == "all":  # one spelling of the default: resume compares configs key by key
+            object.__setattr__(self, "loss_on", None)
 
     @property
     def encoder_length(self) -> int:
@@ -64,6 +74,12 @@ class DataConfig:
             raise UserError(f"data.objective={self.objective!r} is not valid; choose one of {', '.join(OBJECTIVES)}")
         if self.packing not in PACKINGS:
             raise UserError(f"data.packing={self.packing!r} is not valid; choose one of {', '.join(PACKINGS)}")
+        if self.loss_on not in (None, "targets"):
+            raise UserError(f"data.loss_on={self.loss_on!r} is not valid; choose one of {', '.join(LOSS_ON)}")
+        if self.loss_on == "targets" and self.objective != "causal_lm":
+            raise UserError(f"data.loss_on=targets weights the tokens of a causal LM; data.objective="
+                            f"{self.objective!r} chooses its own loss tokens. Set data.objective=causal_lm, or "
+                            "data.loss_on=all")
         if not self.source:
             raise UserError("data.source is empty; use 'stdlib', 'tfds:NAME', 'text:PATH' or 'memory:NAME'")
         if not self.tokenizer:

@@ -8,8 +8,9 @@
     write_jsonl("mix/train.jsonl", mix.train)       # or files, for any other tool
 
 A formatted example is a (prompt, target) pair; as a training document it is prompt + " " + target + EOS
-through the trainer's causal-LM pipeline (loss on the prompt too: the pipeline has no per-token input
-mask for packed text; docs/finetuning.md says what that changes).
+through the trainer's causal-LM pipeline. The registered source holds `PromptTarget` records, so
+`data.loss_on=targets` puts only the target's tokens (and the EOS) in the loss, as FLAN and T5 train;
+with `data.loss_on=all` every token counts, the prompt's too.
 """
 
 from __future__ import annotations
@@ -120,14 +121,19 @@ def build_mixture(tasks: Sequence[Task], cfg: MixtureConfig) -> Mixture:
 
 
 def register_mixture(name: str, mixture: Mixture, *, eos: str = "\n") -> str:
-    """Register the mixture as an in-process `memory:` data source (train / validation / held_out)."""
+    """Register the mixture as an in-process `memory:` data source (train / validation / held_out) of
+    PromptTarget records: prompt + " " | target + `eos` (the text that ends an answer at generation)."""
     from chinchax.data.pipeline import register_memory_source
+    from chinchax.data.sources import PromptTarget
 
-    splits = {"train": [f.document() + eos for f in mixture.train]}
+    def records(examples: Sequence[Formatted]) -> list[PromptTarget]:
+        return [PromptTarget(f.prompt + " ", f.target + eos) for f in examples]
+
+    splits = {"train": records(mixture.train)}
     if mixture.validation:
-        splits["validation"] = [f.document() + eos for f in mixture.validation]
+        splits["validation"] = records(mixture.validation)
     if mixture.held_out:
-        splits["held_out"] = [f.document() + eos for f in mixture.held_out]
+        splits["held_out"] = records(mixture.held_out)
     return register_memory_source(name, splits)
 
 

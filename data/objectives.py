@@ -6,7 +6,8 @@ so a row's randomness depends only on the seed and the row's index: that is what
 Decoder rows are packed first (segment_ids 1.. per document, 0 = padding; positions restart per document)
 and then turned into examples segment by segment:
   - causal LM: targets = the tokens, inputs = the tokens shifted right by one INSIDE each segment with
-    `bos_id` as the start token, loss on every real token (the first token is predicted from BOS).
+    `bos_id` as the start token, loss on every real token (the first token is predicted from BOS), or,
+    with per-token weights (data.loss_on=targets), on the tokens of weight 1 only.
   - prefix LM: per segment of n tokens a split point p uniform over {1, ..., n-1} (T5/UL2); the first p
     tokens are the bidirectional prefix, the loss covers the n - p tokens after it. Because inputs are
     shifted right, the last prefix token sits at input position p, so `prefix_mask` is True on positions
@@ -101,8 +102,11 @@ def causal_lm(tokens_L, segment_ids_L, positions_L, *, bos_id: int) -> Batch:
     return _row(tokens_L, segment_ids_L, positions_L, inputs_L, segment_ids_L > 0)
 
 
-def causal_lm_batch(tokens_BL, segment_ids_BL, positions_BL, *, bos_id: int) -> Batch:
-    """causal_lm of every row of a batch at once (the same arrays as row by row, in a few numpy calls)."""
+def causal_lm_batch(tokens_BL, segment_ids_BL, positions_BL, *, bos_id: int, token_weights_BL=None) -> Batch:
+    """causal_lm of every row of a batch at once (the same arrays as row by row, in a few numpy calls).
+
+    `token_weights_BL` (data.loss_on=targets): 0/1 per token; the loss counts a position when its target
+    (the token itself: inputs are the shifted ones) has weight 1. None: every real token."""
     inputs_BL = np.empty_like(tokens_BL)
     inputs_BL[:, 0] = bos_id
     inputs_BL[:, 1:] = tokens_BL[:, :-1]
@@ -110,7 +114,10 @@ def causal_lm_batch(tokens_BL, segment_ids_BL, positions_BL, *, bos_id: int) -> 
     starts_BL[:, 1:] = segment_ids_BL[:, 1:] != segment_ids_BL[:, :-1]
     inputs_BL[starts_BL] = bos_id
     inputs_BL[segment_ids_BL == 0] = 0
-    return _row(tokens_BL, segment_ids_BL, positions_BL, inputs_BL, segment_ids_BL > 0)
+    loss_BL = segment_ids_BL > 0
+    if token_weights_BL is not None:
+        loss_BL &= token_weights_BL > 0
+    return _row(tokens_BL, segment_ids_BL, positions_BL, inputs_BL, loss_BL)
 
 
 def prefix_lm_with_split(tokens_L, segment_ids_L, positions_L, prefix_lengths_K, *, bos_id: int) -> Batch:

@@ -12,6 +12,10 @@ rows `{"tokens", "segment_ids", "positions"}` of length L: segment_ids number th
                emitting them (shuffled with the seed) once a piece fits none of them.
   - none:      one document (piece) per row, padded.
 
+`pack_weighted` packs documents that carry a per-token loss weight beside their tokens ({"tokens",
+"weights"}, the same length: data.loss_on=targets) with the same three packings: grain packs both features
+alike, so every weight stays on its token, across row boundaries too; rows gain a "weights" key.
+
 `pack_pairs` does the same for encoder-decoder examples `{"encoder_inputs", "targets"}`: both sides are
 packed together, so segment k of the decoder row belongs to segment k of the encoder row.
 `concat_windows` cuts the concatenated stream into windows of exactly `length` tokens (T5's
@@ -85,6 +89,51 @@ def pack_tokens(
         return packed.map(_rename("tokens", "tokens"))
     if packing == "none":
         return split_long(ds, length).map(_single_row(length))
+    raise ValueError(f"unknown packing {packing!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitLongWeighted(grain_exp.FlatMapTransform):
+    """SplitLong for {"tokens", "weights"} documents: both cut at the same places."""
+
+    max_len: int
+    max_fan_out: int = 1 << 20
+
+    def flat_map(self, doc: dict):
+        n = len(doc["tokens"])
+        return [{k: v[i : i + self.max_len] for k, v in doc.items()} for i in range(0, n, self.max_len)]
+
+
+def _weighted_row(element: dict) -> dict:
+    return {"tokens": element["tokens"], "segment_ids": element["tokens_segment_ids"],
+            "positions": element["tokens_positions"], "weights": element["weights"]}
+
+
+def _single_weighted_row(length: int):
+    def to_row(doc: dict) -> dict:
+        tokens_L, segment_ids_L, positions_L = pad_row(doc["tokens"], length)
+        weights_L = np.zeros(length, np.int32)
+        weights_L[: len(doc["weights"])] = doc["weights"]
+        return {"tokens": tokens_L, "segment_ids": segment_ids_L, "positions": positions_L, "weights": weights_L}
+
+    return to_row
+
+
+def pack_weighted(
+    ds: grain.IterDataset, *, length: int, packing: str, num_bins: int = 16, seed: int = 0
+) -> grain.IterDataset:
+    """{"tokens", "weights"} documents -> rows {tokens, segment_ids, positions, weights} of `length`."""
+    lengths = {"tokens": length, "weights": length}
+    if packing == "concat":
+        return grain_exp.ConcatThenSplitIterDataset(ds, length_struct=lengths).map(_weighted_row)
+    pieces = grain_exp.FlatMapIterDataset(ds, SplitLongWeighted(length))
+    if packing == "first_fit":
+        packed = grain_exp.FirstFitPackIterDataset(
+            pieces, length_struct=lengths, num_packing_bins=num_bins, seed=seed, shuffle_bins=True
+        )
+        return packed.map(_weighted_row)
+    if packing == "none":
+        return pieces.map(_single_weighted_row(length))
     raise ValueError(f"unknown packing {packing!r}")
 
 

@@ -31,6 +31,9 @@ new shuffle each epoch, tokenized (EOS appended to every document), then, by obj
   - encoder-decoder prefix LM: windows/documents of at most min(S, L) tokens -> random split -> the
     (encoder, decoder) pairs packed together;
   - span corruption: T5 windows of the concatenated stream -> corrupt -> one example per row.
+With data.loss_on=targets (causal LM on prompt/target records) each record is tokenized as prompt and
+target apart, with a 0/1 weight per token (1 on the target and its EOS) that is packed beside the tokens
+and becomes the batch's `loss_weights`.
 The objective's randomness comes from grain's `random_map` (seeded by data.seed, the host index and the
 row index), so it is part of the checkpointed state too.
 
@@ -51,7 +54,7 @@ import numpy as np
 from chinchax.data import objectives as obj
 from chinchax.data import packing as pk
 from chinchax.data.config import DataConfig
-from chinchax.data.sources import open_source
+from chinchax.data.sources import PromptTarget, open_prompt_targets, open_source
 from chinchax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -72,35 +75,67 @@ SUPPORTED_VARIANTS = {
 
 # --- in-memory sources -----------------------------------------------------------------------------------
 
-_MEMORY_SOURCES: dict[str, dict[str, Sequence[str]]] = {}
+_MEMORY_SOURCES: dict[str, dict[str, Sequence[str | PromptTarget]]] = {}
 
 
-def register_memory_source(name: str, splits: dict[str, Sequence[str]]) -> str:
+def register_memory_source(name: str, splits: dict[str, Sequence[str | PromptTarget]]) -> str:
     """Make documents per split available as `source: memory:NAME` (tests, notebooks, benchmarks).
 
     A split is any random-access sequence of `str` (a list, or an object with __len__/__getitem__ that
-    makes documents on demand); it is used as is, not copied.
+    makes documents on demand), or of `PromptTarget` records (instruction data: data.loss_on=targets can
+    weight their targets alone; with loss_on=all a record is its text); it is used as is, not copied.
     """
     for split, docs in splits.items():
-        if len(docs) == 0 or not isinstance(docs[0], str):
-            raise UserError(f"memory source {name!r}: split {split!r} must be a non-empty sequence of str documents")
+        if len(docs) == 0 or not isinstance(docs[0], (str, PromptTarget)):
+            raise UserError(f"memory source {name!r}: split {split!r} must be a non-empty sequence of str documents "
+                            "or of PromptTarget records")
     _MEMORY_SOURCES[name] = dict(splits)
     return f"memory:{name}"
 
 
+def _memory_split(cfg: DataConfig, split: str) -> Sequence[str | PromptTarget]:
+    name = cfg.source[len("memory:") :]
+    if name not in _MEMORY_SOURCES:
+        known = ", ".join(sorted(_MEMORY_SOURCES)) or "none"
+        raise UserError(f"data.source={cfg.source!r} was never registered (registered: {known}); "
+                        "call chinchax.data.pipeline.register_memory_source first")
+    splits = _MEMORY_SOURCES[name]
+    if split not in splits:
+        raise UserError(f"memory source {name!r} has no split {split!r}; it has {', '.join(splits)}")
+    return splits[split]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Texts:
+    """PromptTarget records seen as their documents' text (data.loss_on=all, and every text reader)."""
+
+    records: Sequence[PromptTarget]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index) -> str:
+        return self.records[index].text
+
+
 def open_documents(cfg: DataConfig, split: str) -> Sequence[str]:
-    """Random-access documents of a split: `memory:NAME` here, anything else via data.sources."""
+    """Random-access documents (str) of a split: `memory:NAME` here, anything else via data.sources."""
     if cfg.source.startswith("memory:"):
-        name = cfg.source[len("memory:") :]
-        if name not in _MEMORY_SOURCES:
-            known = ", ".join(sorted(_MEMORY_SOURCES)) or "none"
-            raise UserError(f"data.source={cfg.source!r} was never registered (registered: {known}); "
-                            "call chinchax.data.pipeline.register_memory_source first")
-        splits = _MEMORY_SOURCES[name]
-        if split not in splits:
-            raise UserError(f"memory source {name!r} has no split {split!r}; it has {', '.join(splits)}")
-        return splits[split]
+        docs = _memory_split(cfg, split)
+        return _Texts(docs) if isinstance(docs[0], PromptTarget) else docs
     return open_source(cfg.source, split, cfg.data_dir, text_field=cfg.text_field)
+
+
+def open_prompt_target_documents(cfg: DataConfig, split: str) -> Sequence[PromptTarget]:
+    """The PromptTarget records of a split (data.loss_on=targets): a memory source of records, or JSONL."""
+    if not cfg.source.startswith("memory:"):
+        return open_prompt_targets(cfg.source, split)
+    docs = _memory_split(cfg, split)
+    if not isinstance(docs[0], PromptTarget):
+        raise UserError(f"data.loss_on=targets needs records with prompt and target fields; data.source="
+                        f"{cfg.source!r} holds plain text documents. Register PromptTarget records (as "
+                        "data.mixtures.register_mixture does), or set data.loss_on=all")
+    return docs
 
 
 # --- transforms (classes, so worker processes can pickle them) -------------------------------------------
@@ -118,6 +153,23 @@ class Tokenize:
         out[:-1] = ids
         out[-1] = self.eos_id
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizePromptTarget:
+    """data.loss_on=targets: prompt and target tokenized apart, EOS appended; weight 1 on the target's
+    tokens and the EOS (the model learns to answer and to stop), 0 on the prompt's."""
+
+    tokenizer: object
+    eos_id: int
+
+    def __call__(self, record: PromptTarget) -> dict:
+        encode = getattr(self.tokenizer, "encode_array", None) or self.tokenizer.encode
+        prompt, target = (np.asarray(encode(text), np.int32) for text in (record.prompt, record.target))
+        tokens = np.concatenate([prompt, target, np.array([self.eos_id], np.int32)])
+        weights = np.zeros(len(tokens), np.int32)
+        weights[len(prompt) :] = 1
+        return {"tokens": tokens, "weights": weights}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +197,8 @@ class CausalLMBatch:
     bos_id: int
 
     def __call__(self, rows: dict) -> dict:
-        return obj.causal_lm_batch(rows["tokens"], rows["segment_ids"], rows["positions"], bos_id=self.bos_id)
+        return obj.causal_lm_batch(rows["tokens"], rows["segment_ids"], rows["positions"], bos_id=self.bos_id,
+                                   token_weights_BL=rows.get("weights"))  # data.loss_on=targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +296,8 @@ def _rows(cfg: DataConfig, tokens: grain.IterDataset, variant: str, special, *, 
         packed = pk.pack_pairs(pairs, encoder_length=S, decoder_length=L, packing=cfg.packing,
                                num_bins=num_bins, seed=seed)
         return packed.map(EncoderDecoderRow(special.bos_id))
+    if cfg.loss_on == "targets":  # causal LM only (DataConfig.validate): its objective runs per batch
+        return pk.pack_weighted(tokens, length=L, packing=cfg.packing, num_bins=num_bins, seed=seed)
     rows = pk.pack_tokens(tokens, length=L, packing=cfg.packing, num_bins=num_bins, seed=seed)
     if _objective_after_batching(cfg):
         return rows
@@ -255,7 +310,7 @@ def _objective_after_batching(cfg: DataConfig) -> bool:
 
 
 def _token_stream(
-    docs: Sequence[str], tokenizer, special, *, shard: tuple[int, int], shuffle_seed: int | None, repeat: bool
+    docs: Sequence, tokenize, *, shard: tuple[int, int], shuffle_seed: int | None, repeat: bool
 ):
     ds = grain.MapDataset.source(docs)
     index, count = shard
@@ -265,7 +320,7 @@ def _token_stream(
         ds = ds.shuffle(seed=shuffle_seed)
     if repeat:
         ds = ds.repeat(None)
-    ds = ds.map(Tokenize(tokenizer, special.eos_id))
+    ds = ds.map(tokenize)
     return ds.to_iter_dataset()
 
 
@@ -299,12 +354,14 @@ def build_dataset(
     variant = resolve_variant(cfg, variant)
     special = obj.SpecialTokens.from_tokenizer(tokenizer)
     _check(cfg, variant, special)
-    docs = open_documents(cfg, split)
+    targets = cfg.loss_on == "targets"
+    docs = open_prompt_target_documents(cfg, split) if targets else open_documents(cfg, split)
     if len(docs) < process_count:
         raise UserError(f"{cfg.source} split {split!r} has {len(docs)} documents, fewer than {process_count} hosts")
     host_seed = _host_seed(seed, process_index)
+    tokenize = (TokenizePromptTarget if targets else Tokenize)(tokenizer, special.eos_id)
     tokens = _token_stream(
-        docs, tokenizer, special, shard=(process_index, process_count), shuffle_seed=host_seed if shuffle else None,
+        docs, tokenize, shard=(process_index, process_count), shuffle_seed=host_seed if shuffle else None,
         repeat=repeat,
     )
     num_bins = cfg.packing_bins or max(batch_size, 16)

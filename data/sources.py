@@ -13,7 +13,9 @@ prepared as ArrayRecord (`chinchax data build tfds:NAME`, or by anyone with `fil
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import json
 import os
 import socket
 import threading
@@ -30,6 +32,20 @@ _PROBE_HOSTS = (("storage.googleapis.com", 443),)
 def default_data_dir() -> str:
     """`$CHINCHAX_DATA_DIR`, else `~/.cache/chinchax/data`."""
     return os.environ.get("CHINCHAX_DATA_DIR") or os.path.expanduser("~/.cache/chinchax/data")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTarget:
+    """An instruction example. Its document is `prompt + target` (the separator belongs to the prompt, as
+    at generation time); with data.loss_on=targets only the target's tokens and the EOS after it are in
+    the loss. Prompt and target are tokenized separately, so a token never straddles the two."""
+
+    prompt: str
+    target: str
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.target
 
 
 class DocumentSource:
@@ -242,3 +258,66 @@ def document_stats(source, tokenizer, *, max_docs: int | None = None, batch_docs
         num_tokens += sum(len(ids) for ids in tokenizer.encode_batch(docs))
     return {"documents": n, "bytes": num_bytes, "tokens": num_tokens,
             "bytes_per_token": num_bytes / num_tokens if num_tokens else float("nan")}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Prompt/target records (data.loss_on=targets)
+
+PROMPT_TARGET_SEPARATOR = " "  # between a JSONL record's prompt and target, as data.mixtures.write_jsonl's `text`
+
+
+def open_prompt_targets(source: str, split: str, *, validation_fraction: float = 0.02) -> list[PromptTarget]:
+    """The prompt/target records of one split of a `text:` source of JSONL files (data.loss_on=targets).
+
+    Every non-blank line must be an object with string `prompt` and `target` fields; its document is
+    prompt + " " + target. The split is the text corpus's (text_builder: the record's `relpath:line` key
+    hashed against `validation_fraction`), so a file splits alike for data.loss_on=all (its `text`
+    field) and targets. The records are read into memory: instruction sets, not pretraining corpora.
+    """
+    from chinchax.data import text_builder
+
+    if not source.startswith("text:"):
+        raise UserError(f"data.loss_on=targets needs records with prompt and target fields; data.source={source!r} "
+                        "holds plain text. Use a registered mixture (data.mixtures.register_mixture), "
+                        "`text:FILE.jsonl` with `prompt` and `target` fields, or set data.loss_on=all")
+    if split not in ("train", "validation"):
+        raise UserError(f"split {split!r} of {source}: expected 'train' or 'validation'.")
+    spec = text_builder.text_corpus_spec(source[len("text:"):])
+    records: list[tuple[float, str, PromptTarget]] = []
+    for path in spec.files:
+        if path.suffix.lower() not in text_builder.JSONL_SUFFIXES:
+            raise UserError(f"data.loss_on=targets reads prompt/target records from JSONL files; {path} is not "
+                            f"one ({', '.join(text_builder.JSONL_SUFFIXES)}). Point data.source at JSONL files "
+                            "only, or set data.loss_on=all")
+        records += _prompt_target_records(path, spec.relpath(path))
+    if len(records) < 2:
+        raise UserError(f"{source}: {len(records)} prompt/target record(s); a train and a validation split need "
+                        "at least 2")
+    held = [frac < validation_fraction for frac, _, _ in records]
+    if not any(held):  # as text_builder: the smallest hash is held out, so validation is never empty
+        held[min(range(len(records)), key=lambda i: records[i][0])] = True
+    return [r for (_, _, r), v in zip(records, held, strict=True) if v == (split == "validation")]
+
+
+def _prompt_target_records(path: Path, rel: str) -> list[tuple[float, str, PromptTarget]]:
+    from chinchax.data.text_builder import split_fraction
+
+    out = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):  # numbered as text_builder numbers them: keys agree
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise UserError(f"{path}:{lineno}: not a valid UTF-8 JSON line ({e})") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            for key in ("prompt", "target"):
+                if not isinstance(record.get(key), str):
+                    keys = ", ".join(sorted(map(str, record))[:10]) or "none"
+                    raise UserError(f"{path}:{lineno}: data.loss_on=targets needs a string {key!r} field in every "
+                                    f"record (keys: {keys}); add it, or set data.loss_on=all")
+            key = f"{rel}:{lineno}"
+            out.append((split_fraction(key), key, PromptTarget(record["prompt"] + PROMPT_TARGET_SEPARATOR, record["target"])))
+    return out

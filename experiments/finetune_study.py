@@ -58,6 +58,8 @@ class FinetuneSection:
     lora_rank: int = 8
     prompt_length: int = 16
     eval_batches: int = 4
+    # data.loss_on of every fine-tune: "targets" trains on the answers only (FLAN, T5), "all" on prompt + answer
+    loss_on: str = "targets"
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ def _build_mixture_source(cfg: StudyConfig) -> tuple[str, dict, list]:
 def finetune_run(cfg: StudyConfig, base_dir: Path, method: str, source: str, run_dir: Path) -> tuple[dict, dict]:
     """(run.json, {step: model dir}): the fine-tune, stopped at each D_f stage whose model is scored."""
     stages = [s for s in sorted(cfg.finetune.eval_at) if s < cfg.finetune.steps] if cfg.held_out.every_d_f else []
+    _check_reused(run_dir, cfg.finetune.loss_on)
     models = {}
     for s in stages:
         at = run_dir / "at" / f"step{s}"
@@ -168,6 +171,20 @@ def finetune_run(cfg: StudyConfig, base_dir: Path, method: str, source: str, run
     return json.loads((run_dir / "run.json").read_text()), models
 
 
+def _check_reused(run_dir: Path, loss_on: str) -> None:
+    """A finished run is reused without a look at its config: refuse one trained on other loss tokens (runs
+    made before data.loss_on existed trained on every token)."""
+    from chinchax.configlib import read_yaml
+    from chinchax.errors import UserError
+
+    path = run_dir / "config.yaml"
+    if path.is_file():
+        old = read_yaml(path).get("data", {}).get("loss_on") or "all"
+        if old != loss_on:
+            raise UserError(f"{run_dir} was fine-tuned with data.loss_on={old}, this study asks for "
+                            f"finetune.loss_on={loss_on}; use another --out, or set finetune.loss_on={old}")
+
+
 def _steps_done(run_dir: Path) -> int:
     path = run_dir / "run.json"
     return int(json.loads(path.read_text())["steps"]) if path.is_file() else 0
@@ -182,7 +199,7 @@ def _finetune(cfg: StudyConfig, base_dir: Path, method: str, source: str, run_di
         f"finetune.method={method}", f"finetune.lora.rank={f.lora_rank}", "finetune.lora.targets=[attention,mlp]",
         f"finetune.prompt.length={f.prompt_length}", "finetune.qlora.group_size=32", f"data.source={source}",
         f"data.seq_len={cfg.base.seq_len}",  # the same rows for every method: losses compare
-        "data.packing=none", f"data.eval_batches={f.eval_batches}", f"trainer.steps={steps}",
+        f"data.loss_on={f.loss_on}", "data.packing=none", f"data.eval_batches={f.eval_batches}", f"trainer.steps={steps}",
         f"trainer.batch_size={f.batch_size}", f"optimizer.learning_rate={f.learning_rates[method]}",
         "optimizer.schedule=constant", "optimizer.warmup_steps=0", "optimizer.weight_decay=0.0",
         "trainer.checkpoint_every=0", "trainer.progress_bar=false", f"trainer.log_every={min(f.eval_at)}",
