@@ -199,3 +199,86 @@ def test_resuming_a_run_from_before_the_key_is_allowed(tmp_path):
     check_resume_compatible(tmp_path, exp.replace(data=exp.data.replace(loss_on="all")))
     with pytest.raises(UserError, match="data.loss_on"):
         check_resume_compatible(tmp_path, exp.replace(data=exp.data.replace(loss_on="targets")))
+
+
+# --- through the trainer ----------------------------------------------------------------------------------
+
+
+class RecordingPrograms:
+    """The trainer's compiled programs, noting each train step's loss_tokens metric and batch."""
+
+    def __init__(self, inner, log: list):
+        self.inner, self.log = inner, log
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def train_step(self, batch_keys):
+        step = self.inner.train_step(batch_keys)
+
+        def recorded(state, batch, lr):
+            new_state, metrics = step(state, batch, lr)
+            self.log.append((float(metrics["loss_tokens"]), np.asarray(batch["targets"]),
+                             np.asarray(batch["segment_ids"])))
+            return new_state, metrics
+
+        return recorded
+
+
+def train_targets(run_dir: Path, steps: int, log: list) -> dict:
+    from chinchax.train.config import ExperimentConfig
+    from chinchax.train.programs import programs_for
+    from chinchax.train.trainer import train
+
+    exp = configlib.load_config(ExperimentConfig, REPO / "experiments" / "tiny.yaml", [
+        "model.d_model=16", "model.n_heads=2", "model.d_ff=32", "model.n_layers=1", "model.max_len=32",
+        f"data.source={SOURCE}", "data.seq_len=32", "data.loss_on=targets", "data.eval_batches=1",
+        "trainer.batch_size=4", f"trainer.steps={steps}", "trainer.checkpoint_every=3", "trainer.log_every=1",
+        "trainer.eval_every=3", "trainer.progress_bar=false", "optimizer.learning_rate=1e-2",
+        "optimizer.schedule=constant", "optimizer.warmup_steps=0", f"trainer.run_dir={run_dir}"])
+    return train(exp, programs=lambda cfg, mesh: RecordingPrograms(programs_for(cfg, mesh), log))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    whole, staged = [], []
+    train_targets(root / "whole", 6, whole)
+    train_targets(root / "staged", 3, staged)
+    train_targets(root / "staged", 6, staged)  # resumes from the step-3 checkpoint and its iterator state
+    return root, whole, staged
+
+
+def test_trainer_loss_counts_only_target_tokens(runs):
+    root, whole, _ = runs
+    assert len(whole) == 6
+    for loss_tokens, targets, segment_ids in whole:
+        n_target = int(((segment_ids > 0) & np.isin(targets, TARGET_IDS)).sum())
+        assert loss_tokens == n_target < int((segment_ids > 0).sum())
+    rows = [json.loads(x) for x in (root / "whole" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 6 and losses[-1] < losses[0]  # it trains
+    assert yaml.safe_load((root / "whole" / "config.yaml").read_text())["data"]["loss_on"] == "targets"
+
+
+def test_resume_with_target_loss_is_exact(runs):
+    from chinchax.train.checkpoint import load_numpy_state
+    from chinchax.train.metrics import TIMING_FIELDS
+
+    root, whole, staged = runs
+    assert len(staged) == 6
+    for (a, ta, sa), (b, tb, sb) in zip(whole, staged, strict=True):  # the same batches, step by step
+        assert a == b
+        np.testing.assert_array_equal(ta, tb)
+        np.testing.assert_array_equal(sa, sb)
+
+    def rows(name):
+        lines = (root / name / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k not in TIMING_FIELDS} for x in lines]
+
+    assert rows("whole") == rows("staged")
+    import jax
+
+    pa, pb = (load_numpy_state(root / name / "checkpoints" / "6")["params"] for name in ("whole", "staged"))
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
