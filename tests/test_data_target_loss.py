@@ -282,3 +282,20 @@ def test_resume_with_target_loss_is_exact(runs):
     pa, pb = (load_numpy_state(root / name / "checkpoints" / "6")["params"] for name in ("whole", "staged"))
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sentencepiece_tokenizes_prompt_and_target_apart(tmp_path):
+    from chinchax.data.tokenizers import train_sentencepiece
+
+    docs = [f"q{i % 7}: what is it A: yes it is\n" for i in range(400)] + ["lowercase words and more\n"] * 50
+    tok = train_sentencepiece(docs, tmp_path / "sp.model", vocab_size=420, num_threads=1)
+    record = PromptTarget("q3: what is it A: ", "yes it is\n")
+    joint, prompt, target = (list(tok.encode(x)) for x in (record.text, record.prompt, record.target))
+    assert joint != prompt + target  # a piece (" yes") straddles the boundary when tokenized together
+    source = P.register_memory_source("target-loss-sp", {"train": [record] * 8})
+    c = cfg(source=source, tokenizer=str(tmp_path / "sp.model"), seq_len=32, packing="none", loss_on="targets")
+    b = next(iter(P.build_dataset(c, tok, batch_size=2, split="train", seed=0, shuffle=False)))
+    for r in range(2):
+        weighted = b["loss_weights"][r] > 0
+        assert list(b["targets"][r][weighted]) == [*target, tok.eos_id]
+        assert tok.decode(b["targets"][r][~weighted & (b["segment_ids"][r] > 0)]) == record.prompt
