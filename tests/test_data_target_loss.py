@@ -299,3 +299,15 @@ def test_sentencepiece_tokenizes_prompt_and_target_apart(tmp_path):
         weighted = b["loss_weights"][r] > 0
         assert list(b["targets"][r][weighted]) == [*target, tok.eos_id]
         assert tok.decode(b["targets"][r][~weighted & (b["segment_ids"][r] > 0)]) == record.prompt
+
+
+def test_finetune_study_refuses_to_reuse_runs_of_other_loss_tokens(tmp_path):
+    from chinchax.experiments.finetune_study import _check_reused
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"source": "memory:x"}}))  # before the key
+    _check_reused(tmp_path, "all")
+    with pytest.raises(UserError, match=r"data.loss_on=all.*finetune.loss_on=targets.*another --out"):
+        _check_reused(tmp_path, "targets")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": {"loss_on": "targets"}}))
+    _check_reused(tmp_path, "targets")
+    _check_reused(tmp_path / "absent", "targets")  # a new run: nothing to compare
