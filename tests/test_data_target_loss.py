@@ -152,11 +152,10 @@ def test_eval_batches_weigh_targets_too():
 
 
 def test_jsonl_prompt_target_records_split_as_the_text_corpus(tmp_path):
-    lines = [{"prompt": r.prompt.rstrip(), "target": r.target.rstrip("\n"), "task": "t"} for r in RECORDS]
-    for x in lines:
-        x["text"] = x["prompt"] + " " + x["target"]  # as data.mixtures.write_jsonl writes it
-    path = tmp_path / "sft.jsonl"
-    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    from chinchax.data.mixtures import write_jsonl
+
+    path = tmp_path / "sft.jsonl"  # fields prompt, target, and text = prompt + " " + target
+    write_jsonl(path, [Formatted(r.prompt.rstrip(), r.target.rstrip("\n"), "t", "c", 0) for r in RECORDS])
     c = cfg(source=f"text:{path}", data_dir=str(tmp_path / "data"), loss_on="targets")
     for split in ("train", "validation"):
         records = P.open_prompt_target_documents(c, split)
