@@ -212,8 +212,8 @@ class RecordingPrograms:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def train_step(self, batch_keys):
-        step = self.inner.train_step(batch_keys)
+    def train_step(self, batch_keys, *args):  # (one step per call: the trainer's default)
+        step = self.inner.train_step(batch_keys, *args)
 
         def recorded(state, batch, lr):
             new_state, metrics = step(state, batch, lr)
