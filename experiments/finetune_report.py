@@ -12,7 +12,8 @@ def render(s: dict, cfg) -> str:
     bases = ", ".join(f"d{d} ({b['n_params']:,} params, pretrain loss {b['eval_loss']:.3f})" for d, b in s["bases"].items())
     lines = [f"# {s['name']}: fine-tuning scaling (Zhang et al. 2024)", "", f"Bases: {bases}.",
              f"Mixture: {s['mixture']['train']} training examples from tasks {s['mixture']['tasks']}; held-out clusters "
-             f"{cfg.mixture.held_out_clusters}. Loss: nats per byte on the held-in validation split (prompt and target).", "",
+             f"{cfg.mixture.held_out_clusters}. Loss: nats per byte on the held-in validation split "
+             f"({'target tokens only' if cfg.finetune.loss_on == 'targets' else 'prompt and target'}).", "",
              "## Validation loss", "", "| method | X (params) | " + " | ".join(f"D_f={d}" for d in dfs) + " |",
              "|---|---|" + "---|" * len(dfs)]
     by = {(r["method"], r["x"], r["d_f"]): r["loss"] for r in rows}

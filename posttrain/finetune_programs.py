@@ -100,8 +100,8 @@ class FinetunePrograms:
     def _bound(self, frozen):
         return _Bound(self.parts, self.method, frozen)
 
-    def train_step(self, batch_keys):
-        key = tuple(sorted(batch_keys))
+    def train_step(self, batch_keys, steps_per_call: int = 1):
+        key = (tuple(sorted(batch_keys)), steps_per_call)
         if key not in self._train:
             tc = self.cfg.trainer
 
@@ -115,14 +115,8 @@ class FinetunePrograms:
                 params = {"trainable": new["params"], "frozen": frozen}
                 return {"step": new["step"], "params": params, "opt_state": new["opt_state"]}, metrics
 
-            data = step_lib.batch_sharding(self.mesh)
-            replicated = NamedSharding(self.mesh, PartitionSpec())
-            self._train[key] = jax.jit(
-                step_lib.in_mesh(step, self.mesh),
-                in_shardings=(self.shardings, {k: data for k in key}, replicated),
-                out_shardings=(self.shardings, replicated),
-                donate_argnums=0,
-            )
+            fn = step if steps_per_call == 1 else step_lib.scanned(step)
+            self._train[key] = step_lib.jit_update(fn, self.mesh, self.shardings, key[0], steps_per_call)
         return self._train[key]
 
     def eval_step(self, batch_keys):

@@ -79,6 +79,9 @@ class TrainerConfig:
     tokens: int | None = None
     batch_size: int = 32  # global batch size in sequences
     microbatches: int = 1  # gradient accumulation: the batch is split into this many scanned pieces
+    # Steps per jitted call (lax.scan over that many batches): one dispatch, one transfer and one metrics
+    # fetch per call instead of per step, for small models whose steps take a few ms. The same updates.
+    steps_per_call: int = 1
     mesh: list[int] = field(default_factory=lambda: [-1, 1, 1])  # (data, fsdp, tensor); -1 = fill
     seed: int = 0
     checkpoint_every: int = 500  # 0 = only at the end
@@ -108,7 +111,7 @@ class TrainerConfig:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise UserError(f"trainer.{key}={value} must be a positive integer")
-        for key in ("batch_size", "microbatches", "max_to_keep", "log_every"):
+        for key in ("batch_size", "microbatches", "steps_per_call", "max_to_keep", "log_every"):
             if getattr(self, key) < 1:
                 raise UserError(f"trainer.{key}={getattr(self, key)} must be >= 1")
         for key in ("checkpoint_every", "eval_every"):
@@ -172,6 +175,7 @@ RESUME_SAFE_KEYS = frozenset(
         "trainer.local_device_count",
         "data.worker_count",
         "trainer.microbatches",
+        "trainer.steps_per_call",  # how steps are dispatched, not what they compute
         "model.remat",
         "model.attention_max_segments",  # which attention kernel runs, not what it computes
     }

@@ -56,11 +56,12 @@ class Programs:
         with jax.set_mesh(self.mesh):
             return self._init(np.int32(seed))
 
-    def train_step(self, batch_keys) -> Any:
-        key = tuple(sorted(batch_keys))
+    def train_step(self, batch_keys, steps_per_call: int = 1) -> Any:
+        """The update of one step, or of `steps_per_call` stacked batches in one call (step.train_steps)."""
+        key = (tuple(sorted(batch_keys)), steps_per_call)
         if key not in self._train:
             self._train[key] = step_lib.jit_train_step(
-                self.mesh, self.shardings, key, parts=self.parts, tx=self.tx,
+                self.mesh, self.shardings, key[0], steps_per_call=steps_per_call, parts=self.parts, tx=self.tx,
                 microbatches=self.microbatches, z_loss=self.z_loss,
             )
         return self._train[key]

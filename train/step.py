@@ -123,18 +123,40 @@ def train_step(state: dict, batch: dict, lr, *, parts: ModelParts, tx, microbatc
     return new_state, metrics
 
 
+def scanned(step_fn):
+    """step_fn(state, batch, lr) -> (state, metrics), made to run len(lrs) steps in one call: scanned over
+    batches stacked on a leading axis ([steps, batch, ...]), metrics stacked the same way. Bitwise the
+    updates of one call per step (tests/test_train_steps_per_call.py)."""
+
+    def steps(state, batches, lrs):
+        return jax.lax.scan(lambda s, xs: step_fn(s, *xs), state, (batches, lrs))
+
+    return steps
+
+
 def eval_step(params, batch: dict, *, parts: ModelParts) -> dict:
     """Per-row sums (so the caller can compute a mean and its standard error over rows)."""
     logits_BLV = forward(parts, params, batch, train=False)
     return weighted_row_losses(logits_BLV, batch["targets"], batch["loss_weights"])
 
 
-def jit_train_step(mesh, state_shardings, batch_keys, **static) -> Any:
-    data = batch_sharding(mesh)
+def stacked_batch_sharding(mesh) -> NamedSharding:
+    """Batches stacked for a `scanned` update: [steps, batch, ...], the batch axis sharded as in `batch_sharding`."""
+    return NamedSharding(mesh, PartitionSpec(None, *logical_to_spec(BATCH_SPEC_NAMES)))
+
+
+def jit_train_step(mesh, state_shardings, batch_keys, *, steps_per_call: int = 1, **static) -> Any:
+    """The jitted update: one step, or with `steps_per_call` > 1 that many over stacked batches (`scanned`)."""
+    fn = functools.partial(train_step, **static)
+    return jit_update(fn if steps_per_call == 1 else scanned(fn), mesh, state_shardings, batch_keys, steps_per_call)
+
+
+def jit_update(fn, mesh, state_shardings, batch_keys, steps_per_call: int = 1) -> Any:
+    """jit of an update fn(state, batch, lr) (or its `scanned` form): state donated, batches data-parallel."""
+    data = batch_sharding(mesh) if steps_per_call == 1 else stacked_batch_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
-    fn = in_mesh(functools.partial(train_step, **static), mesh)
     return jax.jit(
-        fn,
+        in_mesh(fn, mesh),
         in_shardings=(state_shardings, {k: data for k in batch_keys}, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,

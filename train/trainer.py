@@ -253,14 +253,15 @@ class _Run:
         )
         logger = MetricsLogger(run_dir, resume_step=start_step, enabled=primary, wandb_run=wandb_run)
         progress = Progress(total=total_steps, initial=start_step, enabled=primary and tc.progress_bar)
-        batch_sharding = step_lib.batch_sharding(mesh)
+        batch_sharding, stacked_sharding = step_lib.batch_sharding(mesh), step_lib.stacked_batch_sharding(mesh)
 
         max_segments = cfg.model.attention_max_segments
         # A causal decoder on a prefix objective (span corruption or prefix LM: Wang et al.'s causal-decoder
         # families) attends causally over the prefix too; the prefix only decides where the loss is taken.
         causal_decoder = cfg.model.variant == "decoder_only" and cfg.model.attention == "causal"
 
-        def to_global(batch: dict) -> dict:
+        def to_global(batch: dict, stacked: bool = False) -> dict:
+            """A host batch -> global arrays; `stacked`: [steps, batch, ...] for a multi-step call."""
             if causal_decoder:
                 batch = {k: v for k, v in batch.items() if k != "prefix_mask"}
             if max_segments:  # cuDNN's packed attention was compiled for this many documents per row
@@ -269,9 +270,8 @@ class _Run:
                         check_segments_fit(batch[key], max_segments, key=key)
                     except ValueError as e:
                         raise UserError(str(e)) from None
-            return {
-                k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()
-            }
+            sharding = stacked_sharding if stacked else batch_sharding
+            return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
         evaluator = _Evaluator(programs, make_eval, to_global, cfg, tokenizer)
         tokens_per_step = tc.batch_size * cfg.data.seq_len
@@ -303,24 +303,29 @@ def _cumulative(flops, tokens_per_step: int, step: int) -> dict:
 
 
 def _loop(run: _Run) -> None:
-    """Steps start_step..total_steps. The device is waited for only on checkpoint and eval steps: step t's
-    metrics are fetched while step t+1 runs."""
+    """Steps start_step..total_steps, `trainer.steps_per_call` at a time where no checkpoint or eval falls
+    inside a call (single steps elsewhere). The device is waited for only on checkpoint and eval steps: a
+    call's metrics are fetched while the next call runs."""
     tc, total_steps = run.cfg.trainer, run.total_steps
-    train_fn = None
-    pending = None  # (step number after the update, device metrics) of the last dispatched step
-    for step in range(run.start_step, total_steps):
-        batch = run.to_global(next(run.train_it))
-        if train_fn is None:
-            train_fn = run.programs.train_step(batch.keys())
-        run.state, metrics = train_fn(run.state, batch, run.lr_by_step[step])
+    pending = None  # (first step number after the update, stacked or single device metrics, steps) of the last call
+    step = run.start_step
+    while step < total_steps:
+        n = _call_length(step, tc, total_steps)
+        batches = [next(run.train_it) for _ in range(n)]
+        if n == 1:
+            batch, lr = run.to_global(batches[0]), run.lr_by_step[step]
+        else:
+            batch = run.to_global({k: np.stack([b[k] for b in batches]) for k in batches[0]}, stacked=True)
+            lr = run.lr_by_step[step : step + n]
+        run.state, metrics = run.programs.train_step(batch.keys(), n)(run.state, batch, lr)
         if pending is not None:
-            run.step_log.record(*pending)  # step t's metrics while step t+1 runs
-        pending = (step + 1, metrics)
-        done = step + 1
+            run.step_log.record_call(*pending)  # the last call's metrics while this one runs
+        pending = (step + 1, metrics, n)
+        step = done = step + n
         save_now = done == total_steps or (tc.checkpoint_every and done % tc.checkpoint_every == 0)
         eval_now = done == total_steps or (tc.eval_every and done % tc.eval_every == 0)
         if save_now or eval_now:
-            run.step_log.record(*pending)  # synchronous here: never checkpoint a NaN state
+            run.step_log.record_call(*pending)  # synchronous here: never checkpoint a NaN state
             pending = None
         if eval_now:
             run.step_log.last_eval = run.evaluator(run.state["params"], done)
@@ -330,11 +335,23 @@ def _loop(run: _Run) -> None:
             run.logger.flush()  # on gs:// the rows up to a checkpoint are stored before it can be trusted
             run.ckpt.save(done, run.state, run.train_it.get_state())
     if pending is not None:
-        run.step_log.record(*pending)
+        run.step_log.record_call(*pending)
     if run.start_step >= total_steps:  # re-run of a finished run: recompute its summary, train nothing
         rows = [r for r in run.logger.rows() if "loss" in r]
         run.step_log.last_loss = rows[-1]["loss"] if rows else float("nan")
         run.step_log.last_eval = run.evaluator(run.state["params"], total_steps)
+
+
+def _call_length(step: int, tc, total_steps: int) -> int:
+    """Steps the call after `step` runs: `steps_per_call` when none of them but the last is a checkpoint or
+    eval step (those need the state in between), else 1."""
+    k = tc.steps_per_call
+    if k == 1 or step + k > total_steps:
+        return 1
+    for every in (tc.checkpoint_every, tc.eval_every):
+        if every and (step + k - 1) // every > step // every:
+            return 1  # a multiple of `every` falls strictly inside (step, step + k)
+    return k
 
 
 def _summary(run: _Run) -> dict:
@@ -426,10 +443,19 @@ class _StepLog:
         self.mfu_values: list[float] = []
         self.window_start, self.window_steps, self.first_window = time.perf_counter(), 0, True
 
-    def record(self, step: int, metrics_dev, *, force_log: bool = False) -> None:
+    def record_call(self, first_step: int, metrics_dev, n_steps: int) -> None:
+        """The metrics of one call: one step's, or `n_steps` stacked on a leading axis (one fetch)."""
         import jax
 
-        m = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
+        host = jax.device_get(metrics_dev)
+        if n_steps == 1:
+            self.record(first_step, {k: float(v) for k, v in host.items()})
+            return
+        for i in range(n_steps):
+            self.record(first_step + i, {k: float(v[i]) for k, v in host.items()})
+
+    def record(self, step: int, m: dict, *, force_log: bool = False) -> None:
+        """A finished step's metrics, as host floats."""
         if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
             raise TrainingDiverged(
                 f"the loss became {m['loss']} (grad norm {m['grad_norm']}) at step {step}; stopping. The last "
