@@ -261,12 +261,13 @@ of the grid points; \
 
 ## Learning rates (measured)
 
-At the smallest budget each size was trained at 1/3x, 1x and 3x the planned rate, and the range widened by 3x \
-while some size's best rate sat at its edge; a parabola in log(lr) gives each size's best rate, and a power law \
-through those gives the rule every run then used: \
-lr = {lr['base_lr']:.3g} x ({lr['base_d_model']} / d_model)^{lr['width_exponent']:.2f} ({lr['exponent_source']}).
+At the smallest budget each size was trained at 1/3x, 1x and 3x the planned rate ({lr.get('seeds_per_point', 1)} \
+seed(s) a point, averaged), and the range widened by 3x while some size's best rate sat at its edge. The rule every \
+run then used is fitted to all sizes at once: around each size's best rate the loss is a parabola in log(lr) whose \
+vertex follows lr = {lr['base_lr']:.3g} x ({lr['base_d_model']} / d_model)^{lr['width_exponent']:.2f} \
+({lr['exponent_source']}). The table gives each size's own vertex (a 3-point parabola, noisier: a diagnostic).
 
-{_md_table(["d_model", "best lr", "how", "lr: eval loss"], lr_rows)}
+{_md_table(["d_model", "own vertex", "how", "lr: eval loss"], lr_rows)}
 
 ## Compute-optimal allocation
 

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from chinchax.experiments import demo_lr
@@ -38,3 +39,26 @@ def test_tune_reads_results_rows_and_the_range_widens_past_an_edge():
     assert demo_lr.extensions(rule, [1 / 3, 1.0, 3.0]) == [9.0]
     rule["how"][32] = "parabola"
     assert demo_lr.extensions(rule, [1 / 3, 1.0, 3.0]) == []
+
+
+def test_one_valley_for_every_size_recovers_the_rule_through_noise_and_averages_seeds():
+    rng = np.random.default_rng(0)
+    base, k, widths, mults = 9e-3, 0.6, (8, 16, 24, 32), (1 / 9, 1 / 3, 1.0, 3.0, 9.0)
+    rows = []
+    for d in widths:
+        best = base * (64 / d) ** k
+        planned = 1.4e-2 * (64 / d) ** 0.5  # the prior the sweep was planned with: off by up to 2x
+        for m in mults:
+            lr = planned * m
+            for seed in (0, 1):
+                loss = 2.0 + 0.05 * d / 32 + 0.08 * math.log(lr / best) ** 2 + rng.normal(0, 0.01)
+                rows.append({"d_model": d, "learning_rate": lr, "loss": loss, "seed": seed})
+    rule = demo_lr.tune(rows, base_d_model=64)
+    assert rule["seeds_per_point"] == 2 and "one valley" in rule["exponent_source"]
+    assert rule["width_exponent"] == pytest.approx(k, abs=0.15)
+    assert rule["base_lr"] == pytest.approx(base, rel=0.25)
+    assert all(len(p) == len(mults) for p in rule["points"].values())  # seeds averaged into one point per rate
+    # with no size bracketed the joint fit is impossible: the per-size vertices decide, and say so
+    edge_rows = [r for r in rows if r["learning_rate"] < 1.4e-2 * (64 / r["d_model"]) ** 0.5 / 2]
+    fallback = demo_lr.tune(edge_rows, base_d_model=64)
+    assert "joint fit was not possible" in fallback["exponent_source"]
