@@ -23,7 +23,7 @@ from flax import nnx
 
 from chinchax.model.config import ModelConfig
 from chinchax.model.cudnn_segments import cudnn_segment_attention
-from chinchax.model.layers import dense_init, param
+from chinchax.model.layers import dense_init, param, project
 
 # --- masks ---------------------------------------------------------------------------------------
 
@@ -154,8 +154,8 @@ class Attention(nnx.Module):
     def project_kv(self, x_BSD: jax.Array, positions_BS: jax.Array | None):
         """Keys and values [B, S, G, K] (RoPE applied to keys): what a decoding cache stores."""
         dtype = x_BSD.dtype
-        k_BSGK = jnp.einsum("BSD,DGK->BSGK", x_BSD, self.k_DGK[...].astype(dtype))
-        v_BSGK = jnp.einsum("BSD,DGK->BSGK", x_BSD, self.v_DGK[...].astype(dtype))
+        k_BSGK = project(x_BSD, self.k_DGK[...].astype(dtype))
+        v_BSGK = project(x_BSD, self.v_DGK[...].astype(dtype))
         if self.cfg.use_bias:
             k_BSGK = k_BSGK + self.k_bias_GK[...].astype(dtype)
             v_BSGK = v_BSGK + self.v_bias_GK[...].astype(dtype)
@@ -166,7 +166,7 @@ class Attention(nnx.Module):
     def project_q(self, x_BLD: jax.Array, positions_BL: jax.Array | None) -> jax.Array:
         """Queries [B, L, H, K] (RoPE applied when positions are given)."""
         dtype = x_BLD.dtype
-        q_BLHK = jnp.einsum("BLD,DHK->BLHK", x_BLD, self.q_DHK[...].astype(dtype))
+        q_BLHK = project(x_BLD, self.q_DHK[...].astype(dtype))
         if self.cfg.use_bias:
             q_BLHK = q_BLHK + self.q_bias_HK[...].astype(dtype)
         if self.cfg.position == "rope" and positions_BL is not None:
@@ -179,7 +179,7 @@ class Attention(nnx.Module):
         dtype = x_BLD.dtype
         H, G = self.cfg.n_heads, self.cfg.kv_heads
         w_DNK = jnp.concatenate([self.q_DHK[...], self.k_DGK[...], self.v_DGK[...]], axis=1).astype(dtype)
-        qkv_BLNK = jnp.einsum("BLD,DNK->BLNK", x_BLD, w_DNK)
+        qkv_BLNK = project(x_BLD, w_DNK)
         q_BLHK, k_BLGK, v_BLGK = qkv_BLNK[:, :, :H], qkv_BLNK[:, :, H : H + G], qkv_BLNK[:, :, H + G :]
         if self.cfg.use_bias:
             q_BLHK = q_BLHK + self.q_bias_HK[...].astype(dtype)
@@ -206,7 +206,7 @@ class Attention(nnx.Module):
             dropout=self.attention_dropout,
             segments=segments,
         )
-        out_BLD = jnp.einsum("BLHK,HKD->BLD", out_BLHK, self.o_HKD[...].astype(q_BLHK.dtype))
+        out_BLD = project(out_BLHK, self.o_HKD[...].astype(q_BLHK.dtype), n_in=2)
         if self.cfg.use_bias:
             out_BLD = out_BLD + self.o_bias_D[...].astype(q_BLHK.dtype)
         return out_BLD

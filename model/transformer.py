@@ -22,7 +22,7 @@ from flax import nnx
 
 from chinchax.model.attention import Attention, RelativePositionBias, alibi_bias, attention_mask
 from chinchax.model.config import ModelConfig
-from chinchax.model.layers import Mlp, Norm, activation_fn, compute_dtype, dense_init, param
+from chinchax.model.layers import Mlp, Norm, activation_fn, compute_dtype, dense_init, param, project
 
 # The batch keys the model reads (docs/interfaces.md); the trainer passes exactly these.
 MODEL_INPUT_KEYS = (
@@ -315,18 +315,14 @@ class Transformer(nnx.Module):
         """Final hidden states -> float32 logits over the vocabulary."""
         cfg, dtype = self.cfg, x_BLD.dtype
         if cfg.mlm_transform:
-            x_BLD = jnp.einsum("BLD,DE->BLE", x_BLD, self.mlm_dense_DD[...].astype(dtype))
+            x_BLD = project(x_BLD, self.mlm_dense_DD[...].astype(dtype))
             x_BLD = self.mlm_norm(activation_fn(cfg.activation)(x_BLD + self.mlm_dense_bias_D[...].astype(dtype)))
         if cfg.tie_embeddings:
             if cfg.scale_tied_logits:
                 x_BLD = x_BLD * jnp.asarray(cfg.d_model**-0.5, dtype)
-            logits_BLV = jnp.einsum(
-                "BLD,VD->BLV", x_BLD, self.embedding_VD[...].astype(dtype), preferred_element_type=jnp.float32
-            )
+            logits_BLV = project(x_BLD, self.embedding_VD[...].astype(dtype).T, preferred_element_type=jnp.float32)
         else:
-            logits_BLV = jnp.einsum(
-                "BLD,DV->BLV", x_BLD, self.unembedding_DV[...].astype(dtype), preferred_element_type=jnp.float32
-            )
+            logits_BLV = project(x_BLD, self.unembedding_DV[...].astype(dtype), preferred_element_type=jnp.float32)
         if cfg.output_bias:
             logits_BLV = logits_BLV + self.output_bias_V[...]
         return constrain(logits_BLV, ("batch", "length", "vocab"))
