@@ -2,6 +2,7 @@
 nothing: a run trained after another of its shape equals the same run trained alone, bitwise. Also the
 run.json contract: a crash never writes a finished run, and MFU leaves out the window that compiled."""
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ from chinchax.train.config import ExperimentConfig
 from chinchax.train.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("train_fakes", Path(__file__).with_name("train_fakes.py"))
+train_fakes = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_fakes)
 TINY = [
     "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.d_ff=64", "model.max_len=32",
     "data.seq_len=32", "data.eval_batches=2", "trainer.batch_size=4", "trainer.checkpoint_every=0",
@@ -97,29 +101,10 @@ def test_the_learning_rate_given_to_the_step_is_the_schedules(tmp_path):
 
 
 def test_a_crash_mid_run_writes_no_finished_run_json(tmp_path):
-    from chinchax.train.trainer import _default_data, train
+    from chinchax.train.trainer import train
 
     cfg = _cfg(tmp_path / "crash", "trainer.steps=12")
-
-    def failing_data(i, n):
-        it, make_eval, tok = _default_data(cfg, i, n)
-
-        class Failing:
-            served = 0
-
-            def __next__(self):
-                if self.served == 7:
-                    raise OSError("disk gone at batch 7")
-                self.served += 1
-                return next(it)
-
-            def get_state(self):
-                return it.get_state()
-
-            def set_state(self, s):
-                it.set_state(s)
-
-        return Failing(), make_eval, tok
+    failing_data = train_fakes.data_failing_after(cfg, 7, OSError("disk gone at batch 7"))
 
     with pytest.raises(OSError, match="disk gone"):
         train(cfg, data=failing_data)

@@ -2,6 +2,7 @@
 the run of one call per step: the same losses, evals and checkpoints, bitwise, through checkpoint and
 eval steps that fall inside a call, a tail shorter than a call, and a resume."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from chinchax.train.config import ExperimentConfig
 from chinchax.train.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("train_fakes", Path(__file__).with_name("train_fakes.py"))
+train_fakes = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_fakes)
 TINY = [
     "model.d_model=16", "model.n_layers=1", "model.n_heads=2", "model.d_ff=32", "model.max_len=16",
     "data.seq_len=16", "data.eval_batches=2", "trainer.batch_size=4", "trainer.checkpoint_every=6",
@@ -63,30 +67,11 @@ def test_four_steps_a_call_train_the_same_run_bitwise(one_per_step, tmp_path):
 
 
 def test_a_run_interrupted_one_way_resumes_the_other_bitwise(one_per_step, tmp_path):
-    from chinchax.train.trainer import _default_data, train
+    from chinchax.train.trainer import train
 
     base_dir, base = one_per_step
     cfg = _cfg(tmp_path / "r", "trainer.steps_per_call=4")
-
-    def failing_data(i, n):
-        it, make_eval, tok = _default_data(cfg, i, n)
-
-        class Failing:
-            served = 0
-
-            def __next__(self):
-                if self.served == 9:
-                    raise OSError("killed at batch 9")
-                self.served += 1
-                return next(it)
-
-            def get_state(self):
-                return it.get_state()
-
-            def set_state(self, s):
-                it.set_state(s)
-
-        return Failing(), make_eval, tok
+    failing_data = train_fakes.data_failing_after(cfg, 9, OSError("killed at batch 9"))
 
     with pytest.raises(OSError, match="killed"):
         train(cfg, data=failing_data)
