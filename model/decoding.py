@@ -213,8 +213,9 @@ def _generate(
 
 def _sampling_arrays(cfg: SamplingConfig) -> dict:
     """Sampling settings as arrays, so changing them (or the seed) reuses the compiled loop. Stop tokens
-    are padded with -1 to a multiple of 8 (recompiles only past 8, 16, ... stop tokens)."""
-    n_stop = -(-len(cfg.stop_tokens) // 8) * 8
+    are padded with -1 to a multiple of 8, at least 8, so none and up to 8 share a shape (recompiles only
+    past 8, 16, ... stop tokens)."""
+    n_stop = max(1, -(-len(cfg.stop_tokens) // 8)) * 8
     stop = np.full((n_stop,), -1, np.int32)
     stop[: len(cfg.stop_tokens)] = cfg.stop_tokens
     return {

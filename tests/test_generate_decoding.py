@@ -155,10 +155,6 @@ def test_bad_requests_are_user_errors():
 def test_decoding_is_jit_compiled_once_for_all_sampling_settings():
     from chinchax.model import decoding
 
-    # Twice first: the suite's earlier tests in this process can leave the first call one extra compile
-    # (seen once under pytest-xdist, not reproducible alone); the property is that the settings below,
-    # every one of them changed, reuse what the default settings compiled.
-    run("learned", SamplingConfig(max_new_tokens=N))
     run("learned", SamplingConfig(max_new_tokens=N))
     before = decoding._generate._cache_size()
     run("learned", SamplingConfig(max_new_tokens=N, temperature=0.7, top_k=5, top_p=0.9, seed=9, stop_tokens=(7,)))
