@@ -57,7 +57,7 @@ class Programs:
             return self._init(np.int32(seed))
 
     def train_step(self, batch_keys, steps_per_call: int = 1) -> Any:
-        """The update of one step, or of `steps_per_call` stacked batches in one call (step.train_steps)."""
+        """The update of one step, or of `steps_per_call` stacked batches in one call (step.scanned)."""
         key = (tuple(sorted(batch_keys)), steps_per_call)
         if key not in self._train:
             self._train[key] = step_lib.jit_train_step(

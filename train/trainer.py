@@ -308,6 +308,7 @@ def _loop(run: _Run) -> None:
     call's metrics are fetched while the next call runs."""
     tc, total_steps = run.cfg.trainer, run.total_steps
     pending = None  # (first step number after the update, stacked or single device metrics, steps) of the last call
+    update_fns = {}  # steps a call -> the compiled update (looked up once, not every step)
     step = run.start_step
     while step < total_steps:
         n = _call_length(step, tc, total_steps)
@@ -317,7 +318,9 @@ def _loop(run: _Run) -> None:
         else:
             batch = run.to_global({k: np.stack([b[k] for b in batches]) for k in batches[0]}, stacked=True)
             lr = run.lr_by_step[step : step + n]
-        run.state, metrics = run.programs.train_step(batch.keys(), n)(run.state, batch, lr)
+        if n not in update_fns:
+            update_fns[n] = run.programs.train_step(batch.keys(), n)
+        run.state, metrics = update_fns[n](run.state, batch, lr)
         if pending is not None:
             run.step_log.record_call(*pending)  # the last call's metrics while this one runs
         pending = (step + 1, metrics, n)
@@ -454,7 +457,7 @@ class _StepLog:
         for i in range(n_steps):
             self.record(first_step + i, {k: float(v[i]) for k, v in host.items()})
 
-    def record(self, step: int, m: dict, *, force_log: bool = False) -> None:
+    def record(self, step: int, m: dict) -> None:
         """A finished step's metrics, as host floats."""
         if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
             raise TrainingDiverged(
@@ -464,7 +467,7 @@ class _StepLog:
             )
         self.last_loss = m["loss"]
         self.window_steps += 1
-        if step % self.cfg.trainer.log_every and not force_log and step != self.cfg.total_steps:
+        if step % self.cfg.trainer.log_every and step != self.cfg.total_steps:
             return
         now = time.perf_counter()
         step_time = (now - self.window_start) / self.window_steps
