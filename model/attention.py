@@ -23,7 +23,7 @@ from flax import nnx
 
 from chinchax.model.config import ModelConfig
 from chinchax.model.cudnn_segments import cudnn_segment_attention
-from chinchax.model.layers import dense_init, param, project
+from chinchax.model.layers import LoraSpec, dense_init, lora_adapters, param, project
 
 # --- masks ---------------------------------------------------------------------------------------
 
@@ -137,7 +137,7 @@ class RelativePositionBias(nnx.Module):
 class Attention(nnx.Module):
     """Multi-head / grouped-query / multi-query attention; self- or cross-attention."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoraSpec | None = None):
         self.cfg = cfg
         D, H, G, K = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size
         self.q_DHK = param(rngs, dense_init(), (D, H, K), ("embed", "heads", "kv"))
@@ -150,12 +150,19 @@ class Attention(nnx.Module):
             self.v_bias_GK = param(rngs, nnx.initializers.zeros, (G, K), ("kv_heads", "kv"))
             self.o_bias_D = param(rngs, nnx.initializers.zeros, (D,), ("embed",))
         self.attention_dropout = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
+        kernels = {
+            "q": ((D, H, K), ("embed", "heads", "kv"), 1),
+            "k": ((D, G, K), ("embed", "kv_heads", "kv"), 1),
+            "v": ((D, G, K), ("embed", "kv_heads", "kv"), 1),
+            "o": ((H, K, D), ("heads", "kv", "embed"), 2),
+        }
+        lora_adapters(self, lora, kernels, rngs)
 
     def project_kv(self, x_BSD: jax.Array, positions_BS: jax.Array | None):
         """Keys and values [B, S, G, K] (RoPE applied to keys): what a decoding cache stores."""
         dtype = x_BSD.dtype
-        k_BSGK = project(x_BSD, self.k_DGK[...].astype(dtype))
-        v_BSGK = project(x_BSD, self.v_DGK[...].astype(dtype))
+        k_BSGK = project(x_BSD, self.k_DGK[...].astype(dtype), adapter=getattr(self, "k_lora", None))
+        v_BSGK = project(x_BSD, self.v_DGK[...].astype(dtype), adapter=getattr(self, "v_lora", None))
         if self.cfg.use_bias:
             k_BSGK = k_BSGK + self.k_bias_GK[...].astype(dtype)
             v_BSGK = v_BSGK + self.v_bias_GK[...].astype(dtype)
@@ -166,7 +173,7 @@ class Attention(nnx.Module):
     def project_q(self, x_BLD: jax.Array, positions_BL: jax.Array | None) -> jax.Array:
         """Queries [B, L, H, K] (RoPE applied when positions are given)."""
         dtype = x_BLD.dtype
-        q_BLHK = project(x_BLD, self.q_DHK[...].astype(dtype))
+        q_BLHK = project(x_BLD, self.q_DHK[...].astype(dtype), adapter=getattr(self, "q_lora", None))
         if self.cfg.use_bias:
             q_BLHK = q_BLHK + self.q_bias_HK[...].astype(dtype)
         if self.cfg.position == "rope" and positions_BL is not None:
@@ -181,6 +188,13 @@ class Attention(nnx.Module):
         w_DNK = jnp.concatenate([self.q_DHK[...], self.k_DGK[...], self.v_DGK[...]], axis=1).astype(dtype)
         qkv_BLNK = project(x_BLD, w_DNK)
         q_BLHK, k_BLGK, v_BLGK = qkv_BLNK[:, :, :H], qkv_BLNK[:, :, H : H + G], qkv_BLNK[:, :, H + G :]
+        # LoRA adapters stay per kernel beside the fused base product (peft's q_proj/k_proj/v_proj)
+        if hasattr(self, "q_lora"):
+            q_BLHK = q_BLHK + self.q_lora(x_BLD, 1)
+        if hasattr(self, "k_lora"):
+            k_BLGK = k_BLGK + self.k_lora(x_BLD, 1)
+        if hasattr(self, "v_lora"):
+            v_BLGK = v_BLGK + self.v_lora(x_BLD, 1)
         if self.cfg.use_bias:
             q_BLHK = q_BLHK + self.q_bias_HK[...].astype(dtype)
             k_BLGK = k_BLGK + self.k_bias_GK[...].astype(dtype)
@@ -206,7 +220,7 @@ class Attention(nnx.Module):
             dropout=self.attention_dropout,
             segments=segments,
         )
-        out_BLD = project(out_BLHK, self.o_HKD[...].astype(q_BLHK.dtype), n_in=2)
+        out_BLD = project(out_BLHK, self.o_HKD[...].astype(q_BLHK.dtype), n_in=2, adapter=getattr(self, "o_lora", None))
         if self.cfg.use_bias:
             out_BLD = out_BLD + self.o_bias_D[...].astype(q_BLHK.dtype)
         return out_BLD

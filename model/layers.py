@@ -7,6 +7,8 @@ compute dtype (activations and matmul inputs).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,16 +34,75 @@ def compute_dtype(cfg: ModelConfig | str):
     return jnp.bfloat16 if name == "bfloat16" else jnp.float32
 
 
-def project(x: jax.Array, w: jax.Array, n_in: int = 1, preferred_element_type=None) -> jax.Array:
+def project(
+    x: jax.Array, w: jax.Array, n_in: int = 1, preferred_element_type=None, adapter: LoraAdapter | None = None
+) -> jax.Array:
     """x [..., *I] · w [*I, *O] -> [..., *O] (I = w's first `n_in` axes) as one 2-D matmul over the
     flattened tokens. Written as a 3-D einsum ("BLD,DF->BLF") the same product differentiates into dots
     contracting two axes at once, which XLA:CPU runs through a slow path: the gradient of a d_model 48 MLP
-    input projection took 2.7 ms instead of 0.63 (docs/benchmarks.md). Reshapes of contiguous axes are free."""
+    input projection took 2.7 ms instead of 0.63 (docs/benchmarks.md). Reshapes of contiguous axes are free.
+    With a LoRA `adapter` of this kernel: x·w + s·dropout(x)·A·B (the plain model passes none)."""
     ins, outs = w.shape[:n_in], w.shape[n_in:]
     lead = x.shape[: x.ndim - n_in]
     size_in, size_out = int(np.prod(ins)), int(np.prod(outs))
     y = jnp.dot(x.reshape(-1, size_in), w.reshape(size_in, size_out), preferred_element_type=preferred_element_type)
-    return y.reshape(*lead, *outs)
+    y = y.reshape(*lead, *outs)
+    if adapter is not None:
+        y = y + adapter(x, n_in).astype(y.dtype)
+    return y
+
+
+# --- LoRA adapters (fine-tuning only: chinchax.posttrain builds the model with a LoraSpec) -------------
+
+LORA_DROPOUT_STREAM = "lora_dropout"  # the nnx.Rngs stream of the adapters' input dropout
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Which kernels carry a LoRA adapter (names among q k v o wi wi_linear wo) and its rank, scale
+    (alpha / rank) and input dropout. Hashable: it sits in the graph definition, not in the state."""
+
+    rank: int
+    scale: float
+    dropout: float
+    targets: frozenset[str]
+
+
+class LoraAdapter(nnx.Module):
+    """peft's LoRA branch of one kernel w [*I, *O]: s · dropout(x)·A·B with A [*I, r], B [r, *O].
+
+    Dropout acts on the branch's input only (peft's `lora_dropout`); the base product x·w is never dropped.
+    A and B are created as zeros here: a fine-tune fills them from its trainable state
+    (chinchax.posttrain.adapters.init_adapters), so building the model draws nothing from the `params`
+    stream and the base's dropout streams stay those of the plain model. The dropout draws from its own
+    stream, LORA_DROPOUT_STREAM (each call a fresh key: q, k and v of one input get independent masks, as
+    peft's separate q_proj/k_proj/v_proj modules do)."""
+
+    def __init__(self, w_shape, w_names, n_in: int, spec: LoraSpec, *, rngs: nnx.Rngs):
+        ins, outs = tuple(w_shape[:n_in]), tuple(w_shape[n_in:])
+        r = spec.rank
+        names_in, names_out = tuple(w_names[:n_in]), tuple(w_names[n_in:])
+        self.a = nnx.Param(jnp.zeros((*ins, r), jnp.float32), out_sharding=(*names_in, None), eager_sharding=False)
+        self.b = nnx.Param(jnp.zeros((r, *outs), jnp.float32), out_sharding=(None, *names_out), eager_sharding=False)
+        self.scale = spec.scale
+        # rate 0: no stream at all (nothing to draw), so dropout-free adapters add no RNG state
+        stream = rngs if spec.dropout > 0 else None
+        self.dropout = nnx.Dropout(spec.dropout, rngs=stream, rng_collection=LORA_DROPOUT_STREAM)
+
+    def __call__(self, x: jax.Array, n_in: int) -> jax.Array:
+        dtype = x.dtype
+        h = project(self.dropout(x), self.a[...].astype(dtype), n_in)
+        return project(h * jnp.asarray(self.scale, dtype), self.b[...].astype(dtype))
+
+
+def lora_adapters(module: nnx.Module, lora: LoraSpec | None, kernels: dict, rngs: nnx.Rngs) -> None:
+    """Attach `{name}_lora` to `module` for each `name: (kernel shape, logical names, n_in)` in `kernels`
+    that `lora` targets."""
+    if lora is None:
+        return
+    for name, (shape, names, n_in) in kernels.items():
+        if name in lora.targets:
+            setattr(module, f"{name}_lora", LoraAdapter(shape, names, n_in, lora, rngs=rngs))
 
 
 def dense_init(fan_in_axes: int = 1) -> Initializer:
@@ -91,7 +152,7 @@ def activation_fn(name: str):
 class Mlp(nnx.Module):
     """d_model -> d_ff -> d_model; gated variants (SwiGLU, GeGLU) multiply act(x·wi) by x·wi_gate."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoraSpec | None = None):
         self.cfg = cfg
         D, F = cfg.d_model, cfg.d_ff
         self.wi_DF = param(rngs, dense_init(), (D, F), ("embed", "mlp"))
@@ -101,16 +162,21 @@ class Mlp(nnx.Module):
         if cfg.use_bias:
             self.bi_F = param(rngs, nnx.initializers.zeros, (F,), ("mlp",))
             self.bo_D = param(rngs, nnx.initializers.zeros, (D,), ("embed",))
+        kernels = {"wi": ((D, F), ("embed", "mlp"), 1), "wo": ((F, D), ("mlp", "embed"), 1)}
+        if cfg.gated:
+            kernels["wi_linear"] = ((D, F), ("embed", "mlp"), 1)
+        lora_adapters(self, lora, kernels, rngs)
 
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
         dtype = x_BLD.dtype
-        h_BLF = project(x_BLD, self.wi_DF[...].astype(dtype))
+        h_BLF = project(x_BLD, self.wi_DF[...].astype(dtype), adapter=getattr(self, "wi_lora", None))
         if self.cfg.use_bias:
             h_BLF = h_BLF + self.bi_F[...].astype(dtype)
         h_BLF = activation_fn(self.cfg.activation)(h_BLF)
         if self.cfg.gated:
-            h_BLF = h_BLF * project(x_BLD, self.wi_linear_DF[...].astype(dtype))
-        out_BLD = project(h_BLF, self.wo_FD[...].astype(dtype))
+            gate_lora = getattr(self, "wi_linear_lora", None)
+            h_BLF = h_BLF * project(x_BLD, self.wi_linear_DF[...].astype(dtype), adapter=gate_lora)
+        out_BLD = project(h_BLF, self.wo_FD[...].astype(dtype), adapter=getattr(self, "wo_lora", None))
         if self.cfg.use_bias:
             out_BLD = out_BLD + self.bo_D[...].astype(dtype)
         return out_BLD

@@ -22,7 +22,16 @@ from flax import nnx
 
 from chinchax.model.attention import Attention, RelativePositionBias, alibi_bias, attention_mask
 from chinchax.model.config import ModelConfig
-from chinchax.model.layers import Mlp, Norm, activation_fn, compute_dtype, dense_init, param, project
+from chinchax.model.layers import (
+    LoraSpec,
+    Mlp,
+    Norm,
+    activation_fn,
+    compute_dtype,
+    dense_init,
+    param,
+    project,
+)
 
 # The batch keys the model reads (docs/interfaces.md); the trainer passes exactly these.
 MODEL_INPUT_KEYS = (
@@ -65,15 +74,15 @@ def constrain(x: jax.Array, names: tuple[str, ...]) -> jax.Array:
 class Block(nnx.Module):
     """Self-attention, optional cross-attention, MLP; each residual branch pre- or post-normed."""
 
-    def __init__(self, cfg: ModelConfig, *, cross: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, cross: bool, rngs: nnx.Rngs, lora: LoraSpec | None = None):
         self.cfg = cfg
         self.self_attention_norm = Norm(cfg, rngs=rngs)
-        self.self_attention = Attention(cfg, rngs=rngs)
+        self.self_attention = Attention(cfg, rngs=rngs, lora=lora)
         if cross:
             self.cross_attention_norm = Norm(cfg, rngs=rngs)
-            self.cross_attention = Attention(cfg, rngs=rngs)
+            self.cross_attention = Attention(cfg, rngs=rngs, lora=lora)
         self.mlp_norm = Norm(cfg, rngs=rngs)
-        self.mlp = Mlp(cfg, rngs=rngs)
+        self.mlp = Mlp(cfg, rngs=rngs, lora=lora)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def _residual(self, x_BLD, norm: Norm, branch) -> jax.Array:
@@ -122,7 +131,9 @@ class Block(nnx.Module):
 class Stack(nnx.Module):
     """A stack of blocks with what belongs to it alone: position table or bias, embedding norm, final norm."""
 
-    def __init__(self, cfg: ModelConfig, *, n_layers: int, causal: bool, cross: bool, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: ModelConfig, *, n_layers: int, causal: bool, cross: bool, rngs: nnx.Rngs, lora: LoraSpec | None = None
+    ):
         self.cfg = cfg
         self.n_layers = n_layers
         self.causal = causal
@@ -138,7 +149,7 @@ class Stack(nnx.Module):
         @nnx.split_rngs(splits=n_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_blocks(rngs: nnx.Rngs) -> Block:
-            return Block(cfg, cross=cross, rngs=rngs)
+            return Block(cfg, cross=cross, rngs=rngs, lora=lora)
 
         self.blocks = make_blocks(rngs)
         if cfg.final_norm:
@@ -270,7 +281,9 @@ class Stack(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoraSpec | None = None):
+        """`lora`: LoRA adapters on the blocks' kernels (fine-tuning, model/layers.LoraAdapter; their input
+        dropout draws from the `lora_dropout` stream of `rngs`). None, the default, is the plain model."""
         cfg = cfg.validate()
         self.cfg = cfg
         V, D = cfg.vocab_size, cfg.d_model
@@ -280,12 +293,12 @@ class Transformer(nnx.Module):
                 rngs, nnx.initializers.normal(0.02), (cfg.n_token_types, D), (None, "embed")
             )
         if cfg.variant == "encoder_decoder":
-            self.encoder = Stack(cfg, n_layers=cfg.encoder_layers, causal=False, cross=False, rngs=rngs)
-            self.decoder = Stack(cfg, n_layers=cfg.n_layers, causal=True, cross=True, rngs=rngs)
+            self.encoder = Stack(cfg, n_layers=cfg.encoder_layers, causal=False, cross=False, rngs=rngs, lora=lora)
+            self.decoder = Stack(cfg, n_layers=cfg.n_layers, causal=True, cross=True, rngs=rngs, lora=lora)
         elif cfg.variant == "encoder_only":
-            self.encoder = Stack(cfg, n_layers=cfg.n_layers, causal=False, cross=False, rngs=rngs)
+            self.encoder = Stack(cfg, n_layers=cfg.n_layers, causal=False, cross=False, rngs=rngs, lora=lora)
         else:
-            self.decoder = Stack(cfg, n_layers=cfg.n_layers, causal=True, cross=False, rngs=rngs)
+            self.decoder = Stack(cfg, n_layers=cfg.n_layers, causal=True, cross=False, rngs=rngs, lora=lora)
         if cfg.mlm_transform:
             self.mlm_dense_DD = param(rngs, dense_init(), (D, D), ("embed", None))
             self.mlm_dense_bias_D = param(rngs, nnx.initializers.zeros, (D,), (None,))

@@ -1,18 +1,23 @@
-"""LoRA adapters on chinchax parameters, applied in weight space: W' = W + (alpha / r) · A·B.
+"""LoRA adapters on chinchax parameters: peft's LoRA, y = x·W + (alpha / r) · dropout(x)·A·B.
 
 A weight with input axes I and output axes O (the model's kernels: q_DHK, k_DGK, v_DGK, o_HKD, wi_DF,
 wi_linear_DF, wo_FD; scanned blocks add a leading layers axis Y) gets A of shape [Y, *I, r] (uniform
 ±1/sqrt(fan_in), as peft's kaiming_uniform(a=sqrt 5)) and B of shape [Y, r, *O] (zeros), so training
-starts from the base model exactly. x·W' = x·W + s·x·A·B: the same output as peft's LoRA layer.
+starts from the base model exactly.
 
-Why weight space rather than qwix's `LoraProvider` (measured with qwix 0.1.8, docs/finetuning.md): qwix
-creates its adapters on the first call from inside the model, and inside the model's `nnx.scan` over
-layers that raises (IndexError from lax.scan); and it recognises a weight by identity among the module's
-params, so self-attention's fused q|k|v matmul (a concatenation, not a param) would silently get no
-adapter. Merging A·B into the weight before the unchanged forward pass needs neither, works for every
-model variant, and gives the merged model for export for free. Its cost: one [I, O] product per adapted
-weight per step (r/I of a token's matmul work per weight: small next to a batch's), and LoRA dropout,
-which acts on the adapter's input activations, has no weight-space form (`lora.dropout` must be 0).
+Training runs the adapters in activation space, inside the model: `Transformer(cfg, lora=LoraSpec)` gives
+each adapted kernel's module a `{name}_lora` (model/layers.LoraAdapter) and `layers.project` adds
+s·dropout(x)·A·B beside x·W (self-attention's fused q|k|v matmul adds the q, k and v adapters after it).
+`place` puts the fine-tune's trainable A, B into that model's params. LoRA dropout (peft's `lora_dropout`)
+needs this form: it masks the adapter's input activations, which no weight-space update can express. It
+is also the cheaper form for training: the frozen W needs no weight gradient, where a merged W' = W + s·A·B
+needs x^T·dy, a full [I, O] product over every token (docs/finetuning.md). `merge` (weight space) remains
+for export: the merged model is the plain model with W + s·A·B, peft's `merge_and_unload`.
+
+Why not qwix's `LoraProvider` (measured with qwix 0.1.8, docs/finetuning.md): qwix creates its adapters on
+the first call from inside the model, and inside the model's `nnx.scan` over layers that raises
+(IndexError from lax.scan); and it recognises a weight by identity among the module's params, so
+self-attention's fused q|k|v matmul (a concatenation, not a param) would silently get no adapter.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from chinchax.errors import UserError
+from chinchax.model.layers import LoraSpec
 
 # target name -> kernel leaf name, and how many of its leading (non-layer) axes are inputs
 TARGET_KERNELS = {
@@ -38,6 +44,7 @@ TARGET_KERNELS = {
 }
 TARGET_GROUPS = {"attention": ("q", "k", "v", "o"), "mlp": ("wi", "wi_linear", "wo")}
 KERNEL_INPUT_AXES = dict(TARGET_KERNELS.values())
+LEAF_TARGET = {leaf: name for name, (leaf, _) in TARGET_KERNELS.items()}
 
 
 @dataclass(frozen=True)
@@ -55,10 +62,11 @@ class LoraConfig:
     def validate(self) -> LoraConfig:
         if self.rank <= 0:
             raise UserError(f"finetune.lora.rank={self.rank} must be a positive integer (typical: 4-64)")
-        if self.dropout != 0.0:
+        if not 0.0 <= self.dropout < 1.0:  # also refuses NaN
             raise UserError(
-                f"finetune.lora.dropout={self.dropout}: LoRA dropout is not supported (adapters are merged into "
-                "the weights, where input dropout has no form; docs/finetuning.md). Set finetune.lora.dropout=0"
+                f"finetune.lora.dropout={self.dropout} is not a dropout rate: it is the probability of zeroing an "
+                "input of the LoRA branch and must lie in [0, 1). Set finetune.lora.dropout=0.05 or 0.1 (peft's "
+                "usual values), or 0 for none"
             )
         known = set(TARGET_KERNELS) | set(TARGET_GROUPS)
         bad = [t for t in self.targets if t not in known]
@@ -142,8 +150,33 @@ def delta(w: AdaptedWeight, a: jax.Array, b: jax.Array, scale: float) -> jax.Arr
     return (scale * d_YIO).reshape(w.shape)
 
 
+def model_spec(lora: LoraConfig, weights: list[AdaptedWeight]) -> LoraSpec:
+    """What `Transformer(cfg, lora=...)` needs to build the adapter modules of `weights`."""
+    names = {LEAF_TARGET[w.path.split(".")[-1]] for w in weights}
+    return LoraSpec(lora.rank, lora.scale, float(lora.dropout), frozenset(names))
+
+
+def adapter_path(kernel_path: str) -> str:
+    """The adapter module of a kernel: decoder.blocks.self_attention.q_DHK -> ...self_attention.q_lora."""
+    module, leaf = kernel_path.rsplit(".", 1) if "." in kernel_path else ("", kernel_path)
+    name = f"{LEAF_TARGET[leaf]}_lora"
+    return f"{module}.{name}" if module else name
+
+
+def place(flat_base: dict, adapters: dict, weights: list[AdaptedWeight]) -> dict:
+    """The flat params of the adapted model (`model_spec`): the base's, plus each kernel's A and B at its
+    adapter module (a new dict; the base is not changed)."""
+    placed = dict(flat_base)
+    for w in weights:
+        module = adapter_path(w.path)
+        placed[f"{module}.a"] = adapters[w.path]["a"]
+        placed[f"{module}.b"] = adapters[w.path]["b"]
+    return placed
+
+
 def merge(flat_base: dict, adapters: dict, weights: list[AdaptedWeight], scale: float) -> dict:
-    """Base kernels with their adapters added (a new flat dict; the base is not changed)."""
+    """Base kernels with their adapters added, W + s·A·B: the plain model's params for export (a new flat
+    dict; the base is not changed). Equal to the adapted model in eval mode (no dropout)."""
     merged = dict(flat_base)
     for w in weights:
         ab = adapters[w.path]
@@ -153,3 +186,21 @@ def merge(flat_base: dict, adapters: dict, weights: list[AdaptedWeight], scale: 
 
 def count(adapters: dict) -> int:
     return int(sum(np.size(x) for ab in adapters.values() for x in ab.values()))
+
+
+def lora_model(cfg, flat_params: dict, spec: LoraSpec, *, seed: int = 0):
+    """A Transformer with LoRA adapters `spec` holding `flat_params` (the flat dict of `place`): to score
+    or inspect a fine-tune's unmerged model (the trainer builds its own, finetune_programs.adapted_parts)."""
+    from flax import nnx
+
+    from chinchax.model import Transformer
+    from chinchax.model.convert.hf import params_state, unflatten
+    from chinchax.model.layers import LORA_DROPOUT_STREAM
+
+    def make():
+        streams = {"params": seed, "dropout": seed + 1, LORA_DROPOUT_STREAM: seed + 2}
+        return Transformer(cfg, rngs=nnx.Rngs(**streams), lora=spec)
+
+    graphdef, abstract, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
+    return nnx.merge(graphdef, params_state(abstract, unflatten(dict(flat_params))), rest)

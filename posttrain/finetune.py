@@ -199,8 +199,16 @@ class Method:
             flat.update(dequantize_flat(stored, self.shapes, self.quant))
         return flat
 
+    @property
+    def lora_spec(self):
+        """The adapters the trained model is built with (`Transformer(cfg, lora=...)`); None: the plain model."""
+        if self.spec.method not in ("lora", "qlora"):
+            return None
+        return lora_lib.model_spec(self.spec.lora.lora(), self.targets)
+
     def params(self, trainable: dict, frozen: dict) -> dict:
-        """The model's params pure dict (adapters merged): what the unchanged forward pass runs on."""
+        """The params pure dict of the model a step runs: the plain model's (full, prompt tuning), or for
+        LoRA/QLoRA the adapted model's (`lora_spec`: base + A, B per adapted kernel, in activation space)."""
         from chinchax.model.convert.hf import flatten, unflatten
 
         m = self.spec.method
@@ -208,8 +216,17 @@ class Method:
             return trainable
         flat = self.base_flat(frozen)
         if m in ("lora", "qlora"):
-            adapters = _regroup(flatten(trainable["lora"]))
-            flat = lora_lib.merge(flat, adapters, self.targets, self.spec.lora.lora().scale)
+            flat = lora_lib.place(flat, _regroup(flatten(trainable["lora"])), self.targets)
+        return unflatten(flat)
+
+    def merged(self, trainable: dict, frozen: dict) -> dict:
+        """The plain model's params (adapters merged into the weights, NF4 dequantized): for export."""
+        from chinchax.model.convert.hf import flatten, unflatten
+
+        if self.spec.method not in ("lora", "qlora"):
+            return self.params(trainable, frozen)
+        adapters = _regroup(flatten(trainable["lora"]))
+        flat = lora_lib.merge(self.base_flat(frozen), adapters, self.targets, self.spec.lora.lora().scale)
         return unflatten(flat)
 
 

@@ -6,6 +6,11 @@ The train step IS the pretraining step (`train.step.train_step`: loss, z-loss, m
 AdamW direction times the step's rate), run on the trainable part alone, with a `ModelParts` bound to
 the frozen part: its `merge` builds the model from `Method.params(trainable, frozen)`. Gradients exist
 only for the trainable leaves (the NF4 codes are integers and could have none).
+
+LoRA/QLoRA run the model built with adapters (`Transformer(cfg, lora=method.lora_spec)`, `adapted_parts`):
+its graph and RNG streams are the plain model's plus the adapters' and, with dropout, their
+`lora_dropout` stream. The step folds its number into every stream's key (train.step), so LoRA dropout
+masks, like pretraining dropout's, depend on the step alone and a resumed run draws the same ones.
 """
 
 from __future__ import annotations
@@ -60,17 +65,50 @@ def _shardings(abs_state, param_specs, base_flat: dict, mesh):
         keys = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
         for start in range(len(keys)):
             dotted = ".".join(keys[start:])
-            if dotted in specs and tuple(base_flat[dotted].shape) == tuple(leaf.shape):
+            if dotted in base_flat and dotted in specs and tuple(base_flat[dotted].shape) == tuple(leaf.shape):
                 return NamedSharding(mesh, specs[dotted])
         return NamedSharding(mesh, PartitionSpec())
 
     return jax.tree_util.tree_map_with_path(sharding, abs_state)
 
 
+def adapted_parts(model_cfg, mesh, seed: int, lora) -> state_lib.ModelParts:
+    """`train.state.model_parts` of the model with LoRA adapters `lora` (model/layers.LoraSpec). Its params,
+    dropout streams and their keys are the plain model's (same seeds; the adapters draw no `params` key),
+    plus the adapters' A, B and the `lora_dropout` stream (from the seed too)."""
+    import flax.linen as nn
+    from flax import nnx
+
+    from chinchax.model import Transformer
+    from chinchax.model.layers import LORA_DROPOUT_STREAM
+    from chinchax.sharding import LOGICAL_AXIS_RULES
+
+    def new_model():
+        streams = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1),
+                   LORA_DROPOUT_STREAM: jax.random.fold_in(jax.random.key(seed), 0x10CA)}
+        return Transformer(model_cfg, rngs=nnx.Rngs(**streams), lora=lora)
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        graphdef, abs_params, _, _ = nnx.split(nnx.eval_shape(new_model), nnx.Param, nnx.RngKey, ...)
+        specs = nnx.to_pure_dict(nnx.get_partition_spec(abs_params))
+        mask = state_lib.decay_mask_from_variables(abs_params)
+
+    @jax.jit
+    def rng_state():
+        _, _, keys, other = nnx.split(new_model(), nnx.Param, nnx.RngKey, ...)
+        return jax.tree.map(jax.random.key_data, nnx.to_pure_dict(keys)), nnx.to_pure_dict(other)
+
+    key_data, other = jax.device_get(rng_state())
+    return state_lib.ModelParts(graphdef, key_data, other, specs, mask)
+
+
 class FinetunePrograms:
     def __init__(self, cfg, mesh, method, base_flat: dict):
         self.cfg, self.mesh, self.method = cfg, mesh, method
-        self.parts = state_lib.model_parts(cfg.model, mesh, cfg.trainer.seed)
+        if method.lora_spec is None:
+            self.parts = state_lib.model_parts(cfg.model, mesh, cfg.trainer.seed)
+        else:
+            self.parts = adapted_parts(cfg.model, mesh, cfg.trainer.seed, method.lora_spec)
         trainable, frozen = method.split(base_flat, cfg.trainer.seed)
         decay = None
         if method.spec.method == "full":
@@ -137,7 +175,7 @@ class FinetunePrograms:
 
     def merged_params(self, params) -> dict:
         """The plain model params of a fine-tuned state (adapters merged, NF4 dequantized), host numpy."""
-        merged = jax.jit(lambda p: self.method.params(p["trainable"], p["frozen"]))(params)
+        merged = jax.jit(lambda p: self.method.merged(p["trainable"], p["frozen"]))(params)
         return jax.tree.map(np.asarray, merged)
 
     def export_merged(self, out_dir: Path, *, tokenizer: str | None, info: dict) -> None:
