@@ -150,7 +150,7 @@ def test_lora_resume_is_bitwise(base_dir, runs, tmp_path):
         (["finetune.lora.targets=[q,attn]"], ["finetune.lora.targets", "'attn'", "choose among"]),
         (["finetune.lora.targets=[wi_linear]"], ["wi_linear", "remove it from finetune.lora.targets"]),
         (["finetune.lora.rank=40"], ["finetune.lora.rank=40", "width", "<= 32"]),
-        (["finetune.lora.dropout=0.1"], ["finetune.lora.dropout", "finetune.lora.dropout=0"]),
+        (["finetune.lora.dropout=1.0"], ["finetune.lora.dropout=1.0", "[0, 1)", "Set finetune.lora.dropout="]),
         (["finetune.method=adapters"], ["finetune.method", "lora"]),
         (["data.tokenizer=spm:/nonexistent.model"], ["data.tokenizer", "Set data.tokenizer=byte"]),
     ],
