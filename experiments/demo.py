@@ -154,7 +154,7 @@ def run_demo(out: Path, *, quick: bool = False, parallel: int = 2, n_bootstrap: 
     # 4. the held-out prediction
     prediction = None
     if "approach3" in fits["results"]:
-        prediction = holdout(cfg, base_dir, fits["results"]["approach3"], run, out, suffix)
+        prediction = holdout(cfg, base_dir, fits["results"]["approach3"], run, out, suffix, fits["alternative"])
         from chinchax.experiments.demo_fits import plot_prediction
 
         fits["plots"].append(("Held-out run: predicted (approach 3) against measured loss",
@@ -215,8 +215,9 @@ def _runner(out: Path, parallel: int, max_retries: int, train_command, phases: P
     return run
 
 
-def holdout(cfg, base_dir, fit, run, out: Path, suffix: str) -> dict:
-    """Train one run at HOLDOUT_FACTOR x the largest budget at approach 3's N_opt; predicted vs measured."""
+def holdout(cfg, base_dir, fit, run, out: Path, suffix: str, alternative=None) -> dict:
+    """Train one run at HOLDOUT_FACTOR x the largest budget at approach 3's N_opt; predicted vs measured (and
+    what approach 3's other form, `alternative`, predicted for the same run)."""
     from chinchax.scaling.plan import SizeRule, plan_sweep
     from chinchax.scaling.results import SweepDir
 
@@ -237,7 +238,12 @@ def holdout(cfg, base_dir, fit, run, out: Path, suffix: str) -> dict:
     measured = sum(seeds) / len(seeds) if seeds else float("nan")
     error = (predicted - measured) / measured
     _say(f"held-out run: measured {measured:.4f} (mean of {len(seeds)} seeds), predicted {predicted:.4f} ({error:+.2%})")
-    return {"budget": budget, "n_opt": frontier["n_opt"], "n_params": planned.n_params, "n_tokens": planned.n_tokens,
+    other = None
+    if alternative is not None:
+        p, p_lo, p_hi = alternative.predict_loss(planned.n_params, planned.n_tokens)
+        other = {"law": alternative.law, "predicted": float(p), "predicted_lo": float(p_lo),
+                 "predicted_hi": float(p_hi), "relative_error": float((p - measured) / measured)}
+    return {"law": fit.law, "alternative": other,"budget": budget, "n_opt": frontier["n_opt"], "n_params": planned.n_params, "n_tokens": planned.n_tokens,
             "d_model": planned.d_model, "n_layers": planned.n_layers, "run": planned.run_id,
             "runs": [r["run"] for r in rows], "measured_seeds": seeds,
             "predicted": float(predicted), "predicted_lo": float(lo), "predicted_hi": float(hi),
@@ -292,6 +298,7 @@ def _summary(*, quick, wall, corpus, rule, plan, lr_plan, rows, seed_rows, fits,
         "learning_rate": rule,
         "noise": noise,
         "approaches": fits["approaches"],
+        "approach3_forms": fits["forms"],
         "agreement": fits["agreement"],
         "prediction": prediction,
         "fit_errors": fits["errors"],

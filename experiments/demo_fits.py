@@ -13,6 +13,7 @@ from chinchax.errors import UserError
 
 MAX_INTERVAL_WIDTH = 0.25  # the issue's bar for a usable exponent: a 95% interval of a at most this wide
 APPROACHES = ("approach1", "approach2", "approach3")
+PARAMETRIC = {"chinchilla": "approach3", "kaplan": "approach3_kaplan"}  # approach 3's forms -> their job names
 
 
 def _say(message: str) -> None:
@@ -27,7 +28,7 @@ def fit_all(out: Path, *, n_bootstrap: int, quick: bool = False) -> dict:
     import warnings
 
     from chinchax.scaling.fit_chinchilla import fit_approach1, fit_approach2
-    from chinchax.scaling.fit_parametric import chinchilla_grid, fit_approach3
+    from chinchax.scaling.fit_parametric import chinchilla_grid, fit_approach3, kaplan_grid
     from chinchax.scaling.fitresult import CONFIDENCE
     from chinchax.scaling.table import load_table
 
@@ -40,6 +41,9 @@ def fit_all(out: Path, *, n_bootstrap: int, quick: bool = False) -> dict:
         # --quick: every other value of Chinchilla's initialisation grid (still 225 starts).
         "approach3": lambda: fit_approach3(table, n_bootstrap=n_bootstrap, seed=0,
                                            grid=chinchilla_grid(coarse=True) if quick else None),
+        # approach 3 in Kaplan's joint form with an irreducible loss: E + (A/N^alpha + B/D)^gamma
+        "approach3_kaplan": lambda: fit_approach3(table, n_bootstrap=n_bootstrap, seed=0, form="kaplan",
+                                                  grid=kaplan_grid(coarse=True) if quick else None),
     }
     for name, job in jobs.items():
         t = time.time()
@@ -52,10 +56,16 @@ def fit_all(out: Path, *, n_bootstrap: int, quick: bool = False) -> dict:
                 _say(f"{name}: not fitted: {e}")
                 continue
         notes[name] = sorted({str(w.message) for w in caught})
-        results[name].to_json(out / f"fit_{name}.json")
-        files.append(f"fit_{name}.json")
         _say(f"{name} fitted in {time.time() - t:.1f} s")
 
+    # Approach 3 is the form that extrapolates better from the smaller budgets to the largest (form_select.py);
+    # the other form stays in the report beside it.
+    forms, alternative = _choose_form(out, table, results, errors, notes, quick)
+    for name, result in results.items():
+        result.to_json(out / f"fit_{name}.json")
+        files.append(f"fit_{name}.json")
+    if alternative is not None:
+        files.append(f"fit_approach3_{forms['alternative']['form']}.json")
     budgets = sorted(float(b) for b in table["budget"].unique())
     optimal = []
     for budget in [*budgets, 10 * budgets[-1], 100 * budgets[-1]]:
@@ -68,13 +78,49 @@ def fit_all(out: Path, *, n_bootstrap: int, quick: bool = False) -> dict:
     files += [name for _, name in plots]
     approaches = {name[-1]: _exponents(result) for name, result in results.items()}
     if "approach3" in results:
-        approaches["3"]["params"] = {k: _triple(results["approach3"], k) for k in ("E", "A", "B", "alpha", "beta")}
-        approaches["3"]["residuals_by_length"] = residuals_by_length(results["approach3"], table)
+        approaches["3"].update(_parametric(results["approach3"], table), form=forms["selected"])
     if "approach2" in results:
         approaches["2"]["budgets"] = results["approach2"].extra.get("budgets")
     return {"level": CONFIDENCE, "n_bootstrap": n_bootstrap, "optimal": optimal, "plots": plots, "files": files,
             "errors": errors, "notes": notes, "results": results, "approaches": approaches,
-            "agreement": agreement(approaches)}
+            "agreement": agreement(approaches), "forms": forms, "alternative": alternative}
+
+
+def _choose_form(out: Path, table, results: dict, errors: dict, notes: dict, quick: bool):
+    """Select approach 3's form among those fitted; results["approach3"] becomes it, the other is written to
+    fit_approach3_<form>.json and returned as the alternative (None if it was not fitted)."""
+    from chinchax.scaling.form_select import select_form
+
+    fitted = {form: results.pop(key) for form, key in PARAMETRIC.items() if key in results}
+    failed = {form: errors.pop(key) for form, key in PARAMETRIC.items() if key in errors}
+    if not fitted:
+        if failed:
+            errors["approach3"] = failed["chinchilla"] if "chinchilla" in failed else next(iter(failed.values()))
+        return None, None
+    forms = select_form(table, fitted, coarse=quick)
+    chosen = forms["selected"]
+    results["approach3"] = fitted.pop(chosen)
+    kept_notes = notes.pop(PARAMETRIC[chosen], [])
+    for form in PARAMETRIC:
+        notes.pop(PARAMETRIC[form], None)
+    notes["approach3"] = kept_notes + [f"{form}'s form could not be fitted: {e}" for form, e in failed.items()]
+    if forms["by"] == "backtest":
+        _say(f"approach 3: {chosen}'s form, which predicted the largest budget's runs better when fitted without "
+             "them (RMSE of log loss " + ", ".join(f"{f} {v['rmse_log_loss']:.4f}" for f, v in forms["forms"].items()) + ")")
+    else:
+        _say(f"approach 3: {chosen}'s form, the better fit (too few runs below the largest budget to test "
+             "extrapolation)")
+    alternative = None
+    for form, fit in fitted.items():  # at most one: the form not chosen
+        alternative = fit
+        fit.to_json(out / f"fit_approach3_{form}.json")
+        forms["alternative"] = {"form": form, **_exponents(fit), **_parametric(fit, table)}
+    return forms, alternative
+
+
+def _parametric(result, table) -> dict:
+    names = ("E", "A", "B", "alpha", "beta", *(("gamma",) if "gamma" in result.params else ()))
+    return {"params": {k: _triple(result, k) for k in names}, "residuals_by_length": residuals_by_length(result, table)}
 
 
 def _triple(result, key) -> list[float]:
@@ -145,7 +191,6 @@ def noise_table(sweep, plan) -> dict:
 def _plots(out: Path, table, curves, results: dict) -> list[tuple[str, str]]:
     """Draw the plots (PNG + SVG) with chinchax.scaling.plots; returns (title, PNG name) per plot."""
     from chinchax.scaling import plots
-    from chinchax.scaling.laws import ParametricLaw
 
     drawn = [("IsoFLOP profiles with their parabolas (approach 2)", plots.plot_isoflop(table, out / "isoflop")),
              ("Training loss against compute, every run, with the frontier",
@@ -156,8 +201,7 @@ def _plots(out: Path, table, curves, results: dict) -> list[tuple[str, str]]:
                                             (float(table["flops"].min()) / 3, float(table["flops"].max()) * 100),
                                             table=table)))
         if name == "approach3":
-            p = result.params
-            law = ParametricLaw(E=p["E"], A=p["A"], B=p["B"], alpha=p["alpha"], beta=p["beta"])
+            law = result.parametric_law()
             n_range = (float(table["n_params"].min()) / 4, float(table["n_params"].max()) * 4)
             d_range = (float(table["n_tokens"].min()) / 4, float(table["n_tokens"].max()) * 4)
             drawn.append(("Approach 3: loss contours over (N, D) with the efficient frontier",
@@ -184,7 +228,12 @@ def plot_prediction(out: Path, fit, rows: list[dict], prediction: dict) -> str:
     c = 6.0 * prediction["n_params"] * prediction["n_tokens"]
     ax.errorbar([c], [prediction["predicted"]], yerr=[[prediction["predicted"] - prediction["predicted_lo"]],
                 [prediction["predicted_hi"] - prediction["predicted"]]], fmt="o", color="C0", capsize=3,
-                label="predicted (held-out run)")
+                label=f"predicted (held-out run, {prediction.get('law', 'chinchilla-3')})")
+    alt = prediction.get("alternative")
+    if alt:  # approach 3's other form, for the same run: drawn beside it
+        ax.errorbar([c * 0.9], [alt["predicted"]], yerr=[[alt["predicted"] - alt["predicted_lo"]],
+                    [alt["predicted_hi"] - alt["predicted"]]], fmt="s", color="0.5", capsize=3, markersize=4,
+                    label=f"other form ({alt['law']}, {alt['relative_error']:+.2%})")
     ax.scatter([c], [prediction["measured"]], marker="*", s=120, color="C3", zorder=5,
                label=f"measured ({prediction['relative_error']:+.2%})")
     ax.axvline(float(flops.max()), color="0.7", linestyle=":", linewidth=1)

@@ -63,10 +63,15 @@ def _interval(v) -> str:
     return f"{value:.3g} [{lo:.3g}, {hi:.3g}]"
 
 
+FORM_TEXT = {"chinchilla": "Chinchilla's additive form, L = E + A/N^α + B/D^β",
+             "kaplan": "Kaplan's joint form with an irreducible loss, L = E + (A/N^α + B/D)^γ"}
+
+
 def _laws(summary: dict, fits: dict) -> str:
     lines = []
+    form = (summary["approaches"].get("3") or {}).get("form", "chinchilla")
     for key, label in (("1", "Approach 1 (envelope of the training curves)"), ("2", "Approach 2 (isoFLOP parabolas)"),
-                       ("3", "Approach 3 (L = E + A/N^α + B/D^β)")):
+                       ("3", f"Approach 3 ({FORM_TEXT[form]})")):
         a = summary["approaches"].get(key)
         if a is None:
             continue
@@ -75,8 +80,10 @@ def _laws(summary: dict, fits: dict) -> str:
     three = summary["approaches"].get("3")
     if three:
         p = three["params"]
+        last = f"γ = {_interval(p['gamma'])}" if "gamma" in p else f"β = {_interval(p['beta'])}"
         lines.append(f"- Approach 3's parameters: E = {_interval(p['E'])}, A = {_interval(p['A'])}, "
-                     f"B = {_interval(p['B'])}, α = {_interval(p['alpha'])}, β = {_interval(p['beta'])}.")
+                     f"B = {_interval(p['B'])}, α = {_interval(p['alpha'])}, {last}.")
+        lines.append(_form_choice(summary.get("approach3_forms")))
         shares = three.get("residuals_by_length") or []
         if shares:
             lines.append("- Approach 3's residuals (measured - fitted loss) by run length, shortest third first: "
@@ -93,6 +100,26 @@ def _laws(summary: dict, fits: dict) -> str:
     lines.append("- For reference, Chinchilla found a ≈ 0.50 (approaches 1, 2) and a ≈ 0.46 (approach 3) at "
                  "10^18-10^24 FLOPs.")
     return "\n".join(lines)
+
+
+def _form_choice(forms: dict | None) -> str:
+    """How approach 3's form was chosen, with both forms' scores and the other form's exponent."""
+    if not forms:
+        return ""
+    chosen, scores = forms["selected"], forms["forms"]
+    if forms["by"] == "backtest":
+        how = ("fitted without the largest budget, each form predicted that budget's runs with an RMSE of log loss of "
+               + " and ".join(f"{scores[f]['rmse_log_loss']:.4f} ({f}; mean error {scores[f]['mean_log_error']:+.4f})"
+                              for f in scores) + f": approach 3 uses {chosen}'s form, which extrapolated better")
+    else:
+        how = (f"too few runs below the largest budget to test extrapolation, so the form with the lower objective "
+               f"on all runs: {chosen}'s")
+    alt = forms.get("alternative")
+    other = (f" The other form ({alt['form']}'s) gives a = {alt['a']:.3g} [{alt['a_lo']:.3g}, {alt['a_hi']:.3g}]."
+             if alt else "")
+    return (f"- Approach 3's form was chosen by the test a prediction faces: {how}. Both forms have five parameters. "
+            f"In Chinchilla's form the two terms add; in Kaplan's the data term grows with the model (γ < 1), so a "
+            f"large model trained briefly pays more than a small one.{other}")
 
 
 def _agreement(summary: dict) -> str:
@@ -142,7 +169,15 @@ def _prediction(summary: dict) -> str:
             f"N = {_si(p['n_params'])}, D = {_si(p['n_tokens'])} tokens). Predicted loss "
             f"**{p['predicted']:.4f}** [{p['predicted_lo']:.4f}, {p['predicted_hi']:.4f}], measured "
             f"**{p['measured']:.4f}**{_held_out_seeds(p)}: error **{p['relative_error']:+.2%}** "
-            f"({'inside' if p['inside_interval'] else 'outside'} the interval).")
+            f"({'inside' if p['inside_interval'] else 'outside'} the interval).{_alternative(p)}")
+
+
+def _alternative(p: dict) -> str:
+    alt = p.get("alternative")
+    if not alt:
+        return ""
+    return (f" Approach 3's other form ({alt['law']}) predicted {alt['predicted']:.4f} [{alt['predicted_lo']:.4f}, "
+            f"{alt['predicted_hi']:.4f}] for the same run: error {alt['relative_error']:+.2%}.")
 
 
 def _held_out_seeds(p: dict) -> str:
@@ -191,8 +226,11 @@ def _trust(summary: dict, rows: list[dict]) -> str:
                       + ("" if ag.get("overlap", True) else ", and the approaches disagree"))
     if p and abs(p["relative_error"]) <= 0.01:
         factor = p["budget"] / max(scale["budgets"])
+        seeds = p.get("measured_seeds") or []
+        spread = (f"; that run's {len(seeds)} seeds differ by {(max(seeds) - min(seeds)) / p['measured']:.1%}, and one "
+                  "held-out point is one test, not a measured accuracy" if len(seeds) > 1 else "")
         can.append(f"the loss of a compute-optimal run {factor:.0f}x beyond the largest fitted budget (it predicted one "
-                   f"to {abs(p['relative_error']):.1%})")
+                   f"to {abs(p['relative_error']):.1%}{spread})")
     elif p:
         if p["inside_interval"]:
             can.append(f"a loss prediction {p['budget'] / max(scale['budgets']):.0f}x beyond the largest fitted budget "

@@ -9,14 +9,15 @@ import sys
 
 from chinchax import jsonio
 
-FIT_LAWS = ("chinchilla-1", "chinchilla-2", "chinchilla-3", "kaplan", "data-constrained")
+FIT_LAWS = ("chinchilla-1", "chinchilla-2", "chinchilla-3", "kaplan-3", "kaplan", "data-constrained")
 
 
 def register(subparsers) -> None:
     fit = subparsers.add_parser(
         "fit", help="fit a scaling law to a results table",
         description="Fit Kaplan or Chinchilla (approach 1, 2, 3, data-constrained) laws to a results table "
-        "(CSV, Parquet or a sweep directory of run.json) with bootstrap intervals over runs; write JSON.",
+        "(CSV, Parquet or a sweep directory of run.json) with bootstrap intervals over runs; write JSON. "
+        "kaplan-3 is approach 3's fit of Kaplan's joint L(N, D) with an irreducible loss, E + (A/N^alpha + B/D)^gamma.",
     )
     fit.add_argument("table", help="results.csv / .parquet / sweep directory")
     fit.add_argument("--law", choices=FIT_LAWS, default="chinchilla-3")
@@ -104,9 +105,9 @@ def run_fit(table, law: str, *, n_bootstrap: int = 200, seed: int = 0, holdout: 
     holdout = None if holdout in (None, "none") else holdout
     held, split = None, holdout
     if holdout not in (None, "largest"):
-        if law != "chinchilla-3":
+        if law not in ("chinchilla-3", "kaplan-3"):
             raise UserError(f"--holdout {holdout} scores predicted losses, which only approach 3 gives "
-                            f"(--law chinchilla-3); for --law {law} use --holdout largest")
+                            f"(--law chinchilla-3 or kaplan-3); for --law {law} use --holdout largest")
         df, held = split_holdout(df, holdout)
         holdout = None
     if law == "chinchilla-1":
@@ -121,12 +122,13 @@ def run_fit(table, law: str, *, n_bootstrap: int = 200, seed: int = 0, holdout: 
         from chinchax.scaling.fit_kaplan import fit_kaplan
 
         return fit_kaplan(df, n_bootstrap=n_bootstrap, seed=seed, holdout=holdout)
-    from chinchax.scaling.fit_parametric import chinchilla_grid, fit_approach3
+    from chinchax.scaling.fit_parametric import chinchilla_grid, fit_approach3, kaplan_grid
     from chinchax.scaling.table import final_rows
 
-    result = fit_approach3(df, n_bootstrap=n_bootstrap, seed=seed, holdout=holdout,
-                           grid=chinchilla_grid(coarse=coarse_grid), data_constrained=law == "data-constrained",
-                           tie_exponents=tie_exponents, fix_E=fix_E)
+    form = "kaplan" if law == "kaplan-3" else "chinchilla"
+    grid = (kaplan_grid if form == "kaplan" else chinchilla_grid)(coarse=coarse_grid)
+    result = fit_approach3(df, n_bootstrap=n_bootstrap, seed=seed, holdout=holdout, grid=grid, form=form,
+                           data_constrained=law == "data-constrained", tie_exponents=tie_exponents, fix_E=fix_E)
     if held is not None:
         result.holdout = {"split": split, **result.score_holdout(final_rows(held))}
     return result
@@ -270,8 +272,7 @@ def _plot(args) -> int:
 
     from chinchax.errors import UserError
     from chinchax.scaling import plots
-    from chinchax.scaling.fitresult import FitResult
-    from chinchax.scaling.laws import ParametricLaw
+    from chinchax.scaling.fitresult import PARAMETRIC_LAWS, FitResult
     from chinchax.scaling.table import load_table
 
     kinds = plots.KINDS if args.kind == "all" else (args.kind,)
@@ -294,8 +295,8 @@ def _plot(args) -> int:
             for i, fit in enumerate(fits):
                 written += plots.plot_allocation(fit, out / f"allocation_{i}_{fit.law}")
         elif kind == "contours":
-            params = next((f.params for f in fits if "alpha" in f.params and "E" in f.params), None)
-            law = ParametricLaw(*(params[k] for k in ("E", "A", "B", "alpha", "beta"))) if params else None
+            fit = next((f for f in fits if f.law in PARAMETRIC_LAWS), None)
+            law = fit.parametric_law() if fit else None
             written += plots.plot_contours(law, out / "contours",
                                            title="your approach-3 fit" if law else "Chinchilla approach 3")
         else:

@@ -1,4 +1,9 @@
-"""Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta, and its data-constrained variant.
+"""Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta, and its data-constrained variant; and the same
+fit of Kaplan et al.'s joint form with an irreducible loss, L(N, D) = E + (A/N^alpha + B/D)^gamma (`form=
+"kaplan"`, law "kaplan-3"): Kaplan's eq. 1.5 [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D with
+alpha = alpha_N/alpha_D, A = N_c^alpha, B = D_c, gamma = alpha_D, plus E. Chinchilla's terms add; in Kaplan's
+a model's data-limited excess grows with its size (for gamma < 1, at fixed D a larger N still pays more for
+D), which small models trained for few steps show (docs/scaling.md).
 
 Fitted as Hoffmann et al. 2022 (eq. 10 / App. D.2): minimise the SUM over runs of
 Huber_delta(LSE(a - alpha·log N, b - beta·log D, e) - log L), delta = 1e-3, with A = e^a, B = e^b,
@@ -35,6 +40,7 @@ from chinchax.scaling.multistart import huber, minimize_multistart
 from chinchax.scaling.table import final_rows, holdout_split, require_rows
 
 HUBER_DELTA = 1e-3
+FORMS = {"chinchilla": "chinchilla-3", "kaplan": "kaplan-3"}  # form -> the law name its FitResult carries
 PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
 MIN_RUNS = len(PARAM_NAMES) + 1  # more runs than the 5 parameters (fewer with constraints)
 THETA_FULL = ("a", "b", "e", "alpha", "beta")  # the optimiser's parameters: a = log A, b = log B, e = log E
@@ -51,6 +57,27 @@ def chinchilla_grid(coarse: bool = False) -> np.ndarray:
     if coarse:
         ab, e, ex = ab[::2], e[::2], ex[1::2]
     return np.array(list(itertools.product(ab, ab, e, ex, ex)), dtype=np.float64)
+
+
+def kaplan_grid(coarse: bool = False) -> np.ndarray:
+    """Starts over (a = log A, b = log B, e = log E, alpha, gamma) for Kaplan's form: 6·6·5·5·5 = 4,500, wide
+    around Kaplan's own values (alpha_N/alpha_D ~ 0.8, log N_c^0.8 ~ 26, log D_c ~ 32, alpha_D ~ 0.1)."""
+    a, b = np.arange(0.0, 30.1, 6.0), np.arange(0.0, 35.1, 7.0)
+    e = np.arange(-1.0, 1.01, 0.5)
+    alpha, gamma = np.array([0.25, 0.5, 1.0, 1.5, 2.0]), np.array([0.1, 0.25, 0.5, 1.0, 1.5])
+    if coarse:
+        a, b, e, alpha, gamma = a[::2], b[::2], e[::2], alpha[1::2], gamma[1::2]
+    return np.array(list(itertools.product(a, b, e, alpha, gamma)), dtype=np.float64)
+
+
+def kaplan_objective(theta_P, data, w_R):
+    """Huber loss of log L = logaddexp(e, gamma·logaddexp(a - alpha·log N, b - log D)) against log loss."""
+    import jax.numpy as jnp
+
+    a, b, e, alpha, gamma = theta_P[0], theta_P[1], theta_P[2], theta_P[3], theta_P[4]
+    bracket_R = jnp.logaddexp(a - alpha * data["log_n"], b - data["log_d"])
+    pred_R = jnp.logaddexp(gamma * bracket_R, e)
+    return jnp.sum(w_R * huber(pred_R - data["log_loss"], HUBER_DELTA))
 
 
 def approach3_objective(theta_P, data, w_R):
@@ -124,15 +151,19 @@ def _law_from_theta(theta) -> ParametricLaw:
     return ParametricLaw(E=d["E"], A=d["A"], B=d["B"], alpha=d["alpha"], beta=d["beta"])
 
 
-def _derived(theta) -> dict[str, float]:
-    """E, A, B, alpha, beta and the allocation (a, b, G, n_coef, n_exp) from theta = (log A, log B, log E,
-    alpha, beta), computed in log space: an extreme bootstrap draw gives inf or NaN, never an overflow."""
-    log_a, log_b, log_e, alpha, beta = (float(t) for t in theta[:5])
+def _derived(theta, form: str = "chinchilla") -> dict[str, float]:
+    """E, A, B, alpha, beta (gamma for Kaplan's form) and the allocation (a, b, G, n_coef, n_exp) from the
+    optimiser's theta = (log A, log B, log E, alpha, beta or, for Kaplan's form, gamma), computed in log
+    space: an extreme bootstrap draw gives inf or NaN, never an overflow."""
+    log_a, log_b, log_e, alpha, last = (float(t) for t in theta[:5])
+    beta, gamma = (1.0, last) if form == "kaplan" else (last, None)
     exp = lambda x: float(safe_exp(x))  # noqa: E731
     out = {"E": exp(log_e), "A": exp(log_a), "B": exp(log_b), "alpha": alpha, "beta": beta}
+    if gamma is not None:
+        out["gamma"] = gamma
     total = alpha + beta
     a, b = (beta / total, alpha / total) if total != 0 else (np.nan, np.nan)
-    if alpha > 0 and beta > 0:  # otherwise the loss has no optimum along C = 6ND
+    if alpha > 0 and beta > 0 and (gamma is None or gamma > 0):  # else no optimum along C = 6ND
         log_g = (np.log(alpha) + log_a - np.log(beta) - log_b) / total
         g, n_coef = exp(log_g), exp(log_g - a * np.log(6.0))  # N_opt = G·(C/6)^a = G·6^-a·C^a
     else:
@@ -155,18 +186,27 @@ def fit_approach3(
     data_constrained: bool = False,
     tie_exponents: bool = False,
     fix_E: float | None = None,
+    form: str = "chinchilla",
 ) -> FitResult:
-    """Fit E, A, B, alpha, beta (and R* when `data_constrained`) with bootstrap intervals.
+    """Fit E, A, B, alpha, beta (and R* when `data_constrained`) with bootstrap intervals; with
+    `form="kaplan"`, E, A, B, alpha, gamma of Kaplan's joint form (beta = 1).
 
     `tie_exponents` fits alpha = beta; `fix_E` holds E at the given value. Either removes a free parameter,
-    so fewer runs suffice: the fit needs more runs than free parameters."""
+    so fewer runs suffice: the fit needs more runs than free parameters. `n_bootstrap=0`: the point fit only."""
+    if form not in FORMS:
+        raise UserError(f"form={form!r}: choose one of {', '.join(FORMS)}")
+    if form == "kaplan" and (data_constrained or tie_exponents or fix_E is not None):
+        raise UserError("Kaplan's form (law kaplan-3) takes no --tie-exponents, --fix-E or data-constrained fit; "
+                        "fit chinchilla-3 for those")
     df_all = final_rows(table)
     fit_df, held = holdout_split(df_all, holdout)
-    name = "data-constrained" if data_constrained else "chinchilla-3"
+    name = "data-constrained" if data_constrained else FORMS[form]
     constraints = _check_constraints(fit_df, tie_exponents, fix_E, data_constrained)
     n_free = len(constraints.free) + int(data_constrained)
     _require_runs(fit_df, n_free, name, constraints)
-    grid = chinchilla_grid() if grid is None else np.asarray(grid, np.float64)
+    if grid is None:
+        grid = kaplan_grid() if form == "kaplan" else chinchilla_grid()
+    grid = np.asarray(grid, np.float64)
     rng = np.random.default_rng(seed)
 
     if data_constrained:
@@ -187,7 +227,8 @@ def fit_approach3(
         objective, starts = constrained_objective, np.unique(grid[:, constraints.free], axis=0)
         to_full = lambda theta_KP: offset_5 + theta_KP @ expand_5P.T  # noqa: E731
     else:
-        data, objective, starts = _a3_data(fit_df), approach3_objective, grid
+        data, starts = _a3_data(fit_df), grid
+        objective = kaplan_objective if form == "kaplan" else approach3_objective
         to_full = lambda theta_KP: theta_KP  # noqa: E731
     # Pass 1: every start, to a loose relative tolerance (enough to tell the basins apart).
     # Pass 2: polish the best distinct end points to a tight one.
@@ -207,14 +248,17 @@ def fit_approach3(
     if len(alternatives) < bootstrap_starts - 1:
         fill = starts[rng.choice(len(starts), size=bootstrap_starts - 1 - len(alternatives))]
         alternatives = np.concatenate([alternatives, fill])
-    boot_starts = np.concatenate([best[None], alternatives])[None].repeat(n_bootstrap, axis=0)
-    boot = minimize_multistart(objective, boot_starts.reshape(-1, best.size), data,
-                               np.repeat(weights, bootstrap_starts, axis=0))
-    best_SP = to_full(boot.theta_KP[_best_per_group(boot.value_K, n_bootstrap)])
+    if n_bootstrap:
+        boot_starts = np.concatenate([best[None], alternatives])[None].repeat(n_bootstrap, axis=0)
+        boot = minimize_multistart(objective, boot_starts.reshape(-1, best.size), data,
+                                   np.repeat(weights, bootstrap_starts, axis=0))
+        best_SP = to_full(boot.theta_KP[_best_per_group(boot.value_K, n_bootstrap)])
+    else:
+        best_SP = np.zeros((0, best.size))
     best = to_full(best[None])[0]
 
-    params = _derived(best)
-    draws_list = [_derived(t) for t in best_SP]
+    params = _derived(best, form)
+    draws_list = [_derived(t, form) for t in best_SP]
     if data_constrained:
         params["R_star"] = float(safe_exp(best[5]))
         for d, t in zip(draws_list, best_SP, strict=True):
@@ -228,7 +272,7 @@ def fit_approach3(
         allocation={"n_coef": params["n_coef"], "n_exp": params["n_exp"]},
         # Resamples whose fit has no finite optimum (G is NaN) are left out of the allocation draws, and counted.
         bootstrap_allocation=[[d["n_coef"], d["n_exp"]] for d in draws_list if np.isfinite([d["n_coef"], d["n_exp"]]).all()],
-        bootstrap_params=dict(zip(THETA_NAMES, _theta_columns(best_SP), strict=True)),
+        bootstrap_params=_theta_columns(best_SP, form) if n_bootstrap else {},
         extra={"n_starts": len(starts), "n_starts_at_optimum": n_converged,
                "bootstrap_draws_without_optimum": sum(not np.isfinite(d["n_coef"]) for d in draws_list),
                "objective": float(polished.value_K.min()), "huber_delta": HUBER_DELTA,
@@ -252,10 +296,14 @@ def fit_approach3(
     return result
 
 
-def _theta_columns(theta_SP: np.ndarray) -> list[list[float]]:
-    """Per-draw (log E, log A, log B, alpha, beta) as columns, from the optimiser's (a, b, e, alpha, beta)."""
+def _theta_columns(theta_SP: np.ndarray, form: str = "chinchilla") -> dict[str, list[float]]:
+    """Per-draw {log_E, log_A, log_B, alpha, beta (, gamma)} columns from the optimiser's (a, b, e, alpha, beta)
+    or, for Kaplan's form, (a, b, e, alpha, gamma) with beta = 1."""
     column = {"log_E": 2, "log_A": 0, "log_B": 1, "alpha": 3, "beta": 4}
-    return [theta_SP[:, column[name]].tolist() for name in THETA_NAMES]
+    if form == "kaplan":
+        out = {name: theta_SP[:, column[name]].tolist() for name in THETA_NAMES if name != "beta"}
+        return {**out, "beta": [1.0] * len(theta_SP), "gamma": theta_SP[:, 4].tolist()}
+    return {name: theta_SP[:, column[name]].tolist() for name in THETA_NAMES}
 
 
 def _check_constraints(df: pd.DataFrame, tie_exponents: bool, fix_E: float | None,

@@ -2,11 +2,11 @@
 
 The JSON keeps the bootstrap draws of the allocation law (N_opt = k·C^a per resample), so intervals
 for N_opt and D_opt can be computed later at any budget, not only the ones asked for at fit time.
-Approach-3 fits also keep each resample's parameters (log E, log A, log B, alpha, beta), so
-`predict_loss` and `frontier` give bootstrap intervals for the loss anywhere.
+Approach-3 fits also keep each resample's parameters (log E, log A, log B, alpha, beta, and gamma for
+Kaplan's form), so `predict_loss` and `frontier` give bootstrap intervals for the loss anywhere.
 
-Predictions are computed in log space (log L = logsumexp(log A - alpha·log N, log B - beta·log D, log E))
-and exponentiated last: a bootstrap draw with an extreme coefficient (A = e^800) is a finite number
+Predictions are computed in log space (log L = logaddexp(log E, gamma·logaddexp(log A - alpha·log N,
+log B - beta·log D)); gamma = 1 is Chinchilla's form) and exponentiated last: a bootstrap draw with an extreme coefficient (A = e^800) is a finite number
 there, where A/N^alpha in floats would overflow.
 """
 
@@ -21,13 +21,14 @@ import numpy as np
 from chinchax import jsonio
 from chinchax.errors import UserError
 from chinchax.fileio import write_text_atomic
-from chinchax.scaling.laws import FLOPS_PER_PARAM_TOKEN, Allocation
+from chinchax.scaling.laws import FLOPS_PER_PARAM_TOKEN, Allocation, ParametricLaw
 
 CONFIDENCE = 0.95
-# Per-draw parameters of a parametric (approach-3) fit, as fitted: the coefficients in log space.
+# Per-draw parameters of a parametric (approach-3) fit, as fitted: the coefficients in log space; Kaplan's
+# form adds its outer exponent "gamma" (absent: 1, Chinchilla's form).
 THETA_NAMES = ("log_E", "log_A", "log_B", "alpha", "beta")
 _LOG_FLOAT_MAX = float(np.log(np.finfo(np.float64).max))
-PARAMETRIC_LAWS = ("chinchilla-3",)
+PARAMETRIC_LAWS = ("chinchilla-3", "kaplan-3")
 
 
 class ScalingFitWarning(UserWarning):
@@ -36,7 +37,7 @@ class ScalingFitWarning(UserWarning):
 
 @dataclass
 class FitResult:
-    law: str  # kaplan | chinchilla-1 | chinchilla-2 | chinchilla-3 | data-constrained
+    law: str  # kaplan | chinchilla-1 | chinchilla-2 | chinchilla-3 | kaplan-3 | data-constrained
     params: dict[str, float]
     stderr: dict[str, float]
     intervals: dict[str, list[float]]  # 95% bootstrap percentile interval per parameter
@@ -50,6 +51,12 @@ class FitResult:
     extra: dict = field(default_factory=dict)  # fit-specific details (e.g. isoFLOP minima)
     # approach 3: {name: [value per resample]} for THETA_NAMES (columns, to keep the JSON small)
     bootstrap_params: dict[str, list[float]] = field(default_factory=dict)
+
+    def parametric_law(self) -> ParametricLaw:
+        """The fitted loss L(N, D) of an approach-3 fit (either form) at its point estimate."""
+        self._parametric_theta("parametric_law")  # a clear error for a fit that models no loss
+        p = self.params
+        return ParametricLaw(p["E"], p["A"], p["B"], p["alpha"], p["beta"], p.get("gamma", 1.0))
 
     def allocation_law(self) -> Allocation:
         return Allocation(self.law, self.allocation["n_coef"], self.allocation["n_exp"], "fit")
@@ -123,14 +130,16 @@ class FitResult:
     def _parametric_theta(self, what: str):
         """(point theta, draws theta or None) as {name: array} over THETA_NAMES."""
         if self.law not in PARAMETRIC_LAWS:
-            raise UserError(f"{what} needs an approach-3 fit (law chinchilla-3), which models the loss; this is a "
-                            f"{self.law} fit. Refit with `chinchax fit TABLE --law chinchilla-3`")
+            raise UserError(f"{what} needs an approach-3 fit (law chinchilla-3 or kaplan-3), which models the loss; "
+                            f"this is a {self.law} fit. Refit with `chinchax fit TABLE --law chinchilla-3`")
         p = self.params
-        point = {"log_E": np.log(p["E"]), "log_A": np.log(p["A"]), "log_B": np.log(p["B"]),
-                 "alpha": p["alpha"], "beta": p["beta"]}
+        with np.errstate(divide="ignore"):  # a coefficient that underflowed to 0: log -inf, its term vanishes
+            point = {"log_E": np.log(p["E"]), "log_A": np.log(p["A"]), "log_B": np.log(p["B"]),
+                     "alpha": p["alpha"], "beta": p["beta"], "gamma": p.get("gamma", 1.0)}
         if not self.bootstrap_params:
             return point, None
-        draws = {k: np.asarray(self.bootstrap_params[k], dtype=np.float64) for k in THETA_NAMES}
+        names = [*THETA_NAMES, *(["gamma"] if "gamma" in self.bootstrap_params else [])]
+        draws = {k: np.asarray(self.bootstrap_params[k], dtype=np.float64) for k in names}
         ok_S = np.all([np.isfinite(v) for v in draws.values()], axis=0)
         return point, ({k: v[ok_S] for k, v in draws.items()} if ok_S.any() else None)
 
@@ -210,16 +219,18 @@ def relative_errors(predicted: np.ndarray, held) -> dict:
 
 
 def _log_loss(theta: dict, log_n, log_d):
-    """log L(N, D) = logsumexp(log A - alpha·log N, log B - beta·log D, log E), broadcast over arrays."""
-    return np.logaddexp(np.logaddexp(theta["log_A"] - theta["alpha"] * log_n, theta["log_B"] - theta["beta"] * log_d),
-                        theta["log_E"])
+    """log L(N, D) = logaddexp(log E, gamma·logaddexp(log A - alpha·log N, log B - beta·log D)), broadcast over
+    arrays (gamma 1 when theta has none: Chinchilla's form)."""
+    bracket = np.logaddexp(theta["log_A"] - theta["alpha"] * log_n, theta["log_B"] - theta["beta"] * log_d)
+    return np.logaddexp(theta.get("gamma", 1.0) * bracket, theta["log_E"])
 
 
 def _optimum(theta: dict, log_c6):
     """(log N_opt, log D_opt) for C/6 = e^log_c6: N_opt = G·(C/6)^a, G = (alpha·A/(beta·B))^(1/(alpha+beta)),
-    a = beta/(alpha+beta). NaN where alpha or beta is not positive (the loss then has no optimum on C = 6ND)."""
+    a = beta/(alpha+beta) (for either form: gamma > 0 does not move the bracket's minimum). NaN where alpha,
+    beta or gamma is not positive (the loss then has no optimum on C = 6ND)."""
     alpha, beta = np.asarray(theta["alpha"], np.float64), np.asarray(theta["beta"], np.float64)
-    ok = (alpha > 0) & (beta > 0)
+    ok = (alpha > 0) & (beta > 0) & (np.asarray(theta.get("gamma", 1.0), np.float64) > 0)
     a_, b_ = np.where(ok, alpha, 1.0), np.where(ok, beta, 1.0)  # placeholders keep the logs finite
     log_g = (np.log(a_) + theta["log_A"] - np.log(b_) - theta["log_B"]) / (a_ + b_)
     log_n = np.where(ok, log_g + b_ / (a_ + b_) * log_c6, np.nan)

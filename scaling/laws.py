@@ -61,16 +61,23 @@ TABLE_A3_OFF_LAW_ROWS = {"chinchilla-2": (67e9,), "chinchilla-3": (67e9, 175e9)}
 
 @dataclass(frozen=True)
 class ParametricLaw:
-    """L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla approach 3)."""
+    """L(N, D) = E + (A/N^alpha + B/D^beta)^gamma: Chinchilla's approach 3 at gamma = 1, Kaplan et al.'s joint
+    L(N, D) (eq. 1.5) plus an irreducible loss at beta = 1 (alpha = alpha_N/alpha_D, gamma = alpha_D). Both
+    have the same compute-optimal allocation: minimising the bracket along C = 6ND does not involve gamma."""
 
     E: float
     A: float
     B: float
     alpha: float
     beta: float
+    gamma: float = 1.0
 
     def loss(self, n, d):
-        return chinchilla_loss(n, d, self.E, self.A, self.B, self.alpha, self.beta)
+        if self.gamma == 1.0:
+            return chinchilla_loss(n, d, self.E, self.A, self.B, self.alpha, self.beta)
+        n, d = np.asarray(n, np.float64), np.asarray(d, np.float64)
+        with np.errstate(over="ignore"):
+            return self.E + (self.A / n**self.alpha + self.B / d**self.beta) ** self.gamma
 
     @property
     def a(self) -> float:  # N_opt ∝ C^a

@@ -198,7 +198,7 @@ def plot_contours(law: ParametricLaw | FitResult | None, stem, n_range=None, d_r
     plt = _plt()
     runs = _runs(law, table) if isinstance(law, FitResult) else _runs(None, table)
     if isinstance(law, FitResult):
-        law = ParametricLaw(*(law.params[k] for k in ("E", "A", "B", "alpha", "beta")))
+        law = law.parametric_law()
     law = law or CHINCHILLA_3
     if n_range is None:
         n_range = (runs["n_params"].min() / 4, runs["n_params"].max() * 4) if runs is not None else (1e7, 1e12)

@@ -72,6 +72,13 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     fits = {p.name for p in out.glob("fit_*.json")}
     assert {"fit_approach1.json", "fit_approach3.json"} <= fits
     assert "3" in summary["approaches"] and "agreement" in summary
+    # Approach 3 in both forms; the selected one is approach 3, the other is written beside it and predicts too.
+    forms = summary["approach3_forms"]
+    other = ({"chinchilla", "kaplan"} - {forms["selected"]}).pop()
+    assert summary["approaches"]["3"]["form"] == forms["selected"] and forms["alternative"]["form"] == other
+    assert forms["by"] in ("backtest", "objective") and f"fit_approach3_{other}.json" in fits
+    assert summary["prediction"]["law"] == forms["forms"][forms["selected"]]["law"]
+    assert summary["prediction"]["alternative"]["law"] == forms["forms"][other]["law"]
     # The held-out run at 3x the largest budget was trained and compared with its prediction.
     prediction = summary["prediction"]
     assert prediction["budget"] == 3 * budgets[-1]
