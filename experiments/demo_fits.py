@@ -105,8 +105,8 @@ def _choose_form(out: Path, table, results: dict, errors: dict, notes: dict, qui
         notes.pop(PARAMETRIC[form], None)
     notes["approach3"] = kept_notes + [f"{form}'s form could not be fitted: {e}" for form, e in failed.items()]
     if forms["by"] == "backtest":
-        _say(f"approach 3: {chosen}'s form, which predicted the largest budget's runs better when fitted without "
-             "them (RMSE of log loss " + ", ".join(f"{f} {v['rmse_log_loss']:.4f}" for f, v in forms["forms"].items()) + ")")
+        _say(f"approach 3: {chosen}'s form, which predicted each budget's runs better from the budgets below it "
+             "(RMSE of log loss " + ", ".join(f"{f} {v['rmse_log_loss']:.4f}" for f, v in forms["forms"].items()) + ")")
     else:
         _say(f"approach 3: {chosen}'s form, the better fit (too few runs below the largest budget to test "
              "extrapolation)")

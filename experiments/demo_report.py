@@ -108,9 +108,10 @@ def _form_choice(forms: dict | None) -> str:
         return ""
     chosen, scores = forms["selected"], forms["forms"]
     if forms["by"] == "backtest":
-        how = ("fitted without the largest budget, each form predicted that budget's runs with an RMSE of log loss of "
-               + " and ".join(f"{scores[f]['rmse_log_loss']:.4f} ({f}; mean error {scores[f]['mean_log_error']:+.4f})"
-                              for f in scores) + f": approach 3 uses {chosen}'s form, which extrapolated better")
+        how = ("each form, fitted on the budgets below each budget in turn, predicted that budget's runs ("
+               + " and ".join(f"{f}: {scores[f]['runs']} runs, RMSE of log loss {scores[f]['rmse_log_loss']:.4f}, "
+                              f"mean error {scores[f]['mean_log_error']:+.4f}" for f in scores)
+               + f"); approach 3 uses {chosen}'s form, which extrapolated better")
     else:
         how = (f"too few runs below the largest budget to test extrapolation, so the form with the lower objective "
                f"on all runs: {chosen}'s")

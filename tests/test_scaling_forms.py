@@ -77,7 +77,8 @@ def test_select_form_picks_the_form_that_generated_the_data(truth, budgets, expe
     scores = choice["forms"]
     other = "chinchilla" if expected == "kaplan" else "kaplan"
     assert scores[expected]["rmse_log_loss"] < scores[other]["rmse_log_loss"]
-    assert scores[expected]["runs"] == 5  # the largest budget's runs, scored out of sample
+    # every budget from the third up predicted from those below it: 2 budgets x 5 runs, out of sample
+    assert scores[expected]["runs"] == 10 and scores[expected]["budgets"] == list(budgets[2:])
 
 
 def test_select_form_falls_back_to_the_objective_without_enough_runs_to_backtest():
