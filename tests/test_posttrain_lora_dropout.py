@@ -61,9 +61,14 @@ def _lora(case, dropout, adapters=None):
     return lora_lib.lora_model(case["cfg"], placed, spec)
 
 
+@nnx.jit
+def _forward(model, inputs):
+    return model(**inputs)
+
+
 def _logits(model, case, train=False):
     model.train() if train else model.eval()
-    return np.asarray(model(**case["inputs"]))
+    return np.asarray(_forward(model, case["inputs"]))
 
 
 def test_dropout_0_gives_the_weight_space_merge(case):
