@@ -292,7 +292,8 @@ N = all parameters (with a tied head and no position table, exactly the matmuls 
 {scale['flops_lr_sweep']:.3g}, held-out runs the rest). Cosine schedule to 10%.
 - **Fits**: Chinchilla approaches 1, 2 and 3 on the seed means, each with {fits['n_bootstrap']} bootstrap resamples \
 of the grid points; \
-{level:.0%} percentile intervals.
+{level:.0%} percentile intervals. Approach 3 is fitted in two forms (Chinchilla's and Kaplan's joint form with an \
+irreducible loss) and uses the one that extrapolates better (below).
 
 ## Throughput
 
