@@ -1,6 +1,6 @@
-"""A LoRA and a full fine-tune on 8 fake CPU devices: meshes (data 8) and (data 2, fsdp 2, tensor 2) give the
-same losses, and under fsdp/tensor the frozen base and full fine-tuning's parameters are sharded like the
-pretraining state (not replicated). Runs in a subprocess so the device-count flag never leaks."""
+"""A LoRA (with and without LoRA dropout) and a full fine-tune on 8 fake CPU devices: meshes (data 8) and
+(data 2, fsdp 2, tensor 2) give the same losses, and under fsdp/tensor the frozen base and full fine-tuning's
+parameters are sharded like the pretraining state (not replicated). Runs in a subprocess so the device-count flag never leaks."""
 
 from __future__ import annotations
 
@@ -41,14 +41,16 @@ SCRIPT = textwrap.dedent(
         }
     fp.FinetunePrograms.__init__ = spy
     result = {}
-    for method in ("lora", "full"):
+    for method in ("lora", "full", "lora_dropout"):
         for name, mesh in (("data", "[8,1,1]"), ("mixed", "[2,2,2]")):
-            cfg = load_config(ft.FinetuneConfig, None, [*common, f"finetune.method={method}", f"trainer.mesh={mesh}",
+            extra = ["finetune.method=lora", "finetune.lora.dropout=0.1"] if method == "lora_dropout" else [
+                f"finetune.method={method}"]
+            cfg = load_config(ft.FinetuneConfig, None, [*common, *extra, f"trainer.mesh={mesh}",
                               "finetune.lora.targets=[attention,mlp]", f"trainer.run_dir={out / (method + name)}"])
             r = ft.finetune(out / "base", cfg)
             rows = [json.loads(l) for l in (out / (method + name) / "metrics.jsonl").read_text().splitlines()]
             result[method + "/" + name] = {"losses": [x["loss"] for x in rows if "loss" in x], "eval": r["eval_loss"],
-                                           "specs": specs[method]}
+                                           "specs": specs[cfg.finetune.method]}
     print("RESULT" + json.dumps(result))
     """
 )
@@ -63,13 +65,15 @@ def test_sharded_finetune_matches_data_parallel(tmp_path):
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
-    for method in ("lora", "full"):
+    # LoRA dropout: the masks are drawn the same on either mesh (jax's threefry is partitionable)
+    for method in ("lora", "full", "lora_dropout"):
         a, b = result[f"{method}/data"], result[f"{method}/mixed"]
         assert len(a["losses"]) == 3
         # same math, other reduction orders: float32 sums over 8 vs 2x2x2 shards
         for x, y in zip(a["losses"], b["losses"], strict=True):
             assert abs(x - y) <= 1e-5 * abs(x), (method, a["losses"], b["losses"])
         assert abs(a["eval"] - b["eval"]) <= 1e-5 * abs(a["eval"])
+    assert result["lora_dropout/data"]["losses"][1:] != result["lora/data"]["losses"][1:]  # dropout acts
     lora, full = result["lora/mixed"]["specs"], result["full/mixed"]["specs"]
     assert "fsdp" in lora["frozen_wi"] or "tensor" in lora["frozen_wi"], lora  # the frozen base is sharded
     assert "fsdp" in full["trainable_wi"] or "tensor" in full["trainable_wi"], full
