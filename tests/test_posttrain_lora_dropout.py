@@ -150,6 +150,38 @@ def test_adapted_model_keeps_the_plain_models_rng_streams():
     assert set(without) == set(plain)
 
 
+def test_remat_recomputes_the_same_lora_dropout_masks():
+    """Under remat the backward pass recomputes the blocks: it must redraw the same masks, so the loss and
+    the adapters' gradients equal those without remat (the trainer's step keys, folded with the step)."""
+    from chinchax.model.losses import token_cross_entropy
+    from chinchax.posttrain.finetune_programs import adapted_parts
+    from chinchax.sharding import single_device_mesh
+    from chinchax.train.step import _fold
+
+    cfg = _tiny("tiny-llama")
+    spec = LoraSpec(RANK, 2.0, 0.3, frozenset({"q", "v", "o", "wi", "wo"}))
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, V, (B, L + 1)), jnp.int32)
+    results = []
+    for remat in ("none", "full"):
+        parts = adapted_parts(cfg.replace(remat=remat), single_device_mesh(), 0, spec)
+        params = jax.tree.map(lambda x: 0.3 * jax.random.normal(jax.random.key(2), x.shape),
+                              jax.eval_shape(lambda p=parts: nnx.to_pure_dict(nnx.state(
+                                  Transformer(cfg, rngs=nnx.Rngs(0), lora=spec), nnx.Param))))
+
+        def loss(params, parts=parts):
+            model = parts.merge(params, _fold(parts.rng_keys(), jnp.int32(3)))
+            model.train()
+            ce, _ = token_cross_entropy(model(tokens[:, :-1]), tokens[:, 1:])
+            return ce.mean()
+
+        results.append(jax.jit(jax.value_and_grad(loss))(params))
+    (loss0, g0), (loss1, g1) = results
+    np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
+    for key, value in flatten(g0).items():
+        if "_lora." in key:
+            np.testing.assert_allclose(flatten(g1)[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
 @pytest.mark.parametrize("dropout", [-0.1, 1.0, 1.5, float("nan")])
 def test_a_dropout_outside_0_1_names_the_key_and_the_fix(dropout):
     with pytest.raises(UserError) as e:
