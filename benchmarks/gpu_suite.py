@@ -6,8 +6,9 @@
 Runs benchmarks/train_step.py (the trainer's own step) once per variant, each in a fresh process so one
 variant's memory or a crash cannot touch the next: the two presets at the batch of docs/benchmarks.md, larger
 batches, remat policies, scanned layers, and packed rows (segment masks: cuDNN's packed attention vs XLA's
-masked attention). Writes results.jsonl (one train_step JSON line per variant, failures included) and
-results.md (a table to paste into docs/benchmarks.md). Stops starting variants when --budget-s would be
+masked attention); then benchmarks/int8_matmul.py (issue 16's int8 speed ratio). Writes results.jsonl (one
+train_step JSON line per variant, failures included), results.md (a table to paste into docs/benchmarks.md)
+and int8_matmul.jsonl. Stops starting variants when --budget-s would be
 exceeded, so the suite always finishes in time and says what it skipped.
 """
 
@@ -43,6 +44,7 @@ VARIANTS = [
 TINY = {"--d-model": "32", "--layers": "2", "--heads": "2", "--d-ff": "64", "--vocab": "256", "--seq": "64",
         "--dtype": "float32"}  # fmt: skip
 PRESET_BATCH = {"350m": 16, "1.3b": 8}
+INT8 = "int8 matmul"  # the last step: benchmarks/int8_matmul.py
 
 
 def parse_args(argv=None):
@@ -87,6 +89,22 @@ def run_variant(name: str, args: list[str], timeout_s: float) -> dict:
     return {"variant": name, "args": args, "wall_s": wall, **json.loads(lines[-1])}
 
 
+def run_int8(*, tiny: bool, timeout_s: float) -> list[dict]:
+    """benchmarks/int8_matmul.py in its own process: one row per shape, or one row with the error."""
+    script = Path(__file__).with_name("int8_matmul.py")
+    cmd = [sys.executable, str(script), "--json", *(["--tiny", "--repeats", "3"] if tiny else [])]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=os.environ)
+    except subprocess.TimeoutExpired:
+        return [{"error": f"timed out after {timeout_s:.0f} s"}]
+    rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    for r in rows:
+        print(f"int8 matmul {r['shape']}: bf16/w8a8 {r['speedup_w8a8']:.2f}x, bf16/w8 {r['speedup_w8']:.2f}x", flush=True)
+    if proc.returncode != 0 or not rows:
+        rows.append({"error": " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:]) or f"exit {proc.returncode}"})
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     head = "| variant | batch | step (best) | tokens/s | ratio to jnp.dot | MFU vs datasheet | compile | note |"
     out = [head, "|---|---|---|---|---|---|---|---|"]
@@ -107,7 +125,7 @@ def main(argv=None) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     wanted = {v.strip() for v in args.only.split(",") if v.strip()}
-    unknown = wanted - {name for name, _ in VARIANTS}
+    unknown = wanted - {name for name, _ in VARIANTS} - {INT8}
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {[n for n, _ in VARIANTS]}")
     start, rows = time.perf_counter(), []
@@ -123,6 +141,11 @@ def main(argv=None) -> list[dict]:
         print(table([row]).splitlines()[-1], flush=True)
     write_text_atomic(out / "results.jsonl", "".join(jsonio.dumps(r) + "\n" for r in rows))
     write_text_atomic(out / "results.md", table(rows))
+    if not wanted or INT8 in wanted:
+        left = args.budget_s - (time.perf_counter() - start)
+        int8 = run_int8(tiny=args.tiny, timeout_s=args.timeout_s) if left > 0 else [{"error": "skipped: no budget left"}]
+        write_text_atomic(out / "int8_matmul.jsonl", "".join(jsonio.dumps(r) + "\n" for r in int8))
+        rows.append({"variant": INT8, "shapes": int8})
     print(f"{len(rows)} variants in {time.perf_counter() - start:.0f} s -> {out / 'results.md'}")
     return rows
 
