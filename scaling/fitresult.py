@@ -6,8 +6,8 @@ Approach-3 fits also keep each resample's parameters (log E, log A, log B, alpha
 Kaplan's form), so `predict_loss` and `frontier` give bootstrap intervals for the loss anywhere.
 
 Predictions are computed in log space (log L = logaddexp(log E, gamma·logaddexp(log A - alpha·log N,
-log B - beta·log D)); gamma = 1 is Chinchilla's form) and exponentiated last: a bootstrap draw with an extreme coefficient (A = e^800) is a finite number
-there, where A/N^alpha in floats would overflow.
+log B - beta·log D)); gamma = 1 is Chinchilla's form) and exponentiated last: a bootstrap draw with an
+extreme coefficient (A = e^800) is a finite number there, where A/N^alpha in floats would overflow.
 """
 
 from __future__ import annotations
