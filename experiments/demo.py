@@ -244,8 +244,8 @@ def holdout(cfg, base_dir, fit, run, out: Path, suffix: str, alternative=None) -
         other = {"law": alternative.law, "predicted": float(p), "predicted_lo": float(p_lo),
                  "predicted_hi": float(p_hi), "relative_error": float((p - measured) / measured)}
     return {"law": fit.law, "alternative": other, "budget": budget, "n_opt": frontier["n_opt"],
-            "n_params": planned.n_params, "n_tokens": planned.n_tokens, "d_model": planned.d_model, "n_layers": planned.n_layers, "run": planned.run_id,
-            "runs": [r["run"] for r in rows], "measured_seeds": seeds,
+            "n_params": planned.n_params, "n_tokens": planned.n_tokens, "d_model": planned.d_model,
+            "n_layers": planned.n_layers, "run": planned.run_id, "runs": [r["run"] for r in rows], "measured_seeds": seeds,
             "predicted": float(predicted), "predicted_lo": float(lo), "predicted_hi": float(hi),
             "measured": measured, "relative_error": float(error), "inside_interval": bool(lo <= measured <= hi)}
 
