@@ -7,15 +7,20 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_matmul.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name: str):
+    """A benchmarks/ script as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("int8_matmul", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("int8_matmul")
 
 
 def test_int8_products_are_the_matmul_to_int8_precision(bench):
@@ -36,9 +41,7 @@ def test_script_reports_every_shape_as_json(bench, capsys):
 
 
 def test_gpu_suite_runs_it_as_its_last_step(tmp_path):
-    spec = importlib.util.spec_from_file_location("gpu_suite", SCRIPT.with_name("gpu_suite.py"))
-    suite = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(suite)
+    suite = _script("gpu_suite")
     rows = suite.main(["--tiny", "--out", str(tmp_path), "--only", suite.INT8])
     assert [r["variant"] for r in rows] == [suite.INT8]
     shapes = rows[0]["shapes"]
