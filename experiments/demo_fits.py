@@ -28,7 +28,7 @@ def fit_all(out: Path, *, n_bootstrap: int, quick: bool = False) -> dict:
     import warnings
 
     from chinchax.scaling.fit_chinchilla import fit_approach1, fit_approach2
-    from chinchax.scaling.fit_parametric import chinchilla_grid, fit_approach3, kaplan_grid
+    from chinchax.scaling.fit_parametric import fit_approach3, form_grid
     from chinchax.scaling.fitresult import CONFIDENCE
     from chinchax.scaling.table import load_table
 
@@ -40,10 +40,10 @@ def fit_all(out: Path, *, n_bootstrap: int, quick: bool = False) -> dict:
         "approach2": lambda: fit_approach2(table, n_bootstrap=n_bootstrap, seed=0),
         # --quick: every other value of Chinchilla's initialisation grid (still 225 starts).
         "approach3": lambda: fit_approach3(table, n_bootstrap=n_bootstrap, seed=0,
-                                           grid=chinchilla_grid(coarse=True) if quick else None),
+                                           grid=form_grid("chinchilla", coarse=True) if quick else None),
         # approach 3 in Kaplan's joint form with an irreducible loss: E + (A/N^alpha + B/D)^gamma
         "approach3_kaplan": lambda: fit_approach3(table, n_bootstrap=n_bootstrap, seed=0, form="kaplan",
-                                                  grid=kaplan_grid(coarse=True) if quick else None),
+                                                  grid=form_grid("kaplan", coarse=True) if quick else None),
     }
     for name, job in jobs.items():
         t = time.time()

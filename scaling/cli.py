@@ -122,12 +122,12 @@ def run_fit(table, law: str, *, n_bootstrap: int = 200, seed: int = 0, holdout: 
         from chinchax.scaling.fit_kaplan import fit_kaplan
 
         return fit_kaplan(df, n_bootstrap=n_bootstrap, seed=seed, holdout=holdout)
-    from chinchax.scaling.fit_parametric import chinchilla_grid, fit_approach3, kaplan_grid
+    from chinchax.scaling.fit_parametric import fit_approach3, form_grid
     from chinchax.scaling.table import final_rows
 
     form = "kaplan" if law == "kaplan-3" else "chinchilla"
-    grid = (kaplan_grid if form == "kaplan" else chinchilla_grid)(coarse=coarse_grid)
-    result = fit_approach3(df, n_bootstrap=n_bootstrap, seed=seed, holdout=holdout, grid=grid, form=form,
+    result = fit_approach3(df, n_bootstrap=n_bootstrap, seed=seed, holdout=holdout,
+                           grid=form_grid(form, coarse=coarse_grid), form=form,
                            data_constrained=law == "data-constrained", tie_exponents=tie_exponents, fix_E=fix_E)
     if held is not None:
         result.holdout = {"split": split, **result.score_holdout(final_rows(held))}

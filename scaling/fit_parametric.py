@@ -70,6 +70,11 @@ def kaplan_grid(coarse: bool = False) -> np.ndarray:
     return np.array(list(itertools.product(a, b, e, alpha, gamma)), dtype=np.float64)
 
 
+def form_grid(form: str, coarse: bool = False) -> np.ndarray:
+    """The grid of starts of a form of approach 3 (`coarse`: every other value, for quick looks)."""
+    return (kaplan_grid if form == "kaplan" else chinchilla_grid)(coarse=coarse)
+
+
 def kaplan_objective(theta_P, data, w_R):
     """Huber loss of log L = logaddexp(e, gamma·logaddexp(a - alpha·log N, b - log D)) against log loss."""
     import jax.numpy as jnp
@@ -205,7 +210,7 @@ def fit_approach3(
     n_free = len(constraints.free) + int(data_constrained)
     _require_runs(fit_df, n_free, name, constraints)
     if grid is None:
-        grid = kaplan_grid() if form == "kaplan" else chinchilla_grid()
+        grid = form_grid(form)
     grid = np.asarray(grid, np.float64)
     rng = np.random.default_rng(seed)
 

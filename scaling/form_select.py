@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from chinchax.errors import UserError
-from chinchax.scaling.fit_parametric import FORMS, chinchilla_grid, fit_approach3, kaplan_grid
+from chinchax.scaling.fit_parametric import FORMS, fit_approach3, form_grid
 from chinchax.scaling.table import budgets, final_rows
 
 
@@ -28,7 +28,7 @@ def backtest(table: pd.DataFrame, form: str, *, coarse: bool = False) -> dict:
     """`form` fitted on the budgets below each budget in turn and scored on that budget's runs: {rmse_log_loss,
     mean_log_error (> 0: the form predicted too high a loss), max_abs_rel_error, runs, budgets (those
     predicted)}, or {error} when no budget could be predicted."""
-    grid = (kaplan_grid if form == "kaplan" else chinchilla_grid)(coarse=coarse)
+    grid = form_grid(form, coarse=coarse)
     final = final_rows(table)
     budget_R = budgets(final)
     log_errors, predicted, last_error = [], [], "the table has fewer than 2 budgets"
