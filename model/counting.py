@@ -18,6 +18,7 @@ its `encoder_seq_len` tokens is spread over the decoder's `seq_len` tokens):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 from flax import nnx
@@ -52,6 +53,14 @@ def abstract_params(cfg: ModelConfig) -> nnx.State:
 
 
 def count_params(cfg: ModelConfig) -> ParamCounts:
+    counts = _count_params(cfg)
+    return dataclasses.replace(counts, shapes=dict(counts.shapes))  # the caller's own dict
+
+
+@functools.lru_cache(maxsize=64)
+def _count_params(cfg: ModelConfig) -> ParamCounts:
+    # cached: tracing the model takes ~0.06 s, and a sweep worker counts every run's model (and planners
+    # count ladders of shapes)
     shapes: dict[str, tuple[int, ...]] = {}
     total = embedding = 0
     for path, leaf in nnx.to_flat_state(abstract_params(cfg)):

@@ -219,3 +219,34 @@ def test_row_shuffle_mixes_documents_into_batches_and_resumes_exactly():
     assert rows(evals) != rows(P.eval_batches(cfg, TOK, global_batch_size=4))
     with pytest.raises(UserError, match="shuffle_rows"):
         cfg.replace(shuffle_rows=-1)
+
+
+def test_eval_batches_of_a_built_corpus_are_made_once_a_process_and_again_when_it_changes(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(100):  # validation takes ~2% of the files (cycled to fill the batches)
+        (corpus / f"f{i:02d}.txt").write_text(f"file {i:02d} " + "lorem ipsum dolor " * 20)
+    cfg = DataConfig(source=f"text:{corpus}", data_dir=str(tmp_path / "data"), seq_len=32, eval_batches=2).validate()
+    first = P.eval_batches(cfg, TOK, global_batch_size=4)
+    assert all(not v.flags.writeable for b in first for v in b.values())  # shared: nobody may change them
+    built = []
+    real_build = P.build_dataset
+    monkeypatch.setattr(P, "build_dataset", lambda *a, **k: built.append(1) or real_build(*a, **k))
+    assert P.eval_batches(cfg, TOK, global_batch_size=4) is first and not built
+    halves = [P.eval_batches(cfg, TOK, global_batch_size=4, process_index=i, process_count=2) for i in range(2)]
+    assert built and [h["inputs"].shape[0] for h in halves[0]] == [2, 2]  # another host's rows: another entry
+    # the corpus changes: its manifest hash does, and so do the validation batches
+    for f in corpus.iterdir():
+        f.write_text(f.read_text().replace("lorem", "LOREM"))
+    changed = P.eval_batches(cfg, TOK, global_batch_size=4)
+    text = bytes((changed[0]["inputs"][0] - BYTE_OFFSET).clip(0, 255).astype(np.uint8))
+    assert b"LOREM" in text and b"lorem" not in text
+
+
+def test_eval_batches_of_memory_sources_are_never_reused():
+    name = P.register_memory_source("memo-a", {"train": TRAIN, "validation": VALID})
+    cfg = cfg_for(eval_batches=2).replace(source=name)
+    first = P.eval_batches(cfg, TOK, global_batch_size=4)
+    P.register_memory_source("memo-a", {"train": TRAIN, "validation": [d.upper() for d in VALID]})
+    again = P.eval_batches(cfg, TOK, global_batch_size=4)  # same name, other documents: other batches
+    assert not np.array_equal(first[0]["inputs"], again[0]["inputs"])

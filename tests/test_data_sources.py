@@ -362,3 +362,13 @@ def test_tfds_not_prepared_and_online_prepares_array_record(tmp_path, monkeypatc
     src = open_source("tfds:chinchax_test_docs", "test", data_dir, text_field="body")
     assert sorted(src) == sorted(f"body 5-{i} ü" for i in range(5))
     assert list(Path(data_dir, "chinchax_test_docs", "1.2.0").glob("*.array_record-*"))
+
+
+def test_stdlib_files_are_hashed_again_only_when_they_change(tmp_path, monkeypatch):
+    hashed = []
+    monkeypatch.setattr(text_builder, "sha256_file", lambda p: hashed.append(p) or f"h{len(hashed)}")
+    f = write(tmp_path / "mod.py", "x = 1\n")
+    first = text_builder._stdlib_sha256(f, f.stat())
+    assert text_builder._stdlib_sha256(f, f.stat()) == first and len(hashed) == 1  # unchanged: not read again
+    write(f, "x = 22\n")
+    assert text_builder._stdlib_sha256(f, f.stat()) != first and len(hashed) == 2

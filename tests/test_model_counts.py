@@ -1,5 +1,6 @@
 """Parameter counts equal the reference implementations exactly; FLOP conventions are consistent."""
 
+import math
 import re
 import resource
 import time
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chinchax.model.config import load_model_config
+from chinchax.model.config import ModelConfig, load_model_config
 from chinchax.model.counting import count_params, flops_per_token
 from chinchax.model.presets import preset_names
 
@@ -92,3 +93,11 @@ def test_every_preset_counts_without_memory():
     published = readme_parameter_counts()
     assert published == REFERENCE_TOTALS  # the README's table is the reference list
     assert {name: totals[name] for name in published} == published
+
+
+def test_counts_are_cached_but_each_caller_gets_its_own_shapes():
+    cfg = ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, vocab_size=64, max_len=16)
+    first = count_params(cfg)
+    first.shapes.clear()
+    again = count_params(cfg)
+    assert again.total == first.total and again.shapes and sum(math.prod(s) for s in again.shapes.values()) == again.total
