@@ -224,7 +224,7 @@ def _run_local(plan, sweep, parallel, max_retries, train_command, skip_failed, e
 
     for phase in phases:
         with ThreadPoolExecutor(max_workers=parallel) as pool:
-            futures = [pool.submit(train_one, r) for r in phase]
+            futures = [pool.submit(train_one, r) for r in launch_order(phase)]
             for future in as_completed(futures):
                 outcome = future.result()
                 outcomes.append(outcome)
@@ -234,6 +234,15 @@ def _run_local(plan, sweep, parallel, max_retries, train_command, skip_failed, e
     if bar:
         bar.close()
     return _in_plan_order(plan, outcomes)
+
+
+def launch_order(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """The order a local sweep starts its runs in: the largest budget first (its runs are the longest, and
+    the short ones then fill in at the end, so parallel workers finish together), and within a budget every
+    size of one seed before the next seed. Plans list a grid point's seeds side by side, which started two
+    runs of one shape at once, each compiling the same programs; now the second finds them compiled (in its
+    worker, or in the persistent compilation cache: 0.8 s instead of 4 s for a demo model here)."""
+    return sorted(runs, key=lambda r: (-r.budget, r.seed))  # stable: sizes and families keep plan order
 
 
 def _counts(outcomes: Sequence[Outcome]) -> dict:

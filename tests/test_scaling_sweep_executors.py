@@ -312,3 +312,20 @@ def test_tpu_executor_seeds_wsd_branches_on_gcs_after_their_trunks(tmp_path):
     calls, echoed, states = run_with(listing="", copy_fails=True)
     assert any("training the branch from scratch" in line for line in echoed)
     assert states["r0"] == "done"
+
+
+def test_local_sweeps_start_long_runs_first_and_never_two_seeds_of_one_shape_side_by_side(tmp_path, monkeypatch):
+    import dataclasses
+
+    base = fakes.fake_plan(4)  # budgets 1e9 (r0, r2) and 2e9 (r1, r3)
+    runs = [dataclasses.replace(r, run_id=f"{r.run_id}s{seed}", seed=seed) for r in base.runs for seed in (0, 1)]
+    plan = dataclasses.replace(base, runs=tuple(runs))  # seeds side by side, as plans list them
+    order = [r.run_id for r in executors.launch_order(plan.runs)]
+    assert order == ["r1s0", "r3s0", "r1s1", "r3s1", "r0s0", "r2s0", "r0s1", "r2s1"]
+    calls = tmp_path / "calls.log"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
+    s = SweepDir(tmp_path / "sweep")
+    s.write_plan(plan)
+    outcomes = executors.run_local(plan, s, train_command=fakes.fake_train_command(tmp_path), progress=False)
+    assert _calls(calls) == order  # one at a time: launched in that order
+    assert [o.run_id for o in outcomes] == [r.run_id for r in runs]  # reported in plan order
