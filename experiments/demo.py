@@ -16,6 +16,7 @@ Re-running skips every finished run (and resumes interrupted ones); only fits an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
@@ -97,6 +98,19 @@ def run_demo(out: Path, *, quick: bool = False, parallel: int = 2, n_bootstrap: 
              max_retries: int = 1, train_command=None, scale: str = "cpu") -> dict:
     """The demo as a function (the CLI and the tests call this); returns the report's numbers.
     `train_command` (tests) replaces the worker processes with that subprocess command."""
+    from chinchax.scaling.worker import WorkerPool
+
+    if parallel < 1:
+        raise UserError(f"--parallel={parallel} must be >= 1")
+    with contextlib.ExitStack() as stack:
+        # One pool of workers for every training phase: the sweep reuses the lr sweep's processes and compiled
+        # programs (same shapes) instead of starting and compiling again.
+        pool = None if train_command is not None else stack.enter_context(WorkerPool(parallel, _worker_env(out)))
+        return _run_demo(out, quick=quick, parallel=parallel, n_bootstrap=n_bootstrap, max_retries=max_retries,
+                         train_command=train_command, scale=scale, pool=pool)
+
+
+def _run_demo(out: Path, *, quick, parallel, n_bootstrap, max_retries, train_command, scale, pool) -> dict:
     from chinchax.experiments import demo_lr, demo_seeds
     from chinchax.scaling.plan import load_sweep, plan_sweep
     from chinchax.scaling.results import SweepDir
@@ -114,7 +128,7 @@ def run_demo(out: Path, *, quick: bool = False, parallel: int = 2, n_bootstrap: 
         cfg = dataclasses.replace(cfg, overrides=[*cfg.overrides, *QUICK_RUN_OVERRIDES]).validate()
     suffix = "_quick" if quick else ""  # both can live in one --out
     phases = Phases()
-    run = _runner(out, parallel, max_retries, train_command, phases)
+    run = _runner(out, parallel, max_retries, train_command, phases, pool)
 
     # 1. the learning-rate rule, measured at the smallest budget
     multipliers = list(demo_lr.MULTIPLIERS)
@@ -176,7 +190,16 @@ def run_demo(out: Path, *, quick: bool = False, parallel: int = 2, n_bootstrap: 
     return {"wall_time_s": wall, "optimal_table": optimal_table, "fits": fits, "rows": rows, "summary": summary}
 
 
-def _runner(out: Path, parallel: int, max_retries: int, train_command, phases: Phases):
+def _worker_env(out: Path) -> dict:
+    return {
+        # Only the first process compiles a shape; later workers (and re-runs) load it from disk.
+        "JAX_COMPILATION_CACHE_DIR": str((out / "jax_cache").resolve()),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "WANDB_MODE": "disabled",
+    }
+
+
+def _runner(out: Path, parallel: int, max_retries: int, train_command, phases: Phases, pool):
     """run(plan, sweep, results_to=None) -> results rows: one training phase, timed and counted."""
     from chinchax.experiments import demo_seeds
     from chinchax.fileio import write_text_atomic
@@ -184,18 +207,11 @@ def _runner(out: Path, parallel: int, max_retries: int, train_command, phases: P
     from chinchax.scaling.results import CURVE_COLUMNS, collect, csv_text
     from chinchax.scaling.run_rows import EXTRA_COLUMNS, RESULT_COLUMNS
 
-    env = {
-        # Only the first process compiles a shape; later workers (and re-runs) load it from disk.
-        "JAX_COMPILATION_CACHE_DIR": str((out / "jax_cache").resolve()),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "WANDB_MODE": "disabled",
-    }
-
     def run(plan, sweep, results_to: Path | None = None) -> list[dict]:
         sweep.write_plan(plan)
         t = time.time()
         outcomes = executors.run_local(
-            plan, sweep, parallel=parallel, max_retries=max_retries, env=env, workers=train_command is None,
+            plan, sweep, parallel=parallel, max_retries=max_retries, env=_worker_env(out), pool=pool,
             train_command=train_command or executors.DEFAULT_TRAIN_COMMAND,
         )
         phases.add(time.time() - t, sweep, outcomes)

@@ -197,12 +197,15 @@ def run_local(
     env: dict | None = None,
     progress: bool = True,
     workers: bool = False,
+    pool: WorkerPool | None = None,
 ) -> list[Outcome]:
     """Each run as a `chinchax train` subprocess in its own directory, `parallel` at a time; with
     `workers`, in `parallel` long-lived worker processes that share compiled programs between runs of one
-    shape (chinchax.scaling.worker)."""
+    shape (chinchax.scaling.worker); with `pool`, in those workers (the caller's: kept for its next sweep)."""
     if parallel < 1:
         raise UserError(f"--parallel={parallel} must be >= 1")
+    if pool is not None:
+        return _run_local(plan, sweep, parallel, max_retries, train_command, skip_failed, env, progress, pool.run)
     if workers:
         with WorkerPool(parallel, env) as pool:
             return _run_local(plan, sweep, parallel, max_retries, train_command, skip_failed, env, progress,

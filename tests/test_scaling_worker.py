@@ -11,7 +11,7 @@ from chinchax.scaling import executors
 from chinchax.scaling.paired import neighbour_differences, paired_difference
 from chinchax.scaling.plan import load_sweep, plan_sweep
 from chinchax.scaling.results import TRAIN_LOG, SweepDir, read_json
-from chinchax.scaling.worker import Worker
+from chinchax.scaling.worker import Worker, WorkerPool
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SWEEP = {
@@ -101,3 +101,27 @@ def test_paired_difference_is_the_difference_of_means_with_a_smaller_error():
     unpaired = np.std(np.asarray(a["loss_sum"]) / weight, ddof=1) / np.sqrt(400)
     assert se < unpaired / 20  # the shared difficulty cancels
     assert abs(diff - 0.05) < 4 * se
+
+
+def test_a_pool_passed_to_several_sweeps_keeps_its_workers_and_their_compiled_programs(tmp_path):
+    cfg, base = load_sweep({**TINY_SWEEP, "budgets": [6.0e8], "sizes": {**TINY_SWEEP["sizes"], "n_params": [14000]}})
+    plan = plan_sweep(cfg, REPO / "experiments")
+    assert len(plan.runs) == 1
+    with WorkerPool(1, {"WANDB_MODE": "disabled"}) as pool:
+        first, again = SweepDir(tmp_path / "first"), SweepDir(tmp_path / "again")
+        for sweep in (first, again):
+            sweep.write_plan(plan)
+            outcomes = executors.run_local(plan, sweep, parallel=1, max_retries=0, pool=pool, progress=False)
+            assert [o.status for o in outcomes] == ["done"]
+            if sweep is first:
+                pid = pool._all[0].process.pid
+        assert pool._all[0].process.pid == pid  # the same process trained both
+    assert pool._all[0].process is None  # closed with the pool
+
+    def first_window_s(sweep):
+        rows = (sweep.run_dir(plan.runs[0].run_id) / "metrics.jsonl").read_text().splitlines()
+        return next(r["step_time_s"] for r in map(json.loads, rows) if "step_time_s" in r)
+
+    assert first_window_s(again) < first_window_s(first) / 3  # nothing compiled the second time
+    losses = [read_json(s.run_dir(plan.runs[0].run_id) / "run.json")["eval_loss"] for s in (first, again)]
+    assert losses[0] == losses[1]  # and the same run, bitwise
