@@ -136,7 +136,8 @@ def _run_demo(out: Path, *, quick, parallel, n_bootstrap, max_retries, train_com
         lr_plan = demo_lr.plan_lr_sweep(cfg, base_dir, multipliers)
         _say(f"learning-rate sweep ({len(lr_plan.runs)} runs at {min(cfg.budgets):.3g} FLOPs, "
              f"x{', x'.join(f'{m:.3g}' for m in sorted(multipliers))} the planned rate)")
-        rule = demo_lr.tune(run(lr_plan, SweepDir(out / f"sweep_lr{suffix}")), cfg.hparams.base_d_model)
+        lr_rows = run(lr_plan, SweepDir(out / f"sweep_lr{suffix}"))
+        rule = demo_lr.tune(lr_rows, cfg.hparams.base_d_model)
         more = demo_lr.extensions(rule, multipliers)
         if not more:
             break
@@ -169,6 +170,7 @@ def _run_demo(out: Path, *, quick, parallel, n_bootstrap, max_retries, train_com
     prediction = None
     if "approach3" in fits["results"]:
         prediction = holdout(cfg, base_dir, fits["results"]["approach3"], run, out, suffix, fits["alternative"])
+        prediction["learning_rate"] = demo_lr.rate_interval(lr_rows, rule, prediction["d_model"], n_bootstrap)
         from chinchax.experiments.demo_fits import plot_prediction
 
         fits["plots"].append(("Held-out run: predicted (approach 3) against measured loss",

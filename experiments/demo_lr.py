@@ -142,6 +142,44 @@ def tune(rows: list[dict], base_d_model: int) -> dict:
     return rule
 
 
+def rate_interval(rows: list[dict], rule: dict, d_model: int, n_resamples: int = 200, level: float = 0.95,
+                  seed: int = 0) -> dict:
+    """The rule's learning rate at `d_model` (a width the sweep may not have tuned) with a seed-bootstrap
+    interval: each resample redraws every lr-sweep point's seeds with replacement and refits the rule as
+    `tune` does; the refitted rates' spread is put around the rule's rate. It says how far the rate that a
+    held-out run trains at can be trusted; with one seed a point there is nothing to resample, and no
+    interval."""
+    base_d = rule["base_d_model"]
+    by_point: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_point.setdefault((int(r["d_model"]), float(r["learning_rate"])), []).append(r)
+    widths = sorted(int(d) for d in rule["best_by_width"])
+    out = {"d_model": int(d_model), "lr": rule["base_lr"] * (base_d / d_model) ** rule["width_exponent"],
+           "lo": None, "hi": None, "level": level, "resamples": 0, "tuned_widths": [widths[0], widths[-1]],
+           "extrapolation": d_model / widths[-1], "loss_cost": None}
+    if min(len(p) for p in by_point.values()) < 2 or n_resamples < 1:
+        return out
+    rng = np.random.default_rng(seed)
+    rates = []
+    for _ in range(n_resamples):
+        sample = [p[i] for p in by_point.values() for i in rng.integers(0, len(p), len(p))]
+        fit = tune(sample, base_d)
+        rates.append(fit["base_lr"] * (base_d / d_model) ** fit["width_exponent"])
+    # the refitted rates' spread (quantiles of log rate about their median) around the rule's own rate: with two
+    # seeds a point the resampled fits scatter about a slightly shifted centre, and the question is how uncertain
+    # the rate the run trained at is. Resampling n seeds understates their mean's variance by (n - 1) / n (by half
+    # for two), so the spread is widened by sqrt(n / (n - 1)).
+    n = min(len(p) for p in by_point.values())
+    q_lo, median, q_hi = np.quantile(np.log(rates), [(1 - level) / 2, 0.5, (1 + level) / 2])
+    widen = math.sqrt(n / (n - 1))
+    lo, hi = out["lr"] * math.exp(widen * (q_lo - median)), out["lr"] * math.exp(widen * (q_hi - median))
+    # what training at the centre costs if the best rate is at an end: the valley's curvature (measured at the
+    # lr sweep's budget) times half the interval's log-width squared
+    curvature = (rule.get("surface") or {}).get("curvature")
+    cost = curvature * (math.log(hi / lo) / 2) ** 2 if curvature else None
+    return {**out, "lo": float(lo), "hi": float(hi), "resamples": n_resamples, "loss_cost": cost}
+
+
 def extensions(rule: dict, multipliers) -> list[float]:
     """Multipliers to add when some size's best rate was an edge of the range tried: one step of 3x beyond
     it, so every size's optimum ends up bracketed (the demo tries at most MAX_ROUNDS rounds)."""

@@ -170,7 +170,24 @@ def _prediction(summary: dict) -> str:
             f"N = {_si(p['n_params'])}, D = {_si(p['n_tokens'])} tokens). Predicted loss "
             f"**{p['predicted']:.4f}** [{p['predicted_lo']:.4f}, {p['predicted_hi']:.4f}], measured "
             f"**{p['measured']:.4f}**{_held_out_seeds(p)}: error **{p['relative_error']:+.2%}** "
-            f"({'inside' if p['inside_interval'] else 'outside'} the interval).{_alternative(p)}")
+            f"({'inside' if p['inside_interval'] else 'outside'} the interval).{_alternative(p)}{_held_out_rate(p)}")
+
+
+def _held_out_rate(p: dict) -> str:
+    lr = p.get("learning_rate")
+    if not lr:
+        return ""
+    lo, hi = lr["tuned_widths"]
+    text = (f" It trained at the learning-rate rule's {lr['lr']:.3g}, {lr['extrapolation']:.1f}x wider than the widest "
+            f"size the rule was tuned on (d_model {lo}-{hi})")
+    if lr["lo"] is None:
+        return text + "."
+    text += (f"; refitting the rule to the lr sweep with its seeds resampled ({lr['resamples']} times) puts that "
+             f"rate in [{lr['lo']:.3g}, {lr['hi']:.3g}] ({lr['level']:.0%}), a {lr['hi'] / lr['lo']:.1f}x range")
+    if lr.get("loss_cost") is None:
+        return text + "."
+    return (text + f": if the best rate were at either end, the valley's curvature at the lr sweep's budget says "
+            f"the run lost {lr['loss_cost']:.3f} nats ({lr['loss_cost'] / p['measured']:.1%} of its loss) to it.")
 
 
 def _alternative(p: dict) -> str:
@@ -201,6 +218,11 @@ def _throughput(summary: dict) -> str:
 def _seeds_text(summary: dict) -> str:
     n = len(summary.get("seeds") or [0])
     return "one seed per run" if n == 1 else f"{n} seeds per grid point"
+
+
+# The held-out run's rate is too uncertain to test the law with when it can cost more than half the 1% that the
+# prediction is judged by.
+UNCERTAIN_RATE_COST = 0.005
 
 
 def _trust(summary: dict, rows: list[dict]) -> str:
@@ -240,6 +262,12 @@ def _trust(summary: dict, rows: list[dict]) -> str:
         if not p["inside_interval"]:
             cannot.append("approach 3's intervals as error bars: the held-out run landed outside its 95% interval, so "
                           "the bootstrap over grid points understates the law's error here")
+    lr = (p or {}).get("learning_rate") or {}
+    if lr.get("loss_cost") is not None and lr["loss_cost"] / p["measured"] > UNCERTAIN_RATE_COST:
+        cannot.append(f"a held-out run trained as well as the fitted ones: its learning rate, extrapolated "
+                      f"{lr['extrapolation']:.1f}x beyond the tuned widths, is uncertain by {lr['hi'] / lr['lo']:.1f}x, "
+                      f"which can cost it {lr['loss_cost'] / p['measured']:.1%} of its loss (the prediction's error "
+                      "is partly the rate's, not the law's)")
     cannot.append("anything about models of millions of parameters or more: byte-level models of "
                   f"{_si(min(float(r['n_params']) for r in rows))}-{_si(max(float(r['n_params']) for r in rows))} "
                   f"parameters over {scale['budget_decades']:.1f} decades of compute, one corpus (Python source), "

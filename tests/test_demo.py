@@ -88,9 +88,15 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert prediction["measured"] == pytest.approx(sum(prediction["measured_seeds"]) / 2)
     for run in prediction["runs"]:
         assert (out / "sweep_holdout_quick" / "runs" / run / "run.json").exists()
+    # ... at the rule's learning rate for its width, with how far the lr sweep can vouch for that rate
+    rate, rule = prediction["learning_rate"], summary["learning_rate"]
+    assert rate["d_model"] == prediction["d_model"] and rate["resamples"] > 0 and rate["lo"] <= rate["lr"] <= rate["hi"]
+    assert rate["lr"] == pytest.approx(rule["base_lr"] * (rule["base_d_model"] / rate["d_model"]) ** rule["width_exponent"])
+    assert rate["tuned_widths"] == [min(map(int, rule["best_by_width"])), max(map(int, rule["best_by_width"]))]
 
     # The report embeds every plot it names, and the plots exist.
     report = (out / "report.md").read_text()
+    assert f"[{rate['lo']:.3g}, {rate['hi']:.3g}]" in report  # the held-out rate's interval, in the prediction section
     for section in ("## Throughput", "## Learning rates (measured)", "## Compute-optimal allocation",
                     "## Fitted laws", "## Noise", "## Prediction of a run the fits did not see",
                     "## How much to trust this", "## Runs"):
