@@ -183,11 +183,11 @@ def _held_out_rate(p: dict) -> str:
     if lr["lo"] is None:
         return text + "."
     text += (f"; refitting the rule to the lr sweep with its seeds resampled ({lr['resamples']} times) puts that "
-             f"rate in [{lr['lo']:.3g}, {lr['hi']:.3g}] ({lr['level']:.0%}), a {lr['hi'] / lr['lo']:.1f}x range")
+             f"rate in [{lr['lo']:.3g}, {lr['hi']:.3g}] ({lr['level']:.0%}; {lr['hi'] / lr['lo']:.1f}x from end to end)")
     if lr.get("loss_cost") is None:
         return text + "."
-    return (text + f": if the best rate were at either end, the valley's curvature at the lr sweep's budget says "
-            f"the run lost {lr['loss_cost']:.3f} nats ({lr['loss_cost'] / p['measured']:.1%} of its loss) to it.")
+    return (text + f": were the best rate at either end, training at the rule's rate would cost {lr['loss_cost']:.3f} "
+            f"nats ({lr['loss_cost'] / p['measured']:.1%} of its loss) at the valley's curvature in the lr sweep.")
 
 
 def _alternative(p: dict) -> str:
