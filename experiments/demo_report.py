@@ -177,9 +177,7 @@ def _held_out_rate(p: dict) -> str:
     lr = p.get("learning_rate")
     if not lr:
         return ""
-    lo, hi = lr["tuned_widths"]
-    text = (f" It trained at the learning-rate rule's {lr['lr']:.3g}, {lr['extrapolation']:.1f}x wider than the widest "
-            f"size the rule was tuned on (d_model {lo}-{hi})")
+    text = f" It trained at the learning-rate rule's {lr['lr']:.3g}, {_against_tuned(lr)}"
     if lr["lo"] is None:
         return text + "."
     text += (f"; refitting the rule to the lr sweep with its seeds resampled ({lr['resamples']} times) puts that "
@@ -188,6 +186,15 @@ def _held_out_rate(p: dict) -> str:
         return text + "."
     return (text + f": were the best rate at either end, training at the rule's rate would cost {lr['loss_cost']:.3f} "
             f"nats ({lr['loss_cost'] / p['measured']:.1%} of its loss) at the valley's curvature in the lr sweep.")
+
+
+def _against_tuned(lr: dict) -> str:
+    """Where the held-out width lies against the widths the lr rule was tuned on."""
+    lo, hi = lr["tuned_widths"]
+    if lr["d_model"] > hi:
+        return f"{lr['extrapolation']:.1f}x wider than the widest size the rule was tuned on (d_model {lo}-{hi})"
+    where = "within" if lr["d_model"] >= lo else "below"
+    return f"at a width {where} those the rule was tuned on (d_model {lo}-{hi})"
 
 
 def _alternative(p: dict) -> str:
@@ -264,8 +271,8 @@ def _trust(summary: dict, rows: list[dict]) -> str:
                           "the bootstrap over grid points understates the law's error here")
     lr = (p or {}).get("learning_rate") or {}
     if lr.get("loss_cost") is not None and lr["loss_cost"] / p["measured"] > UNCERTAIN_RATE_COST:
-        cannot.append(f"a held-out run trained as well as the fitted ones: its learning rate, extrapolated "
-                      f"{lr['extrapolation']:.1f}x beyond the tuned widths, is uncertain by {lr['hi'] / lr['lo']:.1f}x, "
+        cannot.append(f"a held-out run trained as well as the fitted ones: its learning rate, "
+                      f"{_against_tuned(lr)}, is uncertain by {lr['hi'] / lr['lo']:.1f}x, "
                       f"which can cost it {lr['loss_cost'] / p['measured']:.1%} of its loss (the prediction's error "
                       "is partly the rate's, not the law's)")
     cannot.append("anything about models of millions of parameters or more: byte-level models of "

@@ -104,3 +104,17 @@ def test_the_rate_at_an_untuned_width_comes_with_a_seed_bootstrap_interval_that_
     one = _valley_rows(0.01, seeds=(0,))
     single = demo_lr.rate_interval(one, demo_lr.tune(one, base_d_model=64), d_model=96)
     assert single["lo"] is None and single["hi"] is None and single["loss_cost"] is None and single["resamples"] == 0
+
+
+def test_the_report_says_where_the_held_out_width_lies_against_the_tuned_ones():
+    from chinchax.experiments.demo_report import _held_out_rate
+
+    rate = {"d_model": 80, "lr": 0.0037, "lo": 0.0015, "hi": 0.0132, "level": 0.95, "resamples": 200,
+            "tuned_widths": [8, 32], "extrapolation": 2.5, "loss_cost": 0.0495}
+    text = _held_out_rate({"learning_rate": rate, "measured": 1.54})
+    assert "2.5x wider than the widest size the rule was tuned on (d_model 8-32)" in text
+    assert "[0.0015, 0.0132] (95%; 8.8x from end to end)" in text and "0.050 nats (3.2% of its loss)" in text
+    inside = _held_out_rate({"learning_rate": {**rate, "d_model": 16, "extrapolation": 0.5}, "measured": 1.54})
+    assert "within those the rule was tuned on" in inside and "wider" not in inside
+    one_seed = _held_out_rate({"learning_rate": {**rate, "lo": None, "hi": None, "loss_cost": None}, "measured": 1.54})
+    assert one_seed.endswith("(d_model 8-32).")  # no interval to state
