@@ -51,7 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu",
                    help="cpu: experiments/demo_sweep.yaml (this machine, ~15 min); gpu: experiments/demo_gpu_sweep.yaml "
                    "(one H100/H200, ~15 min, ~1.6e17 FLOPs; use --parallel 1)")
-    p.add_argument("--out", default="demo", help="output directory (default ./demo)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default ./demo; ./demo_quick with --quick, ./demo_gpu with --scale gpu)")
     p.add_argument("--parallel", type=int, default=2, help="worker processes training at a time (default 2)")
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 200; 30 with --quick)")
     p.add_argument("--max-retries", type=int, default=1)
@@ -61,12 +62,18 @@ def register(subparsers) -> None:
 def _handle(args) -> int:
     if args.quick and args.scale != "cpu":
         raise UserError("--quick is the CPU study at toy size; drop --scale, or drop --quick")
-    report = run_demo(Path(args.out), quick=args.quick, parallel=args.parallel, scale=args.scale,
+    out = Path(args.out or default_out(args.quick, args.scale))
+    report = run_demo(out, quick=args.quick, parallel=args.parallel, scale=args.scale,
                       n_bootstrap=args.bootstrap or (30 if args.quick else 200), max_retries=args.max_retries)
     print(report["optimal_table"])
     print(f"\nsweep efficiency {report['summary']['throughput']['efficiency']:.1%} of jnp.dot; "
-          f"report: {Path(args.out) / 'report.md'}  ({report['wall_time_s']:.0f} s)")
+          f"report: {out / 'report.md'}  ({report['wall_time_s']:.0f} s)")
     return 0
+
+
+def default_out(quick: bool, scale: str) -> str:
+    """Each study its own folder by default: a quick run after a full one must not replace its report."""
+    return "demo_quick" if quick else "demo" if scale == "cpu" else f"demo_{scale}"
 
 
 def _say(message: str) -> None:

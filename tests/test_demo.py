@@ -131,3 +131,18 @@ def test_the_report_names_budgets_whose_best_run_is_at_the_edge_of_the_grid():
     text = _bracketing(table)
     assert "At 1 of 3 budgets (1e+10) the smallest model" in text and "At 1e+11 the largest" in text
     assert "inside its grid" in _bracketing(rows(3e10, [2.9, 2.8, 2.95]))
+
+
+def test_each_study_has_its_own_default_folder(tmp_path, monkeypatch):
+    # a quick run after a full one must not replace the full one's report (same file names in one folder)
+    from chinchax.experiments import demo
+
+    folders = {demo.default_out(quick, scale) for quick, scale in ((False, "cpu"), (True, "cpu"), (False, "gpu"))}
+    assert folders == {"demo", "demo_quick", "demo_gpu"}
+    seen = []
+    monkeypatch.setattr(demo, "run_demo", lambda out, **kw: seen.append(out) or {
+        "optimal_table": "", "summary": {"throughput": {"efficiency": 0.0}}, "wall_time_s": 0.0})
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--quick"]) == 0 and main(["demo"]) == 0
+    assert main(["demo", "--quick", "--out", "mine"]) == 0
+    assert [str(p) for p in seen] == ["demo_quick", "demo", "mine"]
