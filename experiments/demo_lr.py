@@ -157,7 +157,8 @@ def rate_interval(rows: list[dict], rule: dict, d_model: int, n_resamples: int =
     out = {"d_model": int(d_model), "lr": rule["base_lr"] * (base_d / d_model) ** rule["width_exponent"],
            "lo": None, "hi": None, "level": level, "resamples": 0, "tuned_widths": [widths[0], widths[-1]],
            "extrapolation": d_model / widths[-1], "loss_cost": None}
-    if min(len(p) for p in by_point.values()) < 2 or n_resamples < 1:
+    n = min(len(p) for p in by_point.values())  # seeds a point
+    if n < 2 or n_resamples < 1:
         return out
     rng = np.random.default_rng(seed)
     rates = []
@@ -169,7 +170,6 @@ def rate_interval(rows: list[dict], rule: dict, d_model: int, n_resamples: int =
     # seeds a point the resampled fits scatter about a slightly shifted centre, and the question is how uncertain
     # the rate the run trained at is. Resampling n seeds understates their mean's variance by (n - 1) / n (by half
     # for two), so the spread is widened by sqrt(n / (n - 1)).
-    n = min(len(p) for p in by_point.values())
     q_lo, median, q_hi = np.quantile(np.log(rates), [(1 - level) / 2, 0.5, (1 + level) / 2])
     widen = math.sqrt(n / (n - 1))
     lo, hi = out["lr"] * math.exp(widen * (q_lo - median)), out["lr"] * math.exp(widen * (q_hi - median))

@@ -26,6 +26,12 @@ TINY_SWEEP = {
 }
 
 
+def first_window_s(sweep: SweepDir, run_id: str) -> float:
+    """Seconds a step of a run's first logged window took: where a run that compiles pays for it."""
+    rows = (sweep.run_dir(run_id) / "metrics.jsonl").read_text().splitlines()
+    return next(r["step_time_s"] for r in map(json.loads, rows) if "step_time_s" in r)
+
+
 def test_worker_executor_trains_runs_like_the_local_one_and_skips_them_after(tmp_path):
     cfg, base = load_sweep(TINY_SWEEP)
     plan = plan_sweep(cfg, REPO / "experiments")
@@ -48,13 +54,9 @@ def test_worker_executor_trains_runs_like_the_local_one_and_skips_them_after(tmp
     assert len(neighbour_differences(runs)) == 2
     # One worker trained all four: the second run of a shape reuses the first's compiled programs, so its first
     # logged window (where the first run compiled) is much faster.
-    def first_window_s(run):
-        rows = [json.loads(line) for line in (sweep.run_dir(run.run_id) / "metrics.jsonl").read_text().splitlines()]
-        return next(r["step_time_s"] for r in rows if "step_time_s" in r)
-
     launched = executors.launch_order(plan.runs)
     first, again = launched[0], next(r for r in launched[1:] if r.d_model == launched[0].d_model)
-    assert first_window_s(again) < first_window_s(first) / 3
+    assert first_window_s(sweep, again.run_id) < first_window_s(sweep, first.run_id) / 3
 
     outcomes = executors.run_local(plan, sweep, parallel=1, workers=True, progress=False)
     assert [o.status for o in outcomes] == ["skipped"] * 4
@@ -118,10 +120,7 @@ def test_a_pool_passed_to_several_sweeps_keeps_its_workers_and_their_compiled_pr
         assert pool._all[0].process.pid == pid  # the same process trained both
     assert pool._all[0].process is None  # closed with the pool
 
-    def first_window_s(sweep):
-        rows = (sweep.run_dir(plan.runs[0].run_id) / "metrics.jsonl").read_text().splitlines()
-        return next(r["step_time_s"] for r in map(json.loads, rows) if "step_time_s" in r)
-
-    assert first_window_s(again) < first_window_s(first) / 3  # nothing compiled the second time
+    run_id = plan.runs[0].run_id
+    assert first_window_s(again, run_id) < first_window_s(first, run_id) / 3  # nothing compiled the second time
     losses = [read_json(s.run_dir(plan.runs[0].run_id) / "run.json")["eval_loss"] for s in (first, again)]
     assert losses[0] == losses[1]  # and the same run, bitwise
