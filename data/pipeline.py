@@ -53,6 +53,7 @@ import numpy as np
 
 from chinchax.data import objectives as obj
 from chinchax.data import packing as pk
+from chinchax.data.concat_batches import ConcatBatchesIterDataset
 from chinchax.data.config import DataConfig
 from chinchax.data.sources import PromptTarget, open_prompt_targets, open_source
 from chinchax.errors import UserError
@@ -364,6 +365,12 @@ def build_dataset(
         docs, tokenize, shard=(process_index, process_count), shuffle_seed=host_seed if shuffle else None,
         repeat=repeat,
     )
+    # Causal LM on concat-packed plain documents: one numpy pass per window, bitwise grain's concat-pack ->
+    # window shuffle -> batch (data/concat_batches.py), about 10x cheaper a batch.
+    if cfg.objective == "causal_lm" and cfg.packing == "concat" and not targets and variant != "encoder_decoder":
+        batches = ConcatBatchesIterDataset(tokens, seq_len=cfg.seq_len, batch_size=batch_size,
+                                           shuffle_rows=cfg.shuffle_rows if shuffle else 0, seed=host_seed)
+        return batches.map(CausalLMBatch(special.bos_id))
     num_bins = cfg.packing_bins or max(batch_size, 16)
     rows = _rows(cfg, tokens, variant, special, seed=host_seed, num_bins=num_bins)
     if shuffle and cfg.shuffle_rows:  # checkpointable: the window's state is part of the iterator's
