@@ -65,15 +65,23 @@ def attention_mask(
 
 
 def rope(x_BLHK: jax.Array, positions_BL: jax.Array, theta: float) -> jax.Array:
-    """Rotary embedding, "rotate half" layout (first half of K pairs with the second, as LLaMA in HF)."""
-    K = x_BLHK.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, K, 2, dtype=jnp.float32) / K))
-    angles_BLk = positions_BL.astype(jnp.float32)[:, :, None] * inv_freq
-    cos_BL1K = jnp.cos(jnp.concatenate([angles_BLk, angles_BLk], -1))[:, :, None, :]
-    sin_BL1K = jnp.sin(jnp.concatenate([angles_BLk, angles_BLk], -1))[:, :, None, :]
+    """Rotary embedding, "rotate half" layout (first half of K pairs with the second, as LLaMA in HF):
+    x·cos + swap_halves(x)·(-sin, sin), the same products as x·cos + (-x2, x1)·sin.
+
+    Two things keep it cheap on CPU (a one-layer d_model 80 step of the demo: 13.4 -> 12.0 ms): the cos and
+    sin tables are made once, behind an optimization barrier (fused into their consumers, XLA recomputed
+    both transcendentals for every element of every head, forward and backward), and the halves are
+    swapped by a reversal, whose gradient is another reversal (a concatenate of slices differentiates
+    into pads and adds)."""
+    B, L, H, K = x_BLHK.shape
+    inv_freq_k = 1.0 / (theta ** (jnp.arange(0, K, 2, dtype=jnp.float32) / K))
+    angles_BLk = positions_BL.astype(jnp.float32)[:, :, None] * inv_freq_k
+    cos_BLk, sin_BLk = jax.lax.optimization_barrier((jnp.cos(angles_BLk), jnp.sin(angles_BLk)))
+    cos_BL1K = jnp.concatenate([cos_BLk, cos_BLk], -1)[:, :, None, :]
+    signed_sin_BL1K = jnp.concatenate([-sin_BLk, sin_BLk], -1)[:, :, None, :]
     x = x_BLHK.astype(jnp.float32)
-    rotated = jnp.concatenate([-x[..., K // 2 :], x[..., : K // 2]], -1)
-    return (x * cos_BL1K + rotated * sin_BL1K).astype(x_BLHK.dtype)
+    swapped = x.reshape(B, L, H, 2, K // 2)[:, :, :, ::-1, :].reshape(B, L, H, K)
+    return (x * cos_BL1K + swapped * signed_sin_BL1K).astype(x_BLHK.dtype)
 
 
 def alibi_slopes(n_heads: int) -> np.ndarray:
