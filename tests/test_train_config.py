@@ -6,6 +6,7 @@ import pytest
 
 from chinchax.configlib import load_config
 from chinchax.errors import UserError
+from chinchax.train import mfu
 from chinchax.train.config import ExperimentConfig, TrainerConfig
 from chinchax.train.metrics import MetricsLogger, read_jsonl
 from chinchax.train.mfu import measure_matmul_peak, table_peak
@@ -50,6 +51,19 @@ def test_peak_table_knows_the_accelerators():
 def test_measured_cpu_peak_is_a_plausible_rate():
     peak = measure_matmul_peak("float32", n=256, repeats=2)
     assert 1e8 < peak < 1e13
+
+
+def test_a_cpu_peak_is_measured_once_a_process(monkeypatch):
+    calls = []
+    monkeypatch.setattr(mfu, "measure_matmul_peak", lambda dtype: calls.append(dtype) or 7e10)
+    mfu._cpu_peak.cache_clear()
+    try:
+        for _ in range(3):  # three runs in one sweep worker
+            assert mfu.total_peak_flops("float32") == (7e10, "measured jnp.dot (float32) on cpu")
+        assert calls == ["float32"]
+        assert mfu.total_peak_flops("float32", override_per_device=5e10)[0] == 5e10  # an override still wins
+    finally:
+        mfu._cpu_peak.cache_clear()
 
 
 def test_metrics_file_drops_rows_after_the_restored_step(tmp_path):

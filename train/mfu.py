@@ -6,12 +6,14 @@ MFU = (detailed model FLOPs of a step, causal attention halved; see chinchax.mod
 The table holds dense peaks per chip from the vendors' data sheets. For float32 compute the accelerators
 do not run true fp32 matmuls by default: XLA on TPU uses bf16 passes and on Ampere/Hopper GPUs TF32, so
 the float32 column holds those rates. A CPU has no table entry: we time a plain `jnp.dot` of the same
-dtype once (`measure_matmul_peak`) and treat it as the peak of the whole host (fake CPU devices share
-the same cores), or take `trainer.peak_flops`.
+dtype once a process (`measure_matmul_peak`; a sweep worker trains many runs and would spend 0.12 s on
+each) and treat it as the peak of the whole host (fake CPU devices share the same cores), or take
+`trainer.peak_flops`.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
 # device_kind substring (lower case) -> (bfloat16 peak, float32 peak) in FLOP/s per chip.
@@ -72,5 +74,10 @@ def total_peak_flops(dtype: str, override_per_device: float | None = None) -> tu
         return per_device * len(devices), f"table ({kind}, {dtype})"
     if devices[0].platform == "cpu":
         # Fake CPU devices of one process share its cores: the host's peak, times the number of hosts.
-        return measure_matmul_peak(dtype) * jax.process_count(), f"measured jnp.dot ({dtype}) on cpu"
+        return _cpu_peak(dtype) * jax.process_count(), f"measured jnp.dot ({dtype}) on cpu"
     return float("nan"), f"unknown device {kind!r}: set trainer.peak_flops"
+
+
+@functools.cache
+def _cpu_peak(dtype: str) -> float:
+    return measure_matmul_peak(dtype)
