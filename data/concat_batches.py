@@ -23,7 +23,9 @@ What grain does, and this reproduces:
     positions), if any tokens are left; the last window holds the n < W rows left and is shuffled with
     max_index n - 1; the last batch is dropped if it is short;
   - a window's output order is window[index_shuffle(p, max_index=n-1, seed=seed+window_index, rounds=4)]
-    for p = n-1, n-2, ..., 0 (grain pops its shuffled list from the end); the same index_shuffle is called.
+    for p = n-1, n-2, ..., 0 (grain pops its shuffled list from the end). index_shuffle_all computes it for
+    all p at once, bitwise as grain's C++ index_shuffle (see there why), and each window checks one index
+    against grain's own function.
 
 State (JSON): the parent's state before the document holding the current window's first token, the
 number of that document's tokens already used by earlier windows, the window's index and how many of its
@@ -33,6 +35,7 @@ rows were handed out. Restoring re-reads and re-cuts that one window (as grain's
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import grain
@@ -69,8 +72,84 @@ class ConcatBatchesIterDataset(grain.IterDataset):
 
 def _window_order(n: int, seed: int) -> np.ndarray:
     """Rows of a window of n in grain's WindowShuffle output order (its shuffled list, popped from the end)."""
-    shuffled = [index_shuffle.index_shuffle(p, max_index=n - 1, seed=seed, rounds=4) for p in range(n)]
-    return np.asarray(shuffled[::-1], np.int64)
+    shuffled = index_shuffle_all(n, seed)
+    # Guard against a grain whose index_shuffle differs from this copy (it also checks the arguments as
+    # grain does: a seed past 2**32 raises its TypeError, as WindowShuffleIterDataset would).
+    if int(shuffled[0]) != index_shuffle.index_shuffle(0, max_index=n - 1, seed=seed, rounds=SHUFFLE_ROUNDS):
+        raise RuntimeError("grain's index_shuffle no longer matches data/concat_batches.py index_shuffle_all; "
+                           "update it from grain's index_shuffle.cc")
+    return shuffled[::-1].astype(np.int64)
+
+
+# --- grain's index_shuffle for a whole window at once ----------------------------------------------------
+# Why a copy: grain's C++ index_shuffle permutes one index per call, by cycle-walking a Simon block cipher
+# of at least 16 bits; for a 4096-row window that is 16 cipher calls per row on average, 10 us a call,
+# 41 ms a window (65% of the pipeline after the packing moved to numpy). Here the cipher is applied to its
+# whole domain at once in numpy and the cycles walked on that table: ~3 ms a window, bitwise the same
+# (tests/test_data_concat_batches.py compares every index with grain's for many sizes and seeds).
+SHUFFLE_ROUNDS = 4  # grain's WindowShuffle uses 4
+_M32 = 0xFFFFFFFF
+
+
+def _seed_seq_words(seed: int, n: int) -> list[int]:
+    """std::seed_seq{seed}.generate(n) (C++ [rand.util.seedseq]): the round keys of grain's cipher."""
+    b, v = [0x8B8B8B8B] * n, [seed & _M32]
+    s = len(v)
+    t = 11 if n >= 623 else 7 if n >= 68 else 5 if n >= 39 else 3 if n >= 7 else (n - 1) // 2
+    p = (n - t) // 2
+    q = p + t
+    m = max(s + 1, n)
+    for k in range(m):
+        x = b[k % n] ^ b[(k + p) % n] ^ b[(k + n - 1) % n]
+        r1 = (1664525 * (x ^ (x >> 27))) & _M32
+        r2 = (r1 + (s if k == 0 else (k % n + v[k - 1]) if k <= s else k % n)) & _M32
+        b[(k + p) % n] = (b[(k + p) % n] + r1) & _M32
+        b[(k + q) % n] = (b[(k + q) % n] + r2) & _M32
+        b[k % n] = r2
+    for k in range(m, m + n):
+        x = (b[k % n] + b[(k + p) % n] + b[(k + n - 1) % n]) & _M32
+        r3 = (1566083941 * (x ^ (x >> 27))) & _M32
+        r4 = (r3 - k % n) & _M32
+        b[(k + p) % n] ^= r3
+        b[(k + q) % n] ^= r4
+        b[k % n] = r4
+    return b
+
+
+def index_shuffle_all(n: int, seed: int, rounds: int = SHUFFLE_ROUNDS) -> np.ndarray:
+    """[index_shuffle(p, max_index=n-1, seed, rounds) for p in range(n)] as uint64, like grain's C++."""
+    if n == 1:
+        return np.zeros(1, np.uint64)
+    max_index = n - 1
+    block = math.ceil(math.log2(max_index))  # in floating point, as the C++ does
+    block = max(block + block % 2, 16)
+    w, mask = np.uint64(block // 2), np.uint64((1 << (block // 2)) - 1)
+    keys = [np.uint64(k) & mask for k in _seed_seq_words(seed, rounds)]  # a bitset<W> keeps the low bits
+
+    def rotl(x, r):
+        return ((x << np.uint64(r)) | (x >> (w - np.uint64(r)))) & mask
+
+    def f(x):
+        return (rotl(x, 1) & rotl(x, 8)) ^ rotl(x, 2)
+
+    left = (np.arange(1 << block, dtype=np.uint64) >> w) & mask
+    right = np.arange(1 << block, dtype=np.uint64) & mask
+    for i in range(0, rounds, 2):  # the Feistel rounds, two keys at a time (SIMON_Rx2)
+        left ^= f(right) ^ keys[i]
+        right ^= f(left) ^ keys[i + 1]
+    cipher = (left << w) | right  # cipher[x]: the block cipher over its whole domain
+    out = cipher[:n].copy()
+    todo = np.flatnonzero(out > max_index)
+    while len(todo) > 64:  # cycle-walk: encrypt again until the value is in range
+        out[todo] = cipher[out[todo]]
+        todo = todo[out[todo] > max_index]
+    table = cipher.tolist()
+    for i in todo.tolist():  # the few long walks: scalar steps are cheaper than numpy calls here
+        x = int(out[i])
+        while x > max_index:
+            x = table[x]
+        out[i] = x
+    return out
 
 
 def pack_rows(pieces: list[np.ndarray], n_tokens: int, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

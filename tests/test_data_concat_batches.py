@@ -6,10 +6,11 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from grain._src.python.experimental.index_shuffle.python import index_shuffle_module as index_shuffle
 
 from chinchax.data import packing as pk
 from chinchax.data import pipeline as P
-from chinchax.data.concat_batches import ConcatBatchesIterDataset
+from chinchax.data.concat_batches import ConcatBatchesIterDataset, index_shuffle_all
 from chinchax.data.config import DataConfig
 from chinchax.data.tokenizers import load_tokenizer
 
@@ -165,3 +166,10 @@ def test_worker_processes_give_the_same_batches():
     ref = grain_batches(cfg, batch_size=4, split="train", seed=9, shuffle=True, repeat=True)
     it = P.train_iterator(cfg, TOK, global_batch_size=4)
     assert_same(take(it, 20), take(iter(ref), 20))
+
+
+@pytest.mark.parametrize("n,seed", [(1, 5), (2, 9), (7, 3), (10, 0), (1000, 123456789), (4096, 11),
+                                    (4096, 4294967295), (65536, 1), (70001, 77)])
+def test_index_shuffle_all_is_grains_index_shuffle(n, seed):
+    expected = [index_shuffle.index_shuffle(p, max_index=n - 1, seed=seed, rounds=4) for p in range(n)]
+    np.testing.assert_array_equal(index_shuffle_all(n, seed), np.asarray(expected, np.uint64))
