@@ -161,11 +161,16 @@ def test_other_paths_stay_on_grain():
                                                                      seed=0, shuffle=True))
 
 
-def test_worker_processes_give_the_same_batches():
+def test_worker_processes_give_the_same_batches_and_resume():
     cfg = DataConfig(source=SOURCE, seq_len=16, shuffle_rows=12, seed=9, worker_count=1).validate()
     ref = grain_batches(cfg, batch_size=4, split="train", seed=9, shuffle=True, repeat=True)
+    expected = take(iter(ref), 20)
     it = P.train_iterator(cfg, TOK, global_batch_size=4)
-    assert_same(take(it, 20), take(iter(ref), 20))
+    assert_same(take(it, 11), expected[:11])  # 44 rows: mid-window (12 rows a window)
+    state = json.loads(json.dumps(it.get_state()))
+    fresh = P.train_iterator(cfg, TOK, global_batch_size=4)
+    fresh.set_state(state)
+    assert_same(take(fresh, 9), expected[11:])
 
 
 @pytest.mark.parametrize("n,seed", [(1, 5), (2, 9), (7, 3), (10, 0), (1000, 123456789), (4096, 11),
