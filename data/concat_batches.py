@@ -211,6 +211,9 @@ class _ConcatBatchesIterator(grain_dataset.DatasetIterator):
             except StopIteration:
                 self._last_window = True
                 break
+            if len(doc) == 0:  # grain would give it a segment id of its own that holds no token
+                raise ValueError("ConcatBatchesIterDataset got an empty document; every document needs at "
+                                 "least its EOS token (pipeline.Tokenize appends it)")
             entries.append((state, doc, 0))
             have += len(doc)
         if have > want:  # the window ends inside its last document: the next window starts there

@@ -85,6 +85,12 @@ def test_last_row_of_a_finite_stream_is_zero_padded():
     assert (last["segment_ids"][row, : total % L] > 0).all()
 
 
+def test_an_empty_document_is_refused():
+    docs = [np.arange(1, 5, dtype=np.int32), np.zeros(0, np.int32)]
+    with pytest.raises(ValueError, match="empty document"):
+        next(iter(fast(grain.MapDataset.source(docs).to_iter_dataset(), 4, 1, 0, 0)))
+
+
 def test_state_resumes_exactly_at_several_points(case):
     params, expected = case
     W, B = params[2], params[1]
