@@ -40,8 +40,6 @@ from typing import Any
 
 import grain
 import numpy as np
-from grain._src.python.dataset import dataset as grain_dataset
-from grain._src.python.experimental.index_shuffle.python import index_shuffle_module as index_shuffle
 
 # Rows cut at once when there is no shuffle window: big enough that the per-window Python is negligible,
 # small enough that eval (a fixed prefix of a finite stream) reads little more than it uses.
@@ -75,7 +73,7 @@ def _window_order(n: int, seed: int) -> np.ndarray:
     shuffled = index_shuffle_all(n, seed)
     # Guard against a grain whose index_shuffle differs from this copy (it also checks the arguments as
     # grain does: a seed past 2**32 raises its TypeError, as WindowShuffleIterDataset would).
-    if int(shuffled[0]) != index_shuffle.index_shuffle(0, max_index=n - 1, seed=seed, rounds=SHUFFLE_ROUNDS):
+    if int(shuffled[0]) != grain.experimental.index_shuffle(0, max_index=n - 1, seed=seed, rounds=SHUFFLE_ROUNDS):
         raise RuntimeError("grain's index_shuffle no longer matches data/concat_batches.py index_shuffle_all; "
                            "update it from grain's index_shuffle.cc")
     return shuffled[::-1].astype(np.int64)
@@ -179,7 +177,7 @@ def pack_rows(pieces: list[np.ndarray], n_tokens: int, seq_len: int) -> tuple[np
     return tokens_T.reshape(n_rows, L), segment_ids_RL, positions_T.reshape(n_rows, L)
 
 
-class _ConcatBatchesIterator(grain_dataset.DatasetIterator):
+class _ConcatBatchesIterator(grain.DatasetIterator):
     def __init__(self, parent, *, seq_len: int, batch_size: int, shuffle_rows: int, seed: int):
         super().__init__(parent)
         self._L, self._B, self._seed = seq_len, batch_size, seed

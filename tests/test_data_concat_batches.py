@@ -6,7 +6,6 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from grain._src.python.experimental.index_shuffle.python import index_shuffle_module as index_shuffle
 
 from chinchax.data import packing as pk
 from chinchax.data import pipeline as P
@@ -182,5 +181,5 @@ def test_worker_processes_give_the_same_batches_and_resume():
 @pytest.mark.parametrize("n,seed", [(1, 5), (2, 9), (7, 3), (10, 0), (1000, 123456789), (4096, 11),
                                     (4096, 4294967295), (65536, 1), (70001, 77)])
 def test_index_shuffle_all_is_grains_index_shuffle(n, seed):
-    expected = [index_shuffle.index_shuffle(p, max_index=n - 1, seed=seed, rounds=4) for p in range(n)]
+    expected = [grain.experimental.index_shuffle(p, max_index=n - 1, seed=seed, rounds=4) for p in range(n)]
     np.testing.assert_array_equal(index_shuffle_all(n, seed), np.asarray(expected, np.uint64))
