@@ -366,7 +366,7 @@ def build_dataset(
         repeat=repeat,
     )
     # Causal LM on concat-packed plain documents: one numpy pass per window, bitwise grain's concat-pack ->
-    # window shuffle -> batch (data/concat_batches.py), about 10x cheaper a batch.
+    # window shuffle -> batch (data/concat_batches.py), ~7x cheaper (0.52 -> 0.07 ms a batch of 16 x 64).
     if cfg.objective == "causal_lm" and cfg.packing == "concat" and not targets and variant != "encoder_decoder":
         batches = ConcatBatchesIterDataset(tokens, seq_len=cfg.seq_len, batch_size=batch_size,
                                            shuffle_rows=cfg.shuffle_rows if shuffle else 0, seed=host_seed)
