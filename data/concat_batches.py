@@ -83,7 +83,7 @@ def _window_order(n: int, seed: int) -> np.ndarray:
 # Why a copy: grain's C++ index_shuffle permutes one index per call, by cycle-walking a Simon block cipher
 # of at least 16 bits; for a 4096-row window that is 16 cipher calls per row on average, 10 us a call,
 # 41 ms a window (65% of the pipeline after the packing moved to numpy). Here the cipher is applied to its
-# whole domain at once in numpy and the cycles walked on that table: ~3 ms a window, bitwise the same
+# whole domain at once in numpy and the cycles walked on that table: ~4 ms a window, bitwise the same
 # (tests/test_data_concat_batches.py compares every index with grain's for many sizes and seeds).
 SHUFFLE_ROUNDS = 4  # grain's WindowShuffle uses 4
 _M32 = 0xFFFFFFFF
