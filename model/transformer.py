@@ -31,6 +31,7 @@ from chinchax.model.layers import (
     dense_init,
     param,
     project,
+    tied_logits,
 )
 
 # The batch keys the model reads (docs/interfaces.md); the trainer passes exactly these.
@@ -333,7 +334,7 @@ class Transformer(nnx.Module):
         if cfg.tie_embeddings:
             if cfg.scale_tied_logits:
                 x_BLD = x_BLD * jnp.asarray(cfg.d_model**-0.5, dtype)
-            logits_BLV = project(x_BLD, self.embedding_VD[...].astype(dtype).T, preferred_element_type=jnp.float32)
+            logits_BLV = tied_logits(x_BLD, self.embedding_VD[...].astype(dtype))
         else:
             logits_BLV = project(x_BLD, self.unembedding_DV[...].astype(dtype), preferred_element_type=jnp.float32)
         if cfg.output_bias:

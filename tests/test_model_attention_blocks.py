@@ -1,6 +1,6 @@
 """The fast paths of the model equal the plain computation they replace: causal attention in query blocks,
-the fused q/k/v projection, RoPE with its tables made once and its halves swapped by a reversal, and GELU
-written with erf."""
+the fused q/k/v projection, RoPE with its tables made once and its halves swapped by a reversal, the tied head's
+reordered gradient, and GELU written with erf."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,7 @@ from flax import nnx
 from chinchax.model import Transformer, attention
 from chinchax.model.attention import Attention, alibi_bias, attend, attention_mask, causal_query_blocks
 from chinchax.model.config import load_model_config
-from chinchax.model.layers import gelu_exact
+from chinchax.model.layers import gelu_exact, project, tied_logits
 
 B, L, H, G, K = 2, 512, 4, 2, 16
 
@@ -135,3 +135,24 @@ def test_rope_equals_the_rotate_half_form_values_and_gradients():
                                jax.jit(rope_rotate_half, static_argnums=2)(x, positions, 1e4), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(fast(x), plain(x), rtol=1e-6, atol=1e-6)
     assert float(jnp.abs(attention.rope(x, positions, 1e4) - x).max()) > 0.1  # it rotates
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_tied_head_equals_the_plain_product_values_and_gradients(dtype):
+    x = jax.random.normal(jax.random.key(5), (3, 7, 24)).astype(dtype)
+    embedding = jax.random.normal(jax.random.key(6), (50, 24))
+    cotangent = jax.random.normal(jax.random.key(7), (3, 7, 50))
+
+    def plain(x, e):  # what the head computed before, differentiated by JAX
+        return project(x, e.astype(dtype).T, preferred_element_type=jnp.float32)
+
+    def fast(x, e):
+        return tied_logits(x, e.astype(dtype))
+
+    (y_fast, vjp_fast), (y_plain, vjp_plain) = (jax.vjp(jax.jit(f), x, embedding) for f in (fast, plain))
+    assert y_fast.dtype == jnp.float32 and y_fast.shape == (3, 7, 50)
+    np.testing.assert_array_equal(y_fast, y_plain)  # the forward product is the same dot
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    for got, want in zip(vjp_fast(cotangent), vjp_plain(cotangent), strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol, atol=tol)
