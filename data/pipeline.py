@@ -27,7 +27,9 @@ Order of operations. Host `process_index` reads documents `process_index::proces
 shuffled (grain's index shuffle: no buffer, memory independent of corpus size), repeated forever with a
 new shuffle each epoch, tokenized (EOS appended to every document), then, by objective and variant:
   - decoder/encoder rows (causal LM, prefix LM for decoders, masked LM): pack (data.packing) -> objective
-    per row with segment-aware shifts/splits;
+    per row with segment-aware shifts/splits (causal LM: per batch; with concat packing the packing, the
+    row shuffle of data.shuffle_rows and the batching run in numpy a window at a time, bitwise grain's
+    per-row chain: data/concat_batches.py);
   - encoder-decoder prefix LM: windows/documents of at most min(S, L) tokens -> random split -> the
     (encoder, decoder) pairs packed together;
   - span corruption: T5 windows of the concatenated stream -> corrupt -> one example per row.
