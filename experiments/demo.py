@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
         help="the whole study on this CPU: corpus, lr sweep, isoFLOP sweep, fits, held-out prediction, report "
-        "(~15 min here; --quick under 2 min)",
+        "(~8 min here; --quick under 2 min)",
         description="Build the embedded stdlib corpus, measure the learning-rate rule, run an isoFLOP sweep of "
         "small decoders, fit Chinchilla approaches 1, 2 and 3 with bootstrap intervals, predict and train a "
         "held-out run at 3x the largest budget, and write report.md, summary.json, results.csv and the fit "
@@ -49,7 +49,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--quick", action="store_true", help="a toy-sized study (2 budgets x 3 sizes) for CI and smoke tests")
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu",
-                   help="cpu: experiments/demo_sweep.yaml (this machine, ~15 min); gpu: experiments/demo_gpu_sweep.yaml "
+                   help="cpu: experiments/demo_sweep.yaml (this 2-core CPU, ~8 min); gpu: experiments/demo_gpu_sweep.yaml "
                    "(one H100/H200, ~15 min, ~1.6e17 FLOPs; use --parallel 1)")
     p.add_argument("--out", default=None,
                    help="output directory (default ./demo; ./demo_quick with --quick, ./demo_gpu with --scale gpu)")
