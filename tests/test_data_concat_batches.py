@@ -1,6 +1,8 @@
 """ConcatBatchesIterDataset equals grain's concat-pack -> window shuffle -> batch chain bitwise, and resumes."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import grain
 import numpy as np
@@ -41,17 +43,10 @@ def fast(tokens, L, B, W, seed) -> grain.IterDataset:
     return ConcatBatchesIterDataset(tokens, seq_len=L, batch_size=B, shuffle_rows=W, seed=seed)
 
 
-def take(it, n):
-    return [next(it) for _ in range(n)]
-
-
-def assert_same(batches_a, batches_b):
-    assert len(batches_a) == len(batches_b)
-    for a, b in zip(batches_a, batches_b, strict=True):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert a[k].dtype == b[k].dtype, k
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+_spec = importlib.util.spec_from_file_location("batch_checks", Path(__file__).with_name("batch_checks.py"))
+_checks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_checks)
+take, assert_same = _checks.take, _checks.assert_same
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: "L{}-B{}-W{}-s{}".format(*c))

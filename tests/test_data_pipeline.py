@@ -1,6 +1,8 @@
 """The grain pipeline: batch contract, determinism, exact resume (state and orbax), epochs, hosts, eval."""
 
+import importlib.util
 import logging
+from pathlib import Path
 
 import grain
 import numpy as np
@@ -44,16 +46,10 @@ def cfg_for(objective="causal_lm", packing="concat", **kw):
     return DataConfig(source=SOURCE, objective=objective, packing=packing, seq_len=48, **kw).validate()
 
 
-def take(it, n):
-    return [next(it) for _ in range(n)]
-
-
-def assert_same(batches_a, batches_b):
-    assert len(batches_a) == len(batches_b)
-    for a, b in zip(batches_a, batches_b, strict=True):
-        assert a.keys() == b.keys()
-        for k in a:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+_spec = importlib.util.spec_from_file_location("batch_checks", Path(__file__).with_name("batch_checks.py"))
+_checks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_checks)
+take, assert_same = _checks.take, _checks.assert_same
 
 
 @pytest.mark.parametrize("objective,variant,packing", COMBOS)
