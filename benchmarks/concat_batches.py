@@ -18,20 +18,16 @@ import numpy as np
 
 def grain_chain(cfg, tokenizer, batch_size: int, seed: int):
     """The per-row grain chain over the same document stream (the reference the tests compare with)."""
-    import grain
-
     from chinchax.data import objectives as obj
-    from chinchax.data import packing as pk
     from chinchax.data import pipeline
+    from chinchax.data.concat_batches import per_row_chain
 
     special = obj.SpecialTokens.from_tokenizer(tokenizer)
     docs = pipeline.open_documents(cfg, cfg.train_split)
     tokens = pipeline._token_stream(docs, pipeline.Tokenize(tokenizer, special.eos_id), shard=(0, 1),
                                     shuffle_seed=seed, repeat=True)
-    rows = pk.pack_tokens(tokens, length=cfg.seq_len, packing="concat")
-    if cfg.shuffle_rows:
-        rows = grain.experimental.WindowShuffleIterDataset(rows, window_size=cfg.shuffle_rows, seed=seed)
-    return iter(rows.batch(batch_size, drop_remainder=True).map(pipeline.CausalLMBatch(special.bos_id)))
+    batches = per_row_chain(tokens, seq_len=cfg.seq_len, batch_size=batch_size, shuffle_rows=cfg.shuffle_rows, seed=seed)
+    return iter(batches.map(pipeline.CausalLMBatch(special.bos_id)))
 
 
 def ms_per_batch(it, batches: int) -> float:

@@ -68,6 +68,17 @@ class ConcatBatchesIterDataset(grain.IterDataset):
                 f"shuffle_rows={self._shuffle_rows})")
 
 
+def per_row_chain(tokens: grain.IterDataset, *, seq_len: int, batch_size: int, shuffle_rows: int, seed: int):
+    """grain's per-row chain that ConcatBatchesIterDataset equals bitwise: the reference of the tests and of
+    benchmarks/concat_batches.py (the pipeline itself never builds it)."""
+    from chinchax.data import packing as pk
+
+    rows = pk.pack_tokens(tokens, length=seq_len, packing="concat")
+    if shuffle_rows:
+        rows = grain.experimental.WindowShuffleIterDataset(rows, window_size=shuffle_rows, seed=seed)
+    return rows.batch(batch_size, drop_remainder=True)
+
+
 def _window_order(n: int, seed: int) -> np.ndarray:
     """Rows of a window of n in grain's WindowShuffle output order (its shuffled list, popped from the end)."""
     shuffled = index_shuffle_all(n, seed)

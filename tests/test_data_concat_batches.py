@@ -9,9 +9,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from chinchax.data import packing as pk
 from chinchax.data import pipeline as P
-from chinchax.data.concat_batches import ConcatBatchesIterDataset, index_shuffle_all
+from chinchax.data.concat_batches import ConcatBatchesIterDataset, index_shuffle_all, per_row_chain
 from chinchax.data.config import DataConfig
 from chinchax.data.tokenizers import load_tokenizer
 
@@ -33,10 +32,7 @@ def stream(repeat: bool) -> grain.IterDataset:
 
 
 def reference(tokens, L, B, W, seed) -> grain.IterDataset:
-    rows = pk.pack_tokens(tokens, length=L, packing="concat")
-    if W:
-        rows = grain.experimental.WindowShuffleIterDataset(rows, window_size=W, seed=seed)
-    return rows.batch(B, drop_remainder=True)
+    return per_row_chain(tokens, seq_len=L, batch_size=B, shuffle_rows=W, seed=seed)
 
 
 def fast(tokens, L, B, W, seed) -> grain.IterDataset:
