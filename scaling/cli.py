@@ -1,4 +1,4 @@
-"""`chinchax fit`, `chinchax optimal`, `chinchax plot`: the scaling-law face of the CLI.
+"""`chinchax fit`, `chinchax fit-hparams`, `chinchax optimal`, `chinchax plot`: the scaling-law face of the CLI.
 
 Heavy imports (jax, pandas, matplotlib) happen inside the handlers so `chinchax --help` stays fast.
 """
@@ -42,6 +42,26 @@ def register(subparsers) -> None:
     fit.add_argument("--out", "-o", help="write the fit as JSON here (read by `chinchax optimal --law`)")
     fit.set_defaults(handler=_fit)
 
+    hp = subparsers.add_parser(
+        "fit-hparams", help="fit the compute-optimal learning rate and batch as power laws of compute",
+        description="Fit eta_opt = a*C^b and B_opt = c*C^d (batch in tokens) the way DeepSeek LLM (2024) did: per "
+        "budget take every configuration whose loss is within --tolerance of the budget's best, fit log lr and log "
+        "batch against log C over all of them; 95% bootstrap intervals over budgets (widened for few budgets). The CSV has one row per run: "
+        "flops (C = M*D, M the non-embedding FLOPs per token; one value per budget), learning_rate, batch_tokens, "
+        "loss, and optionally seed (replicates are averaged).",
+    )
+    hp.add_argument("table", help="grid CSV: flops, learning_rate, batch_tokens, loss[, seed]")
+    hp.add_argument("--tolerance", type=float, default=0.0025,
+                    help="near-optimal: loss within this relative difference of the budget's best (default 0.0025, "
+                    "DeepSeek's 0.25%%)")
+    hp.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of budgets (default 200)")
+    hp.add_argument("--seed", type=int, default=0)
+    hp.add_argument("--flops", type=float, action="append", default=[],
+                    help="also print the lr and batch with intervals at this C = M*D (repeatable)")
+    hp.add_argument("--out", "-o", help="write the law as JSON here (read by `chinchax optimal --hparams-law` and "
+                    "the sweep planner's hparams.law)")
+    hp.set_defaults(handler=_fit_hparams)
+
     pred = subparsers.add_parser(
         "predict", help="loss predicted by an approach-3 fit, with its bootstrap interval",
         description="The loss of a model of N parameters trained on D tokens (--n-params, --tokens), and/or the "
@@ -60,7 +80,8 @@ def register(subparsers) -> None:
         "optimal", help="compute-optimal N and D for a budget",
         description="Optimal parameters N and tokens D for a FLOP budget under the published laws "
         "(chinchilla-1/2/3, kaplan; data-constrained with --unique-tokens) and/or your own fit JSON; "
-        "or convert GPU-hours to FLOPs first.",
+        "or convert GPU-hours to FLOPs first. Also the learning rate and batch at the budget from a "
+        "hyperparameter law (DeepSeek LLM 2024's by default; --hparams-law).",
     )
     opt.add_argument("--flops", type=float, help="training budget in FLOPs, e.g. 2.36e23")
     opt.add_argument("--gpu-hours", type=float, help="budget in accelerator-hours (with --device, --mfu)")
@@ -72,7 +93,13 @@ def register(subparsers) -> None:
     opt.add_argument("--unique-tokens", type=float, default=None,
                      help="unique tokens U you have: adds epochs per law, and data-constrained "
                      "(Muennighoff et al. 2023) allocates for repeated data")
-    opt.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    opt.add_argument("--hparams-law", action="append", default=[], metavar="LAW",
+                     help="learning rate and batch at the budget from deepseek (DeepSeek LLM 2024, the default) or "
+                     "a LAW.json of `chinchax fit-hparams` (repeatable); 'none' leaves them out. The budget is "
+                     "taken as C = M*D (DeepSeek's convention), unconverted")
+    opt.add_argument("--seq-len", type=int, default=2048, help="sequence length for the batch in sequences (default 2048)")
+    opt.add_argument("--json", action="store_true", help="print JSON instead of a table (hyperparameter rows last, "
+                     "with \"kind\": \"hyperparameters\")")
     opt.set_defaults(handler=_optimal)
 
     plot = subparsers.add_parser(
@@ -251,19 +278,45 @@ def _predict(args) -> int:
 
 def _optimal(args) -> int:
     from chinchax.errors import UserError
-    from chinchax.scaling.optimal import allocation_rows, format_rows, gpu_hours_to_flops
+    from chinchax.scaling.optimal import (
+        allocation_rows,
+        format_hyperparameter_rows,
+        format_rows,
+        gpu_hours_to_flops,
+        hyperparameter_rows,
+    )
 
     if (args.flops is None) == (args.gpu_hours is None):
         raise UserError("give exactly one of --flops or --gpu-hours")
     flops = args.flops if args.flops is not None else gpu_hours_to_flops(args.gpu_hours, args.device, args.mfu)
     rows = allocation_rows(flops, args.law or None, unique_tokens=args.unique_tokens)
+    hparam_laws = [name for name in args.hparams_law if name != "none"]
+    hparams = [] if "none" in args.hparams_law else hyperparameter_rows(flops, hparam_laws or None, args.seq_len)
     if args.json:
-        jsonio.dump(rows, sys.stdout, indent=1)
+        jsonio.dump(rows + hparams, sys.stdout, indent=1)
         print()
     else:
         if args.gpu_hours is not None:
             print(f"{args.gpu_hours:.3g} {args.device} hours at MFU {args.mfu} = {flops:.3g} FLOPs")
         print(format_rows(rows))
+        if hparams:
+            print()
+            print(format_hyperparameter_rows(hparams))
+    return 0
+
+
+def _fit_hparams(args) -> int:
+    from chinchax.scaling.hyperlaws import CONFIDENCE, fit_hyperparameter_law
+
+    law = fit_hyperparameter_law(args.table, tolerance=args.tolerance, n_bootstrap=args.bootstrap, seed=args.seed)
+    print("\n".join(law.describe()))
+    for flops in args.flops:
+        (lr_lo, lr_hi), (b_lo, b_hi) = law.lr_interval(flops), law.batch_interval(flops)
+        print(f"  at C={flops:.3g}: lr={law.lr(flops):.4g} [{lr_lo:.3g}, {lr_hi:.3g}]  batch={law.batch_tokens(flops):.4g} "
+              f"tokens [{b_lo:.3g}, {b_hi:.3g}] ({CONFIDENCE:.0%})"
+              + ("" if law.flops_range[0] <= flops <= law.flops_range[1] else ", extrapolated"))
+    if args.out:
+        print(f"wrote {law.to_json(args.out)}")
     return 0
 
 

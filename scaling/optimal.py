@@ -1,6 +1,13 @@
-"""Compute-optimal N and D for a budget under the published laws and under a user's own fit.
+"""Compute-optimal N and D for a budget under the published laws and under a user's own fit, and the
+learning rate and batch there under a hyperparameter law (DeepSeek LLM 2024's, or one fitted).
 
 GPU-hours become FLOPs the way BloombergGPT budgeted: hours x 3600 x peak FLOP/s x MFU.
+
+The hyperparameter laws take compute in DeepSeek's convention, C = M·D with M the non-embedding FLOPs per
+token (attention included), not 6·N·D. M is a property of a model, which a budget alone does not name, so
+the budget is used as C as given, unconverted. M = 6·N_non_embedding + 12·n_layer·d_model·l_seq, so for a large
+model M·D is close to 6·N·D (attention adds a little, the embeddings leave a little out); at DeepSeek's
+exponents a 10% error in C moves the lr by 1.2% and the batch by 3%.
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from chinchax.errors import UserError
-from chinchax.scaling.fitresult import FitResult
+from chinchax.scaling.fitresult import CONFIDENCE, FitResult
+from chinchax.scaling.hyperlaws import PUBLISHED_HYPERPARAMETER_LAWS, load_hyperparameter_law
 from chinchax.scaling.laws import FLOPS_PER_PARAM_TOKEN, MUENNIGHOFF_2023, published_allocations
 
 # Dense bf16/fp16 tensor-core peak FLOP/s per chip (vendor datasheets; no sparsity).
@@ -106,4 +114,49 @@ def format_rows(rows: list[dict]) -> str:
         ep = f" {r['epochs']:7.2f}" if epochs else ""
         lines.append(f"{r['law']:32s} {r['flops']:10.3g} {r['n_opt']:10.3g} {r['d_opt']:10.3g} "
                      f"{r['tokens_per_param']:7.1f}{ep}  {iv}")
+    return "\n".join(lines)
+
+
+HYPERPARAMETER_CONVENTION = "C = M*D (DeepSeek LLM 2024; M = non-embedding FLOPs per token); --flops used as C, unconverted"
+
+
+def hyperparameter_rows(flops: float, laws: list[str] | None = None, seq_len: int = 2048) -> list[dict]:
+    """One row per hyperparameter law (default: DeepSeek's): the learning rate and batch (tokens, and
+    sequences of `seq_len`) at `flops`, read as C = M·D (see the module docstring), with 95% intervals for a
+    fitted law and whether `flops` lies outside the budgets the law was fitted on."""
+    if flops <= 0 or not np.isfinite(flops):
+        raise UserError(f"--flops must be a positive number, got {flops}")
+    if seq_len < 1:
+        raise UserError(f"--seq-len must be a positive number of tokens, got {seq_len}")
+    rows = []
+    for name in laws or list(PUBLISHED_HYPERPARAMETER_LAWS):
+        law = load_hyperparameter_law(name)
+        batch = law.batch_tokens(flops)
+        low, high = law.flops_range
+        row = {"law": name if name in PUBLISHED_HYPERPARAMETER_LAWS else Path(name).name, "kind": "hyperparameters",
+               "flops": flops, "convention": HYPERPARAMETER_CONVENTION, "learning_rate": law.lr(flops),
+               "batch_tokens": batch, "seq_len": seq_len, "batch_sequences": batch / seq_len,
+               "fitted_flops_range": [low, high], "extrapolated": bool(not low <= flops <= high),
+               "source": law.source}
+        if law.bootstrap:
+            row |= {"learning_rate_interval": list(law.lr_interval(flops)),
+                    "batch_tokens_interval": list(law.batch_interval(flops))}
+        rows.append(row)
+    return rows
+
+
+def format_hyperparameter_rows(rows: list[dict]) -> str:
+    seq_len = rows[0]["seq_len"]
+    lines = [f"hyperparameters at {rows[0]['flops']:.3g} FLOPs, {HYPERPARAMETER_CONVENTION}",
+             f"{'law':32s} {'lr':>10s} {'batch tok':>10s} {f'seqs@{seq_len}':>10s}  {CONFIDENCE:.0%} interval (lr; batch tokens)"]
+    for r in rows:
+        iv = ""
+        if "learning_rate_interval" in r:
+            (lr_lo, lr_hi), (b_lo, b_hi) = r["learning_rate_interval"], r["batch_tokens_interval"]
+            iv = f"[{lr_lo:.3g}, {lr_hi:.3g}]; [{b_lo:.3g}, {b_hi:.3g}]"
+        lines.append(f"{r['law']:32s} {r['learning_rate']:10.3g} {r['batch_tokens']:10.3g} "
+                     f"{r['batch_sequences']:10.3g}  {iv}")
+        if r["extrapolated"]:
+            low, high = r["fitted_flops_range"]
+            lines.append(f"  {r['law']}: extrapolated, fitted on {low:.3g} to {high:.3g} FLOPs")
     return "\n".join(lines)

@@ -16,7 +16,12 @@ Planning is pure and deterministic: the same sweep YAML always gives the same ru
 - Tokens. D follows from C = 6 * N * D with N by the sweep's convention (`total`, Chinchilla; or
   `non_embedding`, Kaplan); steps = round(D / (batch * seq_len)), so the realised C is within half a step.
 - Hyperparameters per size from a rule: lr = base_lr * base_d_model / d_model ("inverse_width", the muP
-  hidden-layer scaling of Adam's lr applied globally) or "constant".
+  hidden-layer scaling of Adam's lr applied globally) or "constant"; or "law": lr = eta_opt(C) of a
+  hyperparameter law (DeepSeek LLM 2024's, or one fitted with `chinchax fit-hparams`), and with
+  `hparams.law_batch` the batch B_opt(C) too, at the run's compute in the law's convention, C = M * D:
+  M = 6 * N_non_embedding + 12 * n_layers * d_model * seq_len (DeepSeek's non-embedding FLOPs per token,
+  with the exact non-embedding count) and D the planned tokens budget / (6 * N) (the realised D is within
+  half a step of it, and the batch must be known before the steps are).
 - WSD branching (Hagele et al. 2024). With a warmup-stable-decay schedule, every run of one shape shares
   its stable phase: the longest run is the trunk; each shorter run branches off the trunk's checkpoint
   where its own cooldown starts, and only pays for its cooldown. `Plan.wsd_savings` says how many FLOPs that
@@ -34,6 +39,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from chinchax.configlib import load_config, to_dict
+from chinchax.errors import UserError
+from chinchax.scaling.hyperlaws import (
+    PUBLISHED_HYPERPARAMETER_LAWS,
+    HyperparameterLaw,
+    load_hyperparameter_law,
+    non_embedding_flops_per_token,
+)
 from chinchax.scaling.ladder import (  # noqa: F401 (the sweep's public names, importable from here)
     DIRECT_COUNTS,
     ParamCounter,
@@ -77,6 +89,7 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
     runs: list[PlannedRun] = []
     dropped: list[str] = []
     conv = cfg.n_convention
+    law = _hparams_law(cfg.hparams, Path(base_dir)) if cfg.hparams.rule == "law" else None
     for family, family_overrides in families.items():
         shared = [*cfg.overrides, *family_overrides]
         # The base is a template: its own steps/warmup are replaced per run, so don't let them clash here.
@@ -92,7 +105,11 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
         for budget in sorted(cfg.budgets):
             for shape in sizes_for_budget(ladder, budget, cfg.sizes, conv):
                 tokens = budget / (6.0 * shape.n(conv))
-                batch = batch_for_run(tokens, seq_len, full_batch, cfg.target_steps, cfg.min_batch_size)
+                if law is not None and cfg.hparams.law_batch:
+                    law_tokens = law.batch_tokens(law_compute(shape, budget, conv, seq_len))
+                    batch = max(cfg.min_batch_size, round(law_tokens / seq_len))
+                else:
+                    batch = batch_for_run(tokens, seq_len, full_batch, cfg.target_steps, cfg.min_batch_size)
                 steps = round(tokens / (batch * seq_len))
                 if steps < cfg.sizes.min_steps:
                     dropped.append(
@@ -114,6 +131,8 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
                 ratio = cfg.hparams.base_d_model / shape.d_model
                 exponent = cfg.hparams.width_exponent
                 lr = cfg.hparams.base_lr * (ratio if exponent == 1.0 else ratio**exponent)
+            elif law is not None:
+                lr = law.lr(law_compute(shape, budget, conv, seq_len))
             lr = float(f"{lr:.6g}")  # a short, stable number in YAML and in the run id
             m = model_with_shape(base.model, cfg.shape, shape.d_model)
             overrides = [
@@ -128,7 +147,7 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
                 "trainer.tokens=null",
                 f"trainer.batch_size={batch}",
                 # the same evaluation rows at every batch (eval_batches x batch rows): runs stay paired
-                f"data.eval_batches={base.data.eval_batches * full_batch // batch}",
+                f"data.eval_batches={max(1, base.data.eval_batches * full_batch // batch)}",
                 f"optimizer.learning_rate={lr}",
                 f"optimizer.warmup_steps={warmup}",
             ]
@@ -159,6 +178,25 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
         if r.branch_of
     )
     return Plan(cfg.name, conv, str(exp_path), tuple(runs), tuple(dropped), independent, with_branching)
+
+
+def law_compute(shape: Shape, budget: float, conv: str, seq_len: int) -> float:
+    """A run's compute in DeepSeek's convention, C = M * D, for a hyperparameter law: M the non-embedding
+    FLOPs per token (attention included, vocabulary not) and D the run's planned tokens, budget / (6 N)."""
+    m = non_embedding_flops_per_token(shape.n_non_embedding, shape.n_layers, shape.d_model, seq_len)
+    return m * budget / (6.0 * shape.n(conv))
+
+
+def _hparams_law(rule: HParamRule, base_dir: Path) -> HyperparameterLaw:
+    """hparams.law: a published law's name, or a fitted law JSON next to the sweep file or in the cwd."""
+    if rule.law in PUBLISHED_HYPERPARAMETER_LAWS:
+        return PUBLISHED_HYPERPARAMETER_LAWS[rule.law]
+    for candidate in (base_dir / rule.law, Path(rule.law)):
+        if candidate.is_file():
+            return load_hyperparameter_law(candidate)
+    raise UserError(f"hparams.law={rule.law!r} is neither a published law ({', '.join(PUBLISHED_HYPERPARAMETER_LAWS)}) "
+                    f"nor a file next to the sweep file ({base_dir}) or in the working directory; fit one with "
+                    "`chinchax fit-hparams GRID.csv --out LAW.json`")
 
 
 def batch_for_run(tokens: float, seq_len: int, batch: int, target_steps: int, min_batch: int) -> int:

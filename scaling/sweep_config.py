@@ -13,7 +13,7 @@ from chinchax.configlib import load_config
 from chinchax.errors import UserError
 from chinchax.scaling.run_rows import N_CONVENTIONS
 
-LR_RULES = ("inverse_width", "constant")
+LR_RULES = ("inverse_width", "constant", "law")
 SIZE_MODES = ("around_optimum", "explicit")
 
 
@@ -80,16 +80,24 @@ class SizeRule:
 
 @dataclass(frozen=True)
 class HParamRule:
-    rule: str = "inverse_width"  # lr = base_lr * (base_d_model / d_model)^width_exponent; or "constant"
+    # lr = base_lr * (base_d_model / d_model)^width_exponent; or "constant"; or "law": lr = eta_opt(C) of a
+    # hyperparameter law at the run's compute C = M * D (scaling/hyperlaws.py; M the non-embedding FLOPs per token)
+    rule: str = "inverse_width"
     base_lr: float = 1e-3
     base_d_model: int = 256
     width_exponent: float = 1.0  # 1 = muP's 1/width for Adam; a learning-rate sweep can measure it
     warmup_fraction: float = 0.05  # of the run's steps (of the shortest run of a shape, with WSD branching)
     min_warmup_steps: int = 1
+    law: str = "deepseek"  # rule=law: a published law's name, or a fitted law JSON (relative to the sweep file)
+    law_batch: bool = False  # rule=law: the batch too, B_opt(C) tokens / seq_len (replaces batch_size, target_steps)
 
     def validate(self) -> HParamRule:
         if self.rule not in LR_RULES:
             raise UserError(f"hparams.rule={self.rule!r} is not valid; choose one of {', '.join(LR_RULES)}")
+        if self.rule == "law" and not self.law:
+            raise UserError("hparams.rule=law needs hparams.law: deepseek, or a law JSON from `chinchax fit-hparams`")
+        if self.law_batch and self.rule != "law":
+            raise UserError(f"hparams.law_batch=true takes the batch from a law; set hparams.rule=law (it is {self.rule!r})")
         if self.base_lr <= 0 or self.base_d_model <= 0:
             raise UserError("hparams.base_lr and hparams.base_d_model must be positive")
         if not 0 <= self.warmup_fraction < 1:
@@ -192,6 +200,9 @@ class SweepConfig:
             raise UserError(f"target_steps={self.target_steps} must be >= 0 and min_batch_size={self.min_batch_size} >= 1")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise UserError(f"seeds={self.seeds} must be distinct non-negative integers, e.g. [0, 1]")
+        if self.hparams.rule == "law" and self.wsd.enabled and self.wsd.branch:
+            raise UserError("hparams.rule=law gives each budget its own lr, but a WSD branch must share its trunk's lr; "
+                            "set wsd.branch=false (WSD schedule, every run from scratch) or use another hparams.rule")
         for name in self.families:
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise UserError(f"family name {name!r} must be letters, digits, '-' or '_' (it names run dirs)")
