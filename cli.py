@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "chinchax.evaluation.cli",
     "chinchax.experiments.demo",
     "chinchax.experiments.compare",
+    "chinchax.experiments.coord_check",
     "chinchax.posttrain.finetune_cli",
     "chinchax.posttrain.align_cli",
 )

@@ -81,7 +81,7 @@ def _load_train_run(run_dir: Path, tokenizer: str | None) -> LoadedRun:
     mesh = make_mesh((-1, 1, 1))  # data parallel over this host's devices: parameters replicated
     seed = cfg.trainer.seed
     parts = state_lib.model_parts(cfg.model, mesh, seed)
-    tx, _ = make_optimizer(cfg.optimizer, cfg.total_steps, parts.decay_mask)
+    tx, _ = make_optimizer(cfg.optimizer, cfg.total_steps, parts.decay_mask, parts.update_scales)
     abstract, _ = state_lib.abstract_state(cfg.model, tx, parts, mesh, seed)
     checkpointer = Checkpointer((run_dir / "checkpoints").absolute(), read_only=True)
     try:

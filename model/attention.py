@@ -24,6 +24,7 @@ from flax import nnx
 from chinchax.model.config import ModelConfig
 from chinchax.model.cudnn_segments import cudnn_segment_attention
 from chinchax.model.layers import LoraSpec, dense_init, lora_adapters, param, project
+from chinchax.model.parametrization import multipliers
 
 # --- masks ---------------------------------------------------------------------------------------
 
@@ -148,9 +149,11 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoraSpec | None = None):
         self.cfg = cfg
         D, H, G, K = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size
-        self.q_DHK = param(rngs, dense_init(), (D, H, K), ("embed", "heads", "kv"))
-        self.k_DGK = param(rngs, dense_init(), (D, G, K), ("embed", "kv_heads", "kv"))
-        self.v_DGK = param(rngs, dense_init(), (D, G, K), ("embed", "kv_heads", "kv"))
+        qkv_init = dense_init(scale=multipliers(cfg).qkv_init)
+        q_init = nnx.initializers.zeros if cfg.mup_zero_query else qkv_init
+        self.q_DHK = param(rngs, q_init, (D, H, K), ("embed", "heads", "kv"))
+        self.k_DGK = param(rngs, qkv_init, (D, G, K), ("embed", "kv_heads", "kv"))
+        self.v_DGK = param(rngs, qkv_init, (D, G, K), ("embed", "kv_heads", "kv"))
         self.o_HKD = param(rngs, dense_init(2), (H, K, D), ("heads", "kv", "embed"))
         if cfg.use_bias:
             self.q_bias_HK = param(rngs, nnx.initializers.zeros, (H, K), ("heads", "kv"))
@@ -222,7 +225,7 @@ class Attention(nnx.Module):
             v_BSGK,
             mask_B1LS=mask_B1LS,
             bias_BHLS=bias_BHLS,
-            scale=1.0 / math.sqrt(self.cfg.head_size) if self.cfg.scale_attention else 1.0,
+            scale=multipliers(self.cfg).attention_scale,
             is_causal=is_causal,
             within_causal=within_causal,
             dropout=self.attention_dropout,

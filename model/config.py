@@ -25,6 +25,7 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh")
 GATED_ACTIVATIONS = ("swiglu", "geglu", "geglu_tanh")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+PARAMETRIZATIONS = ("sp", "mup")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,17 @@ class ModelConfig:
     # (model/cudnn_segments.py; the trainer refuses a batch with more). 0: XLA's masked attention, which
     # keeps every [B, H, L, S] probability for the backward pass.
     attention_max_segments: int = 0
+    # Parametrization (model/parametrization.py): "sp" standard, "mup" maximal update (µP) relative to base
+    # shapes, so the hyperparameters tuned at the base shapes transfer to wider (and, with depth scaling,
+    # deeper) models. Base shapes left None are this model's own (multiplier 1).
+    parametrization: str = "sp"
+    mup_base_d_model: int | None = None
+    mup_base_n_layers: int | None = None
+    mup_base_head_dim: int | None = None
+    mup_depth_alpha: float = 1.0  # residual branches x (base_L / L)^alpha: 1 CompleteP, 0.5 depth-µP
+    mup_output_multiplier: float = 1.0  # logits x this x base_d_model / d_model
+    mup_zero_readout: bool = False  # untied readout initialised to zero (microsoft/mup's recommendation)
+    mup_zero_query: bool = False  # query projection initialised to zero (uniform attention at init)
 
     # --- derived -----------------------------------------------------------------------------------
     @property
@@ -164,9 +176,48 @@ class ModelConfig:
             raise UserError("model.mlm_transform=true is BERT's masked-LM head: use it with variant=encoder_only")
         if self.scale_tied_logits and not self.tie_embeddings:
             raise UserError("model.scale_tied_logits=true needs model.tie_embeddings=true")
+        self._validate_parametrization()
         if self.position_offset and self.position != "learned":
             raise UserError("model.position_offset only applies to model.position='learned'")
         return self
+
+
+    def _validate_parametrization(self) -> None:
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise UserError(
+                f"model.parametrization={self.parametrization!r} is not valid; choose one of {', '.join(PARAMETRIZATIONS)}"
+            )
+        mup_keys = ("mup_base_d_model", "mup_base_n_layers", "mup_base_head_dim", "mup_zero_readout", "mup_zero_query")
+        if self.parametrization == "sp":
+            given = [k for k in mup_keys if getattr(self, k)]
+            given += [k for k, d in (("mup_depth_alpha", 1.0), ("mup_output_multiplier", 1.0)) if getattr(self, k) != d]
+            if given:
+                raise UserError(
+                    f"model.{given[0]} only applies to model.parametrization=mup (it is 'sp'); set "
+                    "model.parametrization=mup or remove it"
+                )
+            return
+        for key in ("mup_base_d_model", "mup_base_n_layers", "mup_base_head_dim"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise UserError(f"model.{key}={value} must be a positive integer, or null for this model's own")
+        if self.mup_depth_alpha not in (0.0, 0.5, 1.0):
+            raise UserError(
+                f"model.mup_depth_alpha={self.mup_depth_alpha} is not supported; use 1 (CompleteP), 0.5 (depth-µP) "
+                "or 0 (no depth scaling)"
+            )
+        if not self.mup_output_multiplier > 0:
+            raise UserError(f"model.mup_output_multiplier={self.mup_output_multiplier} must be > 0")
+        if self.mup_zero_readout and self.tie_embeddings:
+            raise UserError(
+                "model.mup_zero_readout=true needs an untied readout (the tied one is also the input embedding, "
+                "which must not start at zero); set model.tie_embeddings=false or drop mup_zero_readout"
+            )
+        if self.scale_tied_logits:
+            raise UserError(
+                "model.scale_tied_logits (T5 v1.0's d_model**-0.5) and model.parametrization=mup both scale the "
+                "logits; µP's output multiplier replaces it: set model.scale_tied_logits=false"
+            )
 
 
 def _divisors(n: int) -> list[int]:

@@ -137,9 +137,10 @@ def lora_adapters(module: nnx.Module, lora: LoraSpec | None, kernels: dict, rngs
             setattr(module, f"{name}_lora", LoraAdapter(shape, names, n_in, lora, rngs=rngs))
 
 
-def dense_init(fan_in_axes: int = 1) -> Initializer:
-    # Fan-in scaled normal (LeCun), over the leading `fan_in_axes` axes, as in T5X/Gemma.
-    return nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=tuple(range(fan_in_axes)))
+def dense_init(fan_in_axes: int = 1, scale: float = 1.0) -> Initializer:
+    # Fan-in scaled normal (LeCun), over the leading `fan_in_axes` axes, as in T5X/Gemma. Flax counts the axes
+    # between the fan-in axes and the last as a receptive field: q_DHK's variance is scale / (D·H), not 1/D.
+    return nnx.initializers.variance_scaling(scale, "fan_in", "truncated_normal", in_axis=tuple(range(fan_in_axes)))
 
 
 class Norm(nnx.Module):

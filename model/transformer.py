@@ -33,6 +33,7 @@ from chinchax.model.layers import (
     project,
     tied_logits,
 )
+from chinchax.model.parametrization import multipliers
 
 # The batch keys the model reads (docs/interfaces.md); the trainer passes exactly these.
 MODEL_INPUT_KEYS = (
@@ -87,10 +88,16 @@ class Block(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def _residual(self, x_BLD, norm: Norm, branch) -> jax.Array:
+        scale = multipliers(self.cfg).branch  # depth scaling (µP with base n_layers); 1.0 otherwise
+
+        def scaled(h_BLD):
+            out_BLD = self.dropout(branch(h_BLD))
+            return out_BLD if scale == 1.0 else out_BLD * jnp.asarray(scale, out_BLD.dtype)
+
         if self.cfg.norm_position == "pre":
-            out = x_BLD + self.dropout(branch(norm(x_BLD)))
+            out = x_BLD + scaled(norm(x_BLD))
         else:
-            out = norm(x_BLD + self.dropout(branch(x_BLD)))
+            out = norm(x_BLD + scaled(x_BLD))
         return constrain(out, ("batch", "length", "embed"))
 
     def __call__(self, x_BLD: jax.Array, ctx: dict, cache: dict | None = None):
@@ -305,7 +312,8 @@ class Transformer(nnx.Module):
             self.mlm_dense_bias_D = param(rngs, nnx.initializers.zeros, (D,), (None,))
             self.mlm_norm = Norm(cfg, kind="layernorm", rngs=rngs)
         if not cfg.tie_embeddings:
-            self.unembedding_DV = param(rngs, dense_init(), (D, V), ("embed", "vocab"))
+            readout_init = nnx.initializers.zeros if cfg.mup_zero_readout else dense_init()
+            self.unembedding_DV = param(rngs, readout_init, (D, V), ("embed", "vocab"))
         if cfg.output_bias:
             self.output_bias_V = param(rngs, nnx.initializers.zeros, (V,), ("vocab",))
 
@@ -331,6 +339,9 @@ class Transformer(nnx.Module):
         if cfg.mlm_transform:
             x_BLD = project(x_BLD, self.mlm_dense_DD[...].astype(dtype))
             x_BLD = self.mlm_norm(activation_fn(cfg.activation)(x_BLD + self.mlm_dense_bias_D[...].astype(dtype)))
+        readout_scale = multipliers(cfg).logits  # µP's output multiplier / width; 1.0 under SP
+        if readout_scale != 1.0:
+            x_BLD = x_BLD * jnp.asarray(readout_scale, dtype)
         if cfg.tie_embeddings:
             if cfg.scale_tied_logits:
                 x_BLD = x_BLD * jnp.asarray(cfg.d_model**-0.5, dtype)

@@ -83,11 +83,11 @@ def merge(graphdef, params, rest) -> nnx.Module:
     return nnx.merge(graphdef, params, rest, copy=True)
 
 
-def optimizer(opt_cfg, total_steps: int, decay_mask=None):
+def optimizer(opt_cfg, total_steps: int, decay_mask=None, scales=None):
     """(tx at a unit rate, learning rate of every step): train.optimizer's AdamW and schedule."""
     from chinchax.train.optimizer import make_optimizer, schedule_values
 
-    tx, schedule = make_optimizer(opt_cfg, total_steps, decay_mask)
+    tx, schedule = make_optimizer(opt_cfg, total_steps, decay_mask, scales)
     return tx, schedule_values(schedule, total_steps)
 
 

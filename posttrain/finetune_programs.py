@@ -110,12 +110,12 @@ class FinetunePrograms:
         else:
             self.parts = adapted_parts(cfg.model, mesh, cfg.trainer.seed, method.lora_spec)
         trainable, frozen = method.split(base_flat, cfg.trainer.seed)
-        decay = None
-        if method.spec.method == "full":
-            decay = self.parts.decay_mask
+        decay, scales = None, None
+        if method.spec.method == "full":  # a µP base keeps its multipliers (adapters and prompts take the given lr)
+            decay, scales = self.parts.decay_mask, self.parts.update_scales
         elif method.spec.method == "prompt_tuning":
             decay = jax.tree.map(lambda _: False, trainable)  # soft prompts: no decay (Lester et al.)
-        self.tx = make_direction(cfg.optimizer, decay)
+        self.tx = make_direction(cfg.optimizer, decay, scales)
         self._host = {"trainable": trainable, "frozen": frozen}
         abs_state = jax.eval_shape(self._make_state, self._host)
         self.shardings = _shardings(abs_state, self.parts.param_specs, base_flat, mesh)

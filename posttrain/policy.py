@@ -189,3 +189,11 @@ def decay_mask(model_cfg, mesh, seed: int):
     from chinchax.train.state import model_parts
 
     return model_parts(model_cfg, mesh, seed).decay_mask
+
+
+def update_scales(model_cfg, mesh, seed: int):
+    """µP's (lr, gradient) multipliers of the policy's parameters, or None (SP): a µP base keeps training
+    with its own multipliers, and its exported optimizer state has the shape `load_run` expects."""
+    from chinchax.train.state import model_parts
+
+    return model_parts(model_cfg, mesh, seed).update_scales

@@ -90,7 +90,8 @@ def train_dpo(cfg: DPORunConfig, *, evaluate: Callable[[int, object], dict] | No
     }
     align_loop.check_or_write_config(run_dir, config, resume_safe=frozenset({"dpo.eval_every"}))
     mesh = align_loop.make_mesh(cfg.trainer.mesh)
-    tx, lrs = align_loop.optimizer(cfg.optimizer, cfg.trainer.steps, policy.decay_mask(base.config.model, mesh, 0))
+    tx, lrs = align_loop.optimizer(cfg.optimizer, cfg.trainer.steps, policy.decay_mask(base.config.model, mesh, 0),
+                                   policy.update_scales(base.config.model, mesh, 0))
     policy.write_policy_config(
         run_dir, policy.policy_run_config(base.config, run_dir=run_dir, steps=cfg.trainer.steps,
                                           optimizer_cfg=cfg.optimizer, seed=cfg.trainer.seed)

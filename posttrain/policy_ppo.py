@@ -189,7 +189,11 @@ def train_ppo(
     graphdef, params, rest = align_loop.split_params(model)
     mask_tree = {k: (policy.decay_mask(base.config.model, mesh, 0) if k == "policy" else jax.tree.map(lambda _: False, v))
                  for k, v in params.items()}
-    tx, lrs = align_loop.optimizer(cfg.optimizer, cfg.trainer.steps, mask_tree)
+    scales = policy.update_scales(base.config.model, mesh, 0)
+    if scales is not None:  # µP base: the policy keeps its multipliers, the value head takes the given lr
+        scales = tuple({k: (s if k == "policy" else jax.tree.map(lambda _: 1.0, v)) for k, v in params.items()}
+                       for s in scales)
+    tx, lrs = align_loop.optimizer(cfg.optimizer, cfg.trainer.steps, mask_tree, scales)
     forward = jax.jit(lambda p, batch: align_loop.merge(graphdef, p, rest)(batch))
 
     def batch_for_step(step: int, params):
@@ -289,7 +293,8 @@ def export_policy(out_dir: Path, base, params, cfg: PPORunConfig) -> None:
                                    optimizer_cfg=cfg.optimizer, seed=cfg.trainer.seed)
     policy.write_policy_config(out_dir, exp)
     mesh = align_loop.make_mesh(cfg.trainer.mesh)
-    tx, _ = make_optimizer(cfg.optimizer, cfg.trainer.steps, policy.decay_mask(base.config.model, mesh, 0))
+    tx, _ = make_optimizer(cfg.optimizer, cfg.trainer.steps, policy.decay_mask(base.config.model, mesh, 0),
+                           policy.update_scales(base.config.model, mesh, 0))
     ckpt = Checkpointer(out_dir / "checkpoints", max_to_keep=1)
     try:
         state = {"step": jnp.asarray(cfg.trainer.steps, jnp.int32), "params": params, "opt_state": tx.init(params)}

@@ -98,7 +98,7 @@ def programs_for(cfg: ExperimentConfig, mesh) -> Programs:
         _cache.move_to_end(key)
         return _cache[key]
     parts = state_lib.model_parts(cfg.model, mesh, cfg.trainer.seed)
-    tx = make_direction(cfg.optimizer, parts.decay_mask)
+    tx = make_direction(cfg.optimizer, parts.decay_mask, parts.update_scales)
     abstract, shardings = state_lib.abstract_state(cfg.model, tx, parts, mesh, cfg.trainer.seed)
     programs = Programs(parts, tx, abstract, shardings, mesh, cfg.trainer.microbatches, cfg.optimizer.z_loss)
     _cache[key] = programs

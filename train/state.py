@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from chinchax.model import Transformer
 from chinchax.model.config import ModelConfig
+from chinchax.model.parametrization import update_scales
 from chinchax.sharding import LOGICAL_AXIS_RULES
 
 # Lookup tables (token, position, token-type embeddings; T5's relative-position bias table): no weight
@@ -43,6 +44,8 @@ class ModelParts:
     other: Any  # pure dict (numpy) of the remaining non-param variables (RNG counters)
     param_specs: Any  # pure dict of PartitionSpecs, same structure as params
     decay_mask: Any  # pure dict of bools: True where weight decay applies
+    # µP's (lr, gradient) multipliers per parameter (model/parametrization.update_scales); None under SP
+    update_scales: Any = None
 
     def rng_keys(self):
         """Typed keys from the stored raw data (host numpy, so they are plain constants in any jit)."""
@@ -97,7 +100,8 @@ def model_parts(cfg: ModelConfig, mesh: jax.sharding.Mesh, seed: int) -> ModelPa
         return jax.tree.map(jax.random.key_data, nnx.to_pure_dict(keys)), nnx.to_pure_dict(other)
 
     key_data, other = jax.device_get(rng_state())
-    return ModelParts(graphdef, key_data, other, specs, mask)
+    scales = update_scales(cfg, nnx.to_pure_dict(abs_params))
+    return ModelParts(graphdef, key_data, other, specs, mask, scales)
 
 
 def state_shardings(abs_state, param_specs, mesh, tx: optax.GradientTransformation | None = None) -> Any:
