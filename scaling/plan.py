@@ -16,7 +16,8 @@ Planning is pure and deterministic: the same sweep YAML always gives the same ru
 - Tokens. D follows from C = 6 * N * D with N by the sweep's convention (`total`, Chinchilla; or
   `non_embedding`, Kaplan); steps = round(D / (batch * seq_len)), so the realised C is within half a step.
 - Hyperparameters per size from a rule: lr = base_lr * base_d_model / d_model ("inverse_width", the muP
-  hidden-layer scaling of Adam's lr applied globally) or "constant"; or "law": lr = eta_opt(C) of a
+  hidden-layer scaling of Adam's lr applied globally) or "constant"; or "mup": every run µP relative to
+  hparams.base_d_model (and base_n_layers), all at base_lr (model/parametrization.py); or "law": lr = eta_opt(C) of a
   hyperparameter law (DeepSeek LLM 2024's, or one fitted with `chinchax fit-hparams`), and with
   `hparams.law_batch` the batch B_opt(C) too, at the run's compute in the law's convention, C = M * D:
   M = 6 * N_non_embedding + 12 * n_layers * d_model * seq_len (DeepSeek's non-embedding FLOPs per token,
@@ -136,6 +137,7 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
             lr = float(f"{lr:.6g}")  # a short, stable number in YAML and in the run id
             m = model_with_shape(base.model, cfg.shape, shape.d_model)
             overrides = [
+                *mup_overrides(cfg.hparams),
                 *shared,
                 f"model.d_model={m.d_model}",
                 f"model.n_layers={m.n_layers}",
@@ -197,6 +199,14 @@ def _hparams_law(rule: HParamRule, base_dir: Path) -> HyperparameterLaw:
     raise UserError(f"hparams.law={rule.law!r} is neither a published law ({', '.join(PUBLISHED_HYPERPARAMETER_LAWS)}) "
                     f"nor a file next to the sweep file ({base_dir}) or in the working directory; fit one with "
                     "`chinchax fit-hparams GRID.csv --out LAW.json`")
+
+
+def mup_overrides(hparams) -> list[str]:
+    """rule=mup: every run µP relative to the rule's base shapes (nothing for the other rules)."""
+    if hparams.rule != "mup":
+        return []
+    depth = [] if hparams.base_n_layers is None else [f"model.mup_base_n_layers={hparams.base_n_layers}"]
+    return ["model.parametrization=mup", f"model.mup_base_d_model={hparams.base_d_model}", *depth]
 
 
 def batch_for_run(tokens: float, seq_len: int, batch: int, target_steps: int, min_batch: int) -> int:

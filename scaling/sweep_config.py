@@ -13,7 +13,7 @@ from chinchax.configlib import load_config
 from chinchax.errors import UserError
 from chinchax.scaling.run_rows import N_CONVENTIONS
 
-LR_RULES = ("inverse_width", "constant", "law")
+LR_RULES = ("inverse_width", "constant", "law", "mup")
 SIZE_MODES = ("around_optimum", "explicit")
 
 
@@ -81,7 +81,9 @@ class SizeRule:
 @dataclass(frozen=True)
 class HParamRule:
     # lr = base_lr * (base_d_model / d_model)^width_exponent; or "constant"; or "law": lr = eta_opt(C) of a
-    # hyperparameter law at the run's compute C = M * D (scaling/hyperlaws.py; M the non-embedding FLOPs per token)
+    # hyperparameter law at the run's compute C = M * D (scaling/hyperlaws.py; M the non-embedding FLOPs per token);
+    # or "mup": every run is µP relative to base_d_model (and base_n_layers, if set), all at base_lr: the rate
+    # tuned at the base shapes transfers (model/parametrization.py, docs/mup.md)
     rule: str = "inverse_width"
     base_lr: float = 1e-3
     base_d_model: int = 256
@@ -90,6 +92,7 @@ class HParamRule:
     min_warmup_steps: int = 1
     law: str = "deepseek"  # rule=law: a published law's name, or a fitted law JSON (relative to the sweep file)
     law_batch: bool = False  # rule=law: the batch too, B_opt(C) tokens / seq_len (replaces batch_size, target_steps)
+    base_n_layers: int | None = None  # rule=mup: depth scaling relative to this many layers (None: width only)
 
     def validate(self) -> HParamRule:
         if self.rule not in LR_RULES:
@@ -98,6 +101,9 @@ class HParamRule:
             raise UserError("hparams.rule=law needs hparams.law: deepseek, or a law JSON from `chinchax fit-hparams`")
         if self.law_batch and self.rule != "law":
             raise UserError(f"hparams.law_batch=true takes the batch from a law; set hparams.rule=law (it is {self.rule!r})")
+        if self.base_n_layers is not None and (self.rule != "mup" or self.base_n_layers <= 0):
+            raise UserError(f"hparams.base_n_layers={self.base_n_layers} is µP's base depth: set hparams.rule=mup "
+                            "and a positive number of layers, or remove it")
         if self.base_lr <= 0 or self.base_d_model <= 0:
             raise UserError("hparams.base_lr and hparams.base_d_model must be positive")
         if not 0 <= self.warmup_fraction < 1:

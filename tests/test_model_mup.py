@@ -156,3 +156,15 @@ def test_a_wide_mup_run_resumes_exactly(tmp_path):
     assert [r for r in _rows(cut) if "loss" in r] == [r for r in _rows(full) if "loss" in r]
     for a, b in zip(_params(cut, 12), _params(full, 12), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_hf_export_refuses_mup_away_from_its_base_and_takes_it_at_the_base():
+    from chinchax.model.convert.hf import params_to_hf
+
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16, position="learned",
+                      activation="gelu_tanh", parametrization="mup", mup_base_d_model=16)
+    params = nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+    with pytest.raises(UserError, match="away from its base shapes"):
+        params_to_hf(cfg, "gpt2", params)
+    at_base = cfg.replace(mup_base_d_model=32)
+    assert "transformer.wte.weight" in params_to_hf(at_base, "gpt2", params)

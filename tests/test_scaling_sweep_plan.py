@@ -174,6 +174,16 @@ def test_lr_rule_inverse_width_and_warmup(write):
     assert {r.lr for r in const.runs} == {4e-3}
 
 
+def test_lr_rule_mup_makes_every_run_mup_at_the_base_rate(write):
+    _, plan = _plan(write(), ["hparams.rule=mup", "hparams.base_n_layers=2"])
+    assert {r.lr for r in plan.runs} == {4e-3} and len({r.d_model for r in plan.runs}) > 2
+    for r in plan.runs:
+        model = r.config["model"]
+        assert (model["parametrization"], model["mup_base_d_model"], model["mup_base_n_layers"]) == ("mup", 64, 2)
+    _, sp = _plan(write(), ["hparams.rule=constant"])
+    assert {r.run_id for r in sp.runs}.isdisjoint({r.run_id for r in plan.runs})  # µP runs are other runs
+
+
 def test_wsd_branching_shares_the_stable_phase_and_reports_savings(write):
     from chinchax.train.config import OptimizerConfig
     from chinchax.train.optimizer import make_schedule
@@ -286,7 +296,8 @@ def test_fixed_head_count_keeps_n_and_changes_only_the_heads(write):
         ("n_convention=kaplan", "n_convention='kaplan' is not valid"),
         ("sizes.mode=grid", "sizes.mode='grid'"),
         ("shape.d_model_multiple=24", "multiple of shape.head_dim"),
-        ("hparams.rule=mup", "hparams.rule='mup'"),
+        ("hparams.rule=sqrt_width", "hparams.rule='sqrt_width'"),
+        ("hparams.base_n_layers=2", "set hparams.rule=mup"),
         ("wsd.cooldown_fraction=1.5", "wsd.cooldown_fraction"),
         ("experiment=missing.yaml", "experiment 'missing.yaml' not found"),
         ("unknown_key=1", "unknown_key"),

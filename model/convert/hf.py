@@ -38,6 +38,7 @@ from chinchax.model.config import ModelConfig
 from chinchax.model.convert import rules as rules_lib
 from chinchax.model.convert.hf_families import FAMILIES, Family
 from chinchax.model.counting import abstract_params
+from chinchax.model.parametrization import multipliers
 from chinchax.model.transformer import Transformer
 
 TOKENIZER_FILE = "tokenizer.model"  # a SentencePiece model, as T5 and LLaMA HF directories hold it
@@ -124,9 +125,23 @@ def params_from_hf(
 
 
 def params_to_hf(cfg: ModelConfig, model_type: str, params: Mapping) -> dict[str, np.ndarray]:
-    """An HF state_dict (float32 numpy) with every key the HF task model's `state_dict()` has."""
+    """An HF state_dict (float32 numpy) with every key the HF task model's `state_dict()` has.
+    A µP model away from its base shapes is refused: Hugging Face's families have no output, attention or
+    residual-branch multipliers (at the base shapes every multiplier is 1 and the weights map as SP's)."""
+    m = multipliers(cfg)
+    if cfg.parametrization == "mup" and m != multipliers(cfg.replace(parametrization="sp", **_NO_MUP)):
+        raise UserError(
+            f"{model_type}: this model is µP (model.parametrization=mup) away from its base shapes; its output "
+            f"multiplier {m.logits:.4g}, residual-branch multiplier {m.branch:.4g} and attention scale "
+            f"{m.attention_scale:.4g} have no place in the Hugging Face model. Export a model at its base shapes, "
+            "or train it with model.parametrization=sp"
+        )
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
     return rules_lib.cx_to_hf(family(model_type).weights(cfg), flat)
+
+
+_NO_MUP = dict(mup_base_d_model=None, mup_base_n_layers=None, mup_base_head_dim=None, mup_depth_alpha=1.0,
+               mup_output_multiplier=1.0, mup_zero_readout=False, mup_zero_query=False)
 
 
 def model_from_params(cfg: ModelConfig, params: Mapping, *, seed: int = 0):
