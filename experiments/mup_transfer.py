@@ -153,7 +153,7 @@ def plot(rows: list[dict], study: Study, path: Path) -> None:
                     label=f"d_model {width}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("learning rate")
-        ax.set_title({"sp": "standard parametrization", "mup": "µP (base d_model %d)" % study.widths[0]})
+        ax.set_title({"sp": "standard parametrization", "mup": f"µP (base d_model {study.widths[0]})"})
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"eval loss after {study.steps} steps (mean of {len(study.seeds)} seeds)")
     finite = [r["eval_loss"] for r in rows if r["eval_loss"] is not None]
@@ -180,9 +180,10 @@ def report(summary: dict, study: Study) -> str:
     lines.append("")
     for p in ("sp", "mup"):
         drift, lost = summary[p]["drift"], summary[p]["loss_lost_at_widest_with_narrowest_optimum"]
-        lines.append(f"- {p}: drift of the optimum (largest / smallest vertex) "
-                     f"{'%.2fx' % drift if drift else 'n/a (a vertex out of range)'}; loss lost at the widest "
-                     f"width with the narrowest width's optimum {'%.4f nats' % lost if lost is not None else 'n/a'}")
+        drift_text = f"{drift:.2f}x" if drift else "n/a (a vertex out of range)"
+        lost_text = f"{lost:.4f} nats" if lost is not None else "n/a"
+        lines.append(f"- {p}: drift of the optimum (largest / smallest vertex) {drift_text}; loss lost at the "
+                     f"widest width with the narrowest width's optimum {lost_text}")
     return "\n".join(lines) + "\n"
 
 
