@@ -5,6 +5,8 @@ trainer.run_dir is `<sweep>/runs/<run>` -- and talks to the run only through tha
 That makes every executor idempotent in the same way (see `run_with_retries`):
 - a run whose run.json says "done" is skipped;
 - an interrupted run is simply launched again: the trainer resumes from its checkpoints in the same dir;
+- a trainer stopped by a signal (exit code 75: it saved a checkpoint first, train/preemption.py) is not a
+  failure and is not retried at once: its run stays interrupted, and the next `sweep run` resumes it;
 - a failing run is retried up to `max_retries` times; if it still fails, a failure marker with its exit
   code and the tail of its log is written, and the sweep goes on with the next run.
 The train command is a parameter so tests can inject a fake trainer.
@@ -47,6 +49,7 @@ from chinchax.scaling.results import (
 )
 from chinchax.scaling.sweep_config import RaySettings, TpuSettings
 from chinchax.scaling.worker import WorkerPool
+from chinchax.train.preemption import PREEMPTED_EXIT_CODE
 
 DEFAULT_TRAIN_COMMAND = (sys.executable, "-m", "chinchax.cli", "train")
 EXECUTORS = ("local", "worker", "ray", "tpu")
@@ -55,7 +58,7 @@ EXECUTORS = ("local", "worker", "ray", "tpu")
 @dataclass(frozen=True)
 class Outcome:
     run_id: str
-    status: str  # "done" | "failed" | "skipped" (already done)
+    status: str  # "done" | "failed" | "skipped" (already done) | "interrupted" (stopped by a signal: resume later)
     attempts: int = 0
     error: str = ""
 
@@ -120,6 +123,8 @@ def run_with_retries(
                 returncode = launch(str(config_path), d / TRAIN_LOG)
             if returncode == 0 and done():
                 return Outcome(run_id, "done", attempt)
+            if returncode == PREEMPTED_EXIT_CODE:  # saved and stopped on a signal: no failure, no retry now
+                return Outcome(run_id, "interrupted", attempt, _tail(d / TRAIN_LOG, 3))
             error = _tail(d / TRAIN_LOG) or exit_description(returncode)
             if returncode is not None and returncode < 0:  # the log cannot say: it died mid-line
                 error += f"\n({exit_description(returncode)})"
@@ -249,7 +254,7 @@ def launch_order(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
 
 
 def _counts(outcomes: Sequence[Outcome]) -> dict:
-    return {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    return {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "interrupted")}
 
 
 def _in_plan_order(plan: Plan, outcomes: Sequence[Outcome]) -> list[Outcome]:
@@ -261,6 +266,7 @@ def _in_plan_order(plan: Plan, outcomes: Sequence[Outcome]) -> list[Outcome]:
 # written once the step is complete. Named here rather than imported, to keep jax/orbax out of the sweep.
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_MANIFEST = "chinchax_manifest.json"
+ORBAX_COMMITTED = "commit_success.txt"  # with it but no manifest, a resume trusts the step (orbax committed it)
 BRANCH_MARKER = "sweep_branch.json"
 
 
@@ -292,8 +298,9 @@ def seed_branch(sweep: SweepDir, run: PlannedRun, plan: Plan) -> bool:
 
 def _seed_branch_remote(sweep: SweepDir, run: PlannedRun) -> bool:
     """`seed_branch` for a sweep dir on gs://, which has no rename: the files are copied into
-    checkpoints/<step>/ with the manifest last, so the trainer never trusts a half-copied step (a copy cut
-    short leaves a step without its manifest, which the trainer sets aside: the branch trains from scratch)."""
+    checkpoints/<step>/ with orbax's commit marker and the manifest last, so the trainer never trusts a
+    half-copied step (a copy cut short leaves a step with neither, which the trainer sets aside: the branch
+    trains from scratch)."""
     d, trunk_dir = sweep.run_dir(run.run_id), sweep.run_dir(run.branch_of)
     if (d / CHECKPOINTS).exists() and any((d / CHECKPOINTS).iterdir()):
         return True
@@ -304,14 +311,13 @@ def _seed_branch_remote(sweep: SweepDir, run: PlannedRun) -> bool:
         return False
     _copy_metrics_until(trunk_dir, d, run.branch_step)
     target = d / CHECKPOINTS / str(run.branch_step)
-    manifest = source / CHECKPOINT_MANIFEST
+    files = {str(f.relative_to(source)): f for f in files_under(source)}
+    last = [name for name in (ORBAX_COMMITTED, CHECKPOINT_MANIFEST) if name in files]
     try:
-        for f in files_under(source):
-            if f.name != CHECKPOINT_MANIFEST:
-                dst = target / str(f.relative_to(source))
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_bytes(f.read_bytes())
-        (target / CHECKPOINT_MANIFEST).write_bytes(manifest.read_bytes())
+        for name in [n for n in files if n not in last] + last:
+            dst = target / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(files[name].read_bytes())
     except BaseException:
         remove_tree(d / CHECKPOINTS)
         raise

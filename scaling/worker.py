@@ -4,8 +4,10 @@ compilation once per shape instead of once per run (chinchax.train.programs shar
 Each run is exactly `chinchax train CONFIG`: the worker calls the same CLI entry point in-process, with
 its stdout and stderr sent to the run's log, and answers with the exit code the command would have had.
 The executors' contracts hold unchanged (run dirs, run.json, resume, skip, retry): only the process that
-trains is long-lived. A worker that dies (a crash, the OOM killer, a signal) reports the death as the
-run's failure; the next run gets a fresh worker.
+trains is long-lived. A worker that dies (a crash, the OOM killer, kill -9) reports the death as the
+run's failure; the next run gets a fresh worker. SIGTERM or SIGINT reaches the trainer running in it: the run
+saves, answers exit code 75 (interrupted, resumed by the next sweep run), and the worker then exits, as the
+signal asked; the next run gets a fresh worker.
 
 Protocol, one JSON object a line: the driver writes {"config": PATH, "log": PATH} to the worker's stdin;
 the worker answers {"returncode": N} on the file descriptor it was started with as stdout.
@@ -21,6 +23,8 @@ import threading
 import time
 import traceback
 from pathlib import Path
+
+from chinchax.train.preemption import PREEMPTED_EXIT_CODE  # no jax imported: the driver stays light
 
 WORKER_COMMAND = (sys.executable, "-m", "chinchax.scaling.worker")
 
@@ -51,6 +55,8 @@ def serve() -> None:
         with open(request["log"], "a") as log:
             returncode = _with_output_to(log.fileno(), lambda: train_in_process(config))  # noqa: B023 (called now)
         answers.write(json.dumps({"returncode": returncode}) + "\n")
+        if returncode == PREEMPTED_EXIT_CODE:  # the signal was this process's too: stop after answering
+            return
 
 
 def _exit_with_parent(poll_s: float = 1.0) -> None:

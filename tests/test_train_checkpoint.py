@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from chinchax.train.checkpoint import MANIFEST, Checkpointer, load_numpy_state, verify
+from chinchax.train.checkpoint import MANIFEST, ORBAX_COMMITTED, Checkpointer, load_numpy_state, verify
 
 
 def _state(step):
@@ -84,12 +84,48 @@ def test_good_step_is_not_deleted_in_favour_of_a_damaged_one(tmp_path, capsys):
     assert ckpt.restore_latest(_abstract())[0] == 3
 
 
-def test_step_without_manifest_is_not_trusted(tmp_path, capsys):
+def _killed_after_commit(tmp_path) -> None:
+    """Steps 1 and 2 saved; the process dies once orbax has committed step 2, before our manifest of it."""
+    ckpt = Checkpointer(tmp_path, max_to_keep=3)
+    ckpt.save(1, _state(1), {"pos": 1})
+    ckpt.save(2, _state(2), {"pos": 2})  # waits for step 1 and writes its manifest first
+    ckpt._manager.wait_until_finished()  # orbax's commit of step 2 ...
+    ckpt._manager.close()  # ... and nothing of ours after it, as with a kill -9 here
+    assert (tmp_path / "2" / ORBAX_COMMITTED).is_file() and not (tmp_path / "2" / MANIFEST).exists()
+
+
+def test_a_step_committed_by_orbax_without_our_manifest_is_restored(tmp_path, capsys):
+    """The window between orbax's commit and the manifest (a kill -9 or SIGTERM there): the step is kept, not
+    set aside as damaged, and gets its manifest, so damage from then on is detected as for any step."""
+    _killed_after_commit(tmp_path)
+    ckpt = Checkpointer(tmp_path, max_to_keep=3)
+    step, state, data = ckpt.restore_latest(_abstract())
+    assert step == 2 and data == {"pos": 2}
+    np.testing.assert_array_equal(np.asarray(state["w"]), np.asarray(_state(2)["w"]))
+    assert "committed by orbax but had no manifest" in capsys.readouterr().err
+    assert verify(tmp_path / "2") is None and not (tmp_path / "damaged").exists()
+    ckpt.close()
+    _flip_bytes(_largest_file(tmp_path / "2"))
+    assert Checkpointer(tmp_path, max_to_keep=3).restore_latest(_abstract())[0] == 1
+
+
+def test_a_committed_step_without_manifest_that_orbax_cannot_read_is_set_aside(tmp_path, capsys):
+    _killed_after_commit(tmp_path)
+    victim = _largest_file(tmp_path / "2")
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    ckpt = Checkpointer(tmp_path, max_to_keep=3)
+    assert ckpt.restore_latest(_abstract())[0] == 1
+    assert "checkpoint step 2 is damaged (orbax could not restore it" in capsys.readouterr().err
+    assert ckpt.steps() == [1] and len(list((tmp_path / "damaged").iterdir())) == 1
+
+
+def test_step_without_manifest_or_orbax_commit_marker_is_not_trusted(tmp_path, capsys):
     ckpt = Checkpointer(tmp_path, max_to_keep=3)
     ckpt.save(1, _state(1), {"pos": 1})
     ckpt.save(2, _state(2), {"pos": 2})
     ckpt.close()
-    (tmp_path / "2" / MANIFEST).unlink()  # as if killed between the save and its manifest
+    (tmp_path / "2" / MANIFEST).unlink()  # neither marker: nothing says the save of step 2 completed
+    (tmp_path / "2" / ORBAX_COMMITTED).unlink()
     ckpt = Checkpointer(tmp_path, max_to_keep=3)
     assert ckpt.restore_latest(_abstract())[0] == 1
     assert "no manifest" in capsys.readouterr().err

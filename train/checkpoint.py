@@ -3,14 +3,18 @@
 Layout of `<run_dir>/checkpoints/`:
     <step>/state/...                 orbax StandardSave of the train state (sharded arrays)
     <step>/data/process_I-of-N.json  each host's data-iterator state (a JSON snapshot taken at save time)
-    <step>/chinchax_manifest.json    size + sha256 of every file above, written once the save has finished
+    <step>/commit_success.txt        orbax's commit marker (written last, with the step's final name)
+    <step>/chinchax_manifest.json    size + sha256 of every file above, written once the save has committed
     damaged/<step>-<time>/           steps that failed verification, moved aside (never deleted by us)
 
 Why our own manifest and retention: orbax does not notice a finished step whose files were damaged later
 (restore raises, with no fallback), and its `max_to_keep` may delete the good older step in favour of the
 damaged newer one. So orbax keeps everything (`max_to_keep=None`) and this class:
-- writes the manifest only after the save finished (a step without one is not trusted: e.g. a kill
-  landed between the save and the manifest);
+- writes the manifest once the save has committed: the trainer asks after every call (`poll`, single host)
+  and waits for it at the next save, at a preemption and at close;
+- on resume, trusts a step without a manifest only when orbax committed it (its commit marker is there: a
+  kill landed between the commit and our manifest) and orbax restores it; its manifest is written then. A
+  step with neither marker (a save that never committed, or damage that took both) is not trusted;
 - deletes old steps only when more than `max_to_keep` verified steps remain AND the newer ones still
   have all their files at the recorded sizes (a cheap check; the full hash runs before any restore);
 - on restore, tries steps newest first, verifies the full hash, and moves damaged steps aside, saying so.
@@ -47,6 +51,10 @@ from chinchax.fileio import sha256_file as _sha256
 
 MANIFEST = "chinchax_manifest.json"
 DAMAGED_DIR = "damaged"
+# orbax writes this file into a step as the last act of its save (then renames the folder on local disks): a step
+# that has it was committed by every host (orbax's atomicity.COMMIT_SUCCESS_FILE, private, so named here).
+ORBAX_COMMITTED = "commit_success.txt"
+NO_MANIFEST = "no manifest (the save never finished, or the run stopped before it was verified)"
 
 
 # --- the data-iterator state as an orbax item: grain's own handler (one JSON file per host) ----------------
@@ -89,7 +97,7 @@ def verify(step_dir: Path, *, full: bool = True) -> str | None:
     """None if the step matches its manifest, else why not. `full=False` checks names and sizes only."""
     manifest = step_dir / MANIFEST
     if not manifest.is_file():
-        return "no manifest (the save never finished, or the run stopped before it was verified)"
+        return NO_MANIFEST
     try:
         recorded = json.loads(manifest.read_text())["files"]
     except (ValueError, KeyError) as e:
@@ -107,6 +115,15 @@ def verify(step_dir: Path, *, full: bool = True) -> str | None:
     if extra:
         return f"unexpected files {extra[:3]}"
     return None
+
+
+def _check(step_dir: Path, trust_orbax_commit: bool) -> str | None:
+    """None if the step may be restored: it matches its manifest, or (`trust_orbax_commit`) orbax committed it
+    and our manifest was never written (orbax's restore is then the check); else why not."""
+    problem = verify(step_dir)
+    if trust_orbax_commit and problem == NO_MANIFEST and (step_dir / ORBAX_COMMITTED).is_file():
+        return None
+    return problem
 
 
 def _say(message: str) -> None:
@@ -225,7 +242,8 @@ class Checkpointer:
         damaged: list[int] = []
         steps = self.steps()
         for step in reversed(steps):
-            problem = verify(self._step_dir(step)) if jax.process_index() == 0 else None
+            # read-only (evaluation of a run that may be training): verified steps only, nothing is set aside
+            problem = _check(self._step_dir(step), not self.read_only) if jax.process_index() == 0 else None
             problem = _broadcast_problem(problem)
             if problem is None:
                 if with_data and not _data_file(self._step_dir(step)).is_file():
@@ -235,9 +253,12 @@ class Checkpointer:
                         "onto any mesh)"
                     )
                 try:
-                    return (step, *self._restore(step, abstract_state, with_data))
-                except Exception as e:  # a manifest-consistent step that orbax still cannot read
+                    restored = self._restore(step, abstract_state, with_data)
+                except Exception as e:  # a manifest-consistent (or committed) step that orbax still cannot read
                     problem = f"orbax could not restore it: {type(e).__name__}: {e}"
+                else:
+                    self._adopt(step)
+                    return (step, *restored)
             damaged.append(step)
             if self.read_only:
                 _say(f"skipping checkpoint step {step} of {self.directory}: {problem}")
@@ -258,6 +279,16 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointRestore(_Snapshot())
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"], (restored["data"].state if with_data else None)
+
+    def _adopt(self, step: int) -> None:
+        """A committed step restored without a manifest (the run stopped between orbax's commit and ours)
+        gets its manifest now, so that damage from here on is detected."""
+        step_dir = self._step_dir(step)
+        if self.read_only or jax.process_index() != 0 or (step_dir / MANIFEST).is_file():
+            return
+        write_manifest(step_dir)
+        _say(f"step {step} was committed by orbax but had no manifest yet (the run stopped in between); "
+             "restored it and wrote its manifest")
 
     def _quarantine(self, step: int) -> None:
         if jax.process_index() == 0:

@@ -14,7 +14,8 @@ def register(subparsers) -> None:
             "Train a transformer from an experiment YAML (sections model, data, optimizer, trainer) with "
             "dotted overrides such as trainer.steps=200 model.d_model=256. The run directory "
             "(trainer.run_dir) gets config.yaml, metrics.jsonl, checkpoints/ and, at the end, run.json. "
-            "Running the same command again resumes from the newest verified checkpoint."
+            "Running the same command again resumes from the newest verified checkpoint. SIGTERM or SIGINT "
+            "saves a checkpoint at the next step and exits with code 75 (run the command again to resume)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -24,9 +25,20 @@ def register(subparsers) -> None:
 
 
 def _handle(args) -> int:
+    from chinchax.train.preemption import PREEMPTED_EXIT_CODE
+
+    try:
+        return _train(args)
+    except KeyboardInterrupt:  # Ctrl-C before training began (imports, config): nothing to save
+        print("chinchax train: interrupted before training started", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+
+
+def _train(args) -> int:
     from chinchax.configlib import load_config
     from chinchax.train.config import ExperimentConfig
-    from chinchax.train.trainer import TrainingDiverged, train
+    from chinchax.train.preemption import PREEMPTED_EXIT_CODE
+    from chinchax.train.trainer import TrainingDiverged, TrainingPreempted, train
 
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
     try:
@@ -34,6 +46,9 @@ def _handle(args) -> int:
     except TrainingDiverged as e:
         print(f"chinchax train: {e}", file=sys.stderr)
         return 3
+    except TrainingPreempted as e:  # SIGTERM / SIGINT: saved at e.step, see train/preemption.py
+        print(f"chinchax train: {e} (exit code {PREEMPTED_EXIT_CODE})", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     if result:
         loss = result["eval_loss"] if result.get("eval_loss") is not None else result["final_train_loss"]
         mfu = f"{result['mfu']:.1%}" if result.get("mfu") is not None else "n/a"

@@ -4,10 +4,12 @@
     <run_dir>/metrics.jsonl   one row per logged step (+ eval rows), see docs/interfaces.md
     <run_dir>/checkpoints/    orbax steps with our manifests (chinchax.train.checkpoint)
     <run_dir>/run.json        written atomically at the end
+    <run_dir>/interrupted.json  written when a signal stopped the run (removed when it starts again)
 
 Running the same command again on the same run_dir resumes from the newest good checkpoint: the train
 state, the data-iterator position and metrics.jsonl (rows after the checkpoint are dropped and redone)
-continue exactly where the uninterrupted run would be.
+continue exactly where the uninterrupted run would be. SIGTERM or SIGINT stops the run at the next call
+boundary after a checkpoint there (train/preemption.py): `TrainingPreempted`, exit code 75 from the CLI.
 The loop never waits for the device except on checkpoint steps: step t+1 is dispatched before the
 metrics of step t are fetched.
 """
@@ -29,10 +31,13 @@ from chinchax.errors import UserError
 from chinchax.fileio import run_path
 from chinchax.train.config import RESUME_SAFE_KEYS, ExperimentConfig
 from chinchax.train.metrics import MetricsLogger, Progress, atomic_write_text, start_wandb, write_json
+from chinchax.train.preemption import Preemption, TrainingPreempted
 
 # Every eval row's loss sum and weight at the end of the run (rows are the same for every run of one data
 # config), so two runs can be compared row by row: a paired difference has a far smaller standard error.
 EVAL_ROWS = "eval_rows.json"
+# Written by a run a signal stopped (the step it saved, the signal); a sweep reads such a run as interrupted.
+INTERRUPTED = "interrupted.json"
 
 
 class TrainingDiverged(RuntimeError):
@@ -135,17 +140,21 @@ def train(
 
     # One trainer per run dir (the primary host holds the lock; the others share its run): released when
     # this call returns or raises, so a sweep worker can train one run after another in one process.
-    with runlock.hold(run_path(cfg.trainer.run_dir), enabled=jax.process_index() == 0):
-        return _train(cfg, data, programs)
+    # SIGTERM/SIGINT stop it at a call boundary, after a checkpoint there (Preemption, handlers restored after).
+    with runlock.hold(run_path(cfg.trainer.run_dir), enabled=jax.process_index() == 0), Preemption() as stop:
+        return _train(cfg, data, programs, stop)
 
 
-def _train(cfg: ExperimentConfig, data, programs) -> dict:
+def _train(cfg: ExperimentConfig, data, programs, preemption: Preemption | None = None) -> dict:
     """Setup (mesh, programs, data, restore), the loop, and the summary: see _Run, _loop and _summary."""
     run = _Run.setup(cfg, data, programs)
-    status = "running"  # "done" only once the loop has finished: a crash never writes a finished run.json
+    status, stopped = "running", None  # "done" only once the loop has finished: a crash never writes run.json
     try:
-        _loop(run)
+        _loop(run, preemption)
         status = "done"
+    except TrainingPreempted as e:
+        stopped = e
+        raise
     finally:
         run.ckpt.close()  # waits for async saves, writes their manifests
         run.progress.close()
@@ -154,6 +163,9 @@ def _train(cfg: ExperimentConfig, data, programs) -> dict:
             if run.evaluator.rows:  # before run.json: a finished run always has its rows
                 write_json(run.run_dir / EVAL_ROWS, {k: [float(x) for x in v] for k, v in run.evaluator.rows.items()})
             write_json(run.run_dir / "run.json", result)
+        if run.primary and stopped is not None:  # after close: its checkpoint has committed
+            write_json(run.run_dir / INTERRUPTED, {"status": "interrupted", "step": stopped.step,
+                                                   "signal": stopped.signal_name, "at": time.time()})
         run.logger.close()
     return result
 
@@ -240,6 +252,7 @@ class _Run:
         if primary:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", configlib.dump_yaml(cfg))
+            (run_dir / INTERRUPTED).unlink(missing_ok=True)  # running again
             if start_step < total_steps:  # an extended run: its old summary no longer describes it
                 for stale in ("run.json", EVAL_ROWS):
                     (run_dir / stale).unlink(missing_ok=True)
@@ -275,7 +288,7 @@ class _Run:
 
         evaluator = _Evaluator(programs, make_eval, to_global, cfg, tokenizer)
         tokens_per_step = tc.batch_size * cfg.data.seq_len
-        step_log = _StepLog(cfg, run_dir, flops, tokens_per_step, peak, logger, progress, ckpt)
+        step_log = _StepLog(cfg, run_dir, flops, tokens_per_step, peak, logger, progress)
         return cls(cfg, t_start, primary, run_dir, mesh, programs, lr_by_step, train_it, tokenizer, ckpt, state,
                    start_step, count_params(cfg.model), flops, peak, peak_source, logger, progress, to_global,
                    evaluator, step_log)
@@ -302,14 +315,17 @@ def _cumulative(flops, tokens_per_step: int, step: int) -> dict:
     }
 
 
-def _loop(run: _Run) -> None:
+def _loop(run: _Run, preemption: Preemption | None = None) -> None:
     """Steps start_step..total_steps, `trainer.steps_per_call` at a time where no checkpoint or eval falls
     inside a call (single steps elsewhere). The device is waited for only on checkpoint and eval steps: a
-    call's metrics are fetched while the next call runs."""
+    call's metrics are fetched while the next call runs. When `preemption` says so after a call (a signal),
+    the state at that call's end is saved and TrainingPreempted raised."""
     tc, total_steps = run.cfg.trainer, run.total_steps
     pending = None  # (first step number after the update, stacked or single device metrics, steps) of the last call
     update_fns = {}  # steps a call -> the compiled update (looked up once, not every step)
     step = run.start_step
+    if preemption is not None:
+        preemption.begin(step)
     while step < total_steps:
         n = _call_length(step, tc, total_steps)
         batches = [next(run.train_it) for _ in range(n)]
@@ -325,7 +341,8 @@ def _loop(run: _Run) -> None:
             run.step_log.record_call(*pending)  # the last call's metrics while this one runs
         pending = (step + 1, metrics, n)
         step = done = step + n
-        save_now = done == total_steps or (tc.checkpoint_every and done % tc.checkpoint_every == 0)
+        stop = preemption is not None and preemption.reached(done - n + 1, done) and done < total_steps
+        save_now = stop or done == total_steps or (tc.checkpoint_every and done % tc.checkpoint_every == 0)
         eval_now = done == total_steps or (tc.eval_every and done % tc.eval_every == 0)
         if save_now or eval_now:
             run.step_log.record_call(*pending)  # synchronous here: never checkpoint a NaN state
@@ -337,6 +354,9 @@ def _loop(run: _Run) -> None:
         if save_now:
             run.logger.flush()  # on gs:// the rows up to a checkpoint are stored before it can be trusted
             run.ckpt.save(done, run.state, run.train_it.get_state())
+        if stop:
+            raise TrainingPreempted(done, preemption.signal_name)
+        run.ckpt.poll()  # a committed save gets its manifest at once (single host; several: at the next save)
     if pending is not None:
         run.step_log.record_call(*pending)
     if run.start_step >= total_steps:  # re-run of a finished run: recompute its summary, train nothing
@@ -438,9 +458,9 @@ class _StepLog:
     """A finished step's metrics: the divergence check, then every `log_every` steps a metrics row (step time,
     tokens/s and MFU averaged over the steps since the last row) and a progress update."""
 
-    def __init__(self, cfg, run_dir, flops, tokens_per_step, peak, logger, progress, ckpt):
+    def __init__(self, cfg, run_dir, flops, tokens_per_step, peak, logger, progress):
         self.cfg, self.run_dir, self.flops, self.tokens_per_step, self.peak = cfg, run_dir, flops, tokens_per_step, peak
-        self.logger, self.progress, self.ckpt = logger, progress, ckpt
+        self.logger, self.progress = logger, progress
         self.last_loss = float("nan")
         self.last_eval: dict = {}
         self.mfu_values: list[float] = []
@@ -490,7 +510,6 @@ class _StepLog:
         )
         self.progress.update(self.window_steps, m["loss"], tokens_per_s)
         self.window_start, self.window_steps, self.first_window = now, 0, False
-        self.ckpt.poll()
 
 
 def _to_host(a) -> np.ndarray:
