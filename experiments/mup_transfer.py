@@ -50,7 +50,8 @@ def run_overrides(study: Study, parametrization: str, width: int, lr: float, see
     return [
         "model.position=rope", "model.norm=rmsnorm", "model.use_bias=false",
         "model.tie_embeddings=false", f"model.d_model={width}", f"model.d_ff={4 * width}",
-        f"model.n_heads={width // study.head_size}", f"model.n_layers={study.n_layers}",
+        f"model.n_heads={width // study.head_size}", f"model.head_dim={study.head_size}",
+        f"model.n_layers={study.n_layers}",
         f"model.max_len={study.seq_len}", f"data.seq_len={study.seq_len}", "data.eval_batches=8",
         f"optimizer.learning_rate={lr:.6g}", "optimizer.warmup_steps=" + str(max(study.steps // 10, 1)),
         "optimizer.schedule=cosine", "optimizer.weight_decay=0.0",

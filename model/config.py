@@ -81,7 +81,8 @@ class ModelConfig:
     attention_max_segments: int = 0
     # Parametrization (model/parametrization.py): "sp" standard, "mup" maximal update (µP) relative to base
     # shapes, so the hyperparameters tuned at the base shapes transfer to wider (and, with depth scaling,
-    # deeper) models. Base shapes left None are this model's own (multiplier 1).
+    # deeper) models. Base d_model and n_layers left None are this model's own (multiplier 1); the base head
+    # size defaults to head_dim when set (fixed head size, heads added) else to base d_model / n_heads.
     parametrization: str = "sp"
     mup_base_d_model: int | None = None
     mup_base_n_layers: int | None = None

@@ -2,7 +2,8 @@
 
 µP (Yang et al. 2022, Tensor Programs V, its Adam table in the form microsoft/mup implements) makes the best
 hyperparameters of a small base model the best of a wide one. Relative to base shapes (`mup_base_d_model`,
-`mup_base_n_layers`, `mup_base_head_dim`; each defaults to the model's own) with width multiplier
+`mup_base_n_layers`: each defaults to the model's own; `mup_base_head_dim`: defaults to `head_dim` when that is
+set, the head size then staying fixed as heads are added, else to base d_model / n_heads) with width multiplier
 m_N = d_model / base d_model and depth multiplier m_L = n_layers / base n_layers:
 
 | parameters | init | Adam lr | Adam eps | forward |
@@ -20,7 +21,7 @@ gradients carry the branch multiplier. An encoder-decoder's two stacks share n_l
 
 q, k and v are [D, heads, head size] and their SP init (flax's fan-in scaling) has variance 1/(D·heads): µP keeps
 1/D·(1/base heads), the variance at the base shapes over the fan-in D, so a width that adds heads does not shrink
-the queries (init × heads / base heads; base heads = heads · base d_model / d_model · head size / base head size).
+the queries (init × heads / base heads; base heads = base d_model / base head size).
 
 The attention scale is sqrt(base d_head) / d_head: 1/sqrt(d_head) at the base head size, 1/d_head in shape.
 At the base shapes every multiplier is exactly 1 and the model, its init and its training are SP's, bitwise
@@ -61,14 +62,18 @@ def multipliers(cfg: ModelConfig) -> Multipliers:
     sp_scale = 1.0 / math.sqrt(cfg.head_size) if cfg.scale_attention else 1.0
     if cfg.parametrization == "sp":
         return Multipliers(1.0, 1.0, 1.0, 1.0, sp_scale, 1.0)
-    width = cfg.d_model / (cfg.mup_base_d_model or cfg.d_model)
+    base_d = cfg.mup_base_d_model or cfg.d_model
+    width = cfg.d_model / base_d
     depth = cfg.n_layers / (cfg.mup_base_n_layers or cfg.n_layers)
-    base_head = cfg.mup_base_head_dim or cfg.head_size
+    # The base model's head size: given; else an explicit head_dim stays fixed as the model widens (heads are
+    # added); else the heads stay fixed and the head size is base d_model / n_heads.
+    base_head = cfg.mup_base_head_dim or cfg.head_dim or base_d / cfg.n_heads
     # the same float as SP at the base head size: no product with an inexact 1.0
     scale = sp_scale if base_head == cfg.head_size else sp_scale * math.sqrt(base_head / cfg.head_size)
     branch = 1.0 if depth == 1.0 else depth**-cfg.mup_depth_alpha
     logits = cfg.mup_output_multiplier / width
-    qkv_init = 1.0 if base_head == cfg.head_size and width == 1.0 else width * base_head / cfg.head_size
+    base_heads = base_d / base_head
+    qkv_init = 1.0 if base_heads == cfg.n_heads else cfg.n_heads / base_heads
     return Multipliers(width, depth, branch, logits, scale, qkv_init)
 
 

@@ -137,7 +137,7 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
             lr = float(f"{lr:.6g}")  # a short, stable number in YAML and in the run id
             m = model_with_shape(base.model, cfg.shape, shape.d_model)
             overrides = [
-                *mup_overrides(cfg.hparams),
+                *mup_overrides(cfg.hparams, cfg.shape),
                 *shared,
                 f"model.d_model={m.d_model}",
                 f"model.n_layers={m.n_layers}",
@@ -201,12 +201,18 @@ def _hparams_law(rule: HParamRule, base_dir: Path) -> HyperparameterLaw:
                     "`chinchax fit-hparams GRID.csv --out LAW.json`")
 
 
-def mup_overrides(hparams) -> list[str]:
-    """rule=mup: every run µP relative to the rule's base shapes (nothing for the other rules)."""
+def mup_overrides(hparams, shape) -> list[str]:
+    """rule=mup: every run µP relative to the rule's base shapes (nothing for the other rules). The shape rule's
+    head size is the base's too when it fixes the head size (heads added with width); with a fixed head count
+    the base head size is base d_model / n_heads (model/parametrization.py)."""
     if hparams.rule != "mup":
         return []
-    depth = [] if hparams.base_n_layers is None else [f"model.mup_base_n_layers={hparams.base_n_layers}"]
-    return ["model.parametrization=mup", f"model.mup_base_d_model={hparams.base_d_model}", *depth]
+    out = ["model.parametrization=mup", f"model.mup_base_d_model={hparams.base_d_model}"]
+    if not shape.n_heads:
+        out.append(f"model.mup_base_head_dim={shape.head_dim}")
+    if hparams.base_n_layers is not None:
+        out.append(f"model.mup_base_n_layers={hparams.base_n_layers}")
+    return out
 
 
 def batch_for_run(tokens: float, seq_len: int, batch: int, target_steps: int, min_batch: int) -> int:

@@ -68,6 +68,14 @@ def test_the_multipliers_follow_the_adam_table():
     assert m.attention_scale == pytest.approx(math.sqrt(4) / 16)  # 1/d_head in shape, SP's at the base head size
     assert m.qkv_init == pytest.approx(1.0)  # heads stay 4: only the head size grew
 
+    # heads fixed, head size growing with width (no head_dim): the base head size is base d_model / n_heads
+    fixed_heads = multipliers(cfg.replace(d_model=256, n_heads=2, mup_base_d_model=64, mup_base_head_dim=None))
+    assert fixed_heads.attention_scale == pytest.approx(math.sqrt(32) / 128) and fixed_heads.qkv_init == 1.0
+    # head size fixed (head_dim given), heads added: 1/sqrt(d_head) as SP, q/k/v init x heads / base heads
+    added_heads = multipliers(cfg.replace(d_model=256, n_heads=16, head_dim=16, mup_base_d_model=64,
+                                          mup_base_head_dim=None))
+    assert added_heads.attention_scale == 1 / 4 and added_heads.qkv_init == pytest.approx(4.0)
+
     params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))), nnx.Param))
     lr, grad = update_scales(cfg, params)
     block = ("decoder", "blocks")
@@ -95,7 +103,7 @@ def test_heads_added_with_width_keep_the_query_scale():
     size, where SP's flax fan-in (D·heads) shrinks them by 1/sqrt(8) at 8x the heads."""
     def q_size(parametrization, d):
         kw = dict(mup_base_d_model=64) if parametrization == "mup" else {}
-        cfg = ModelConfig(vocab_size=64, d_model=d, n_layers=1, n_heads=d // 8, d_ff=4 * d, max_len=16,
+        cfg = ModelConfig(vocab_size=64, d_model=d, n_layers=1, n_heads=d // 8, head_dim=8, d_ff=4 * d, max_len=16,
                           parametrization=parametrization, **kw)
         attention = Transformer(cfg, rngs=nnx.Rngs(0)).decoder.blocks.self_attention
         w = np.asarray(attention.q_DHK[...][0])

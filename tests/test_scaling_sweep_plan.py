@@ -180,6 +180,7 @@ def test_lr_rule_mup_makes_every_run_mup_at_the_base_rate(write):
     for r in plan.runs:
         model = r.config["model"]
         assert (model["parametrization"], model["mup_base_d_model"], model["mup_base_n_layers"]) == ("mup", 64, 2)
+        assert model["mup_base_head_dim"] == 16  # the shape rule's fixed head size
     _, sp = _plan(write(), ["hparams.rule=constant"])
     assert {r.run_id for r in sp.runs}.isdisjoint({r.run_id for r in plan.runs})  # µP runs are other runs
 

@@ -215,4 +215,4 @@ def _resized(base: ModelConfig, size: int, axis: str) -> ModelConfig:
     head = base.head_size
     if size % head:
         raise UserError(f"width {size} is not a multiple of the head size {head}: widths keep the head size fixed")
-    return base.replace(d_model=size, d_ff=4 * size, n_heads=size // head, head_dim=base.head_dim)
+    return base.replace(d_model=size, d_ff=4 * size, n_heads=size // head, head_dim=head)
