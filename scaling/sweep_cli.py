@@ -32,7 +32,8 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("run", help="run every unfinished run of the sweep", description="Run the sweep. "
                        "Idempotent: finished runs are skipped, interrupted ones resume from their checkpoints, "
-                       "failing ones are retried and then recorded as failed while the rest go on.")
+                       "failing ones are retried and then recorded as failed while the rest go on. Exit code 1 when a "
+                       "run failed, 75 when none failed but a signal stopped some (run it again to resume them).")
     common(p)
     p.add_argument("--executor", choices=("local", "worker", "ray", "tpu"), default="local",
                    help="local: a `chinchax train` subprocess per run (default); worker: --parallel long-lived "
@@ -120,7 +121,17 @@ def _run(args) -> int:
 
     rows, _ = collect(sweep, plan)
     print(f"{len(rows)} finished runs collected into {sweep.root / 'results.csv'}")
-    return 1 if any(o.status == "failed" for o in outcomes) else 0
+    if any(o.status == "failed" for o in outcomes):
+        return 1
+    interrupted = [o.run_id for o in outcomes if o.status == "interrupted"]
+    if interrupted:  # stopped by a signal after saving: not a failure, but not finished either
+        from chinchax.train.preemption import PREEMPTED_EXIT_CODE
+
+        print(f"{len(interrupted)} runs interrupted by a signal ({', '.join(interrupted[:5])}"
+              f"{', ...' if len(interrupted) > 5 else ''}): run the same `sweep run` again to resume them "
+              f"(exit code {PREEMPTED_EXIT_CODE})", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    return 0
 
 
 def _status(args) -> int:

@@ -6,13 +6,14 @@ import csv
 import importlib.util
 import json
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
 
 from chinchax.cli import main
 from chinchax.scaling import executors
-from chinchax.scaling.results import RESULT_COLUMNS, SweepDir, collect, write_atomic
+from chinchax.scaling.results import FAILED_MARKER, RESULT_COLUMNS, SweepDir, collect, write_atomic
 
 _spec = importlib.util.spec_from_file_location("sweep_fakes", Path(__file__).with_name("sweep_fakes.py"))
 fakes = importlib.util.module_from_spec(_spec)
@@ -119,6 +120,50 @@ def test_sweep_cli_plan_run_status_collect(tmp_path, capsys):
     assert main(["sweep", "status", str(tmp_path / "nowhere")]) == 2
     assert main(["sweep", "run", str(sweep), "--out", str(tmp_path / "out2"), "--executor", "tpu", "--dry-run"]) == 0
     assert "gcloud compute tpus queued-resources create" in capsys.readouterr().out
+
+
+def test_sweep_run_exits_75_when_a_run_was_stopped_by_a_signal_and_none_failed(tmp_path, capsys):
+    """A trainer stopped by SIGTERM/SIGINT exits 75 after saving (train/preemption.py): the run is interrupted,
+    not failed, and `sweep run` says so with the same exit code, so a job script can tell "resubmit" from "fix";
+    a failed run still makes it 1."""
+    base = tmp_path / "base.yaml"
+    base.write_text("model: {preset: tiny-gpt2, vocab_size: 384, max_len: 32}\ndata: {seq_len: 32}\n"
+                    "trainer: {steps: 10, batch_size: 4}\n")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: stop\nexperiment: base.yaml\nbudgets: [1e10]\n"
+                     "shape: {aspect_ratio: 16, head_dim: 16}\nsizes: {per_budget: 3, span: 6, min_steps: 5}\n")
+    out = tmp_path / "out"
+    assert main(["sweep", "plan", str(sweep), "--out", str(out)]) == 0
+    first = json.loads((out / "plan.json").read_text())["runs"][0]["run_id"]
+    stopper = tmp_path / "stopper.py"  # the first run is "preempted"; the others train as the fake does
+    stopper.write_text(
+        "import pathlib, sys, yaml\n"
+        "d = pathlib.Path(yaml.safe_load(open(sys.argv[1]))['trainer']['run_dir'])\n"
+        f"if d.name == '{first}':\n"
+        "    (d / 'interrupted.json').write_text('{\"step\": 3, \"signal\": \"SIGTERM\"}')\n"
+        "    print('chinchax train: stopped by SIGTERM at step 3 (exit code 75)', file=sys.stderr); sys.exit(75)\n"
+        f"exec(open({fakes.fake_train_command(tmp_path)[1]!r}).read())\n"
+    )
+    capsys.readouterr()
+    cmd = shlex.join([sys.executable, str(stopper)])
+    assert main(["sweep", "run", str(sweep), "--out", str(out), "--train-command", cmd]) == 75
+    captured = capsys.readouterr()
+    assert "done 2" in captured.out and "interrupted 1" in captured.out
+    assert "1 runs interrupted by a signal" in captured.err and first in captured.err
+    assert not (SweepDir(out).run_dir(first) / FAILED_MARKER).exists() and SweepDir(out).state(first) == "interrupted"
+    # A failure outranks an interruption: exit 1.
+    sweep2 = tmp_path / "sweep2.yaml"
+    sweep2.write_text(sweep.read_text().replace("name: stop", "name: stop2"))
+    out2 = tmp_path / "out2"
+    assert main(["sweep", "plan", str(sweep2), "--out", str(out2)]) == 0
+    first2 = json.loads((out2 / "plan.json").read_text())["runs"][0]["run_id"]
+    mixed = tmp_path / "mixed.py"
+    mixed.write_text(
+        "import sys, yaml\n"
+        f"sys.exit(75 if yaml.safe_load(open(sys.argv[1]))['trainer']['run_dir'].endswith('{first2}') else 1)\n"
+    )
+    cmd = shlex.join([sys.executable, str(mixed)])
+    assert main(["sweep", "run", str(sweep2), "--out", str(out2), "--train-command", cmd, "--max-retries", "0"]) == 1
 
 
 def test_collect_adds_eval_json_columns(tmp_path):
