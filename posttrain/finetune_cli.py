@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers) -> None:
@@ -16,7 +17,8 @@ def register(subparsers) -> None:
             "has the shape of a training run (config.yaml, metrics.jsonl, checkpoints/, run.json with a "
             "`finetune` entry) plus finetune.yaml, merged/ (the fine-tuned model, adapters merged: evaluate it "
             "with `chinchax eval`) and, for LoRA on a converted HF model, adapter/ in peft's format. Running the "
-            "same command again resumes."
+            "same command again resumes. SIGTERM or SIGINT saves a checkpoint at the next step and exits with code "
+            "75 (run the command again to resume)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -46,9 +48,21 @@ def register(subparsers) -> None:
 
 
 def _finetune(args) -> int:
+    from chinchax.train.preemption import PREEMPTED_EXIT_CODE
+
+    try:
+        return _run_finetune(args)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (imports, config, base, export): nothing to save
+        print("chinchax finetune: interrupted outside training (nothing to save); run the same command again",
+              file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+
+
+def _run_finetune(args) -> int:
     from chinchax.configlib import load_config
     from chinchax.posttrain.finetune import FinetuneConfig, finetune
-    from chinchax.train.trainer import TrainingDiverged
+    from chinchax.train.preemption import PREEMPTED_EXIT_CODE
+    from chinchax.train.trainer import TrainingDiverged, TrainingPreempted
 
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
     try:
@@ -56,6 +70,9 @@ def _finetune(args) -> int:
     except TrainingDiverged as e:
         print(f"chinchax finetune: {e}")
         return 3
+    except TrainingPreempted as e:  # SIGTERM / SIGINT: saved at e.step, see train/preemption.py
+        print(f"chinchax finetune: {e} (exit code {PREEMPTED_EXIT_CODE})", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     if result:
         info = result["finetune"]
         print(

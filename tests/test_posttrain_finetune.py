@@ -180,3 +180,32 @@ def test_cli_finetune_with_the_example_config(base_dir, capsys):
     out = capsys.readouterr().out
     assert "done: lora" in out and "trainable" in out
     assert json.loads((run_dir / "run.json").read_text())["finetune"]["n_params_trainable"] == 2 * 2 * 8 * 64
+
+
+def test_cli_finetune_stopped_by_a_signal_exits_75_in_one_line(base_dir, tmp_path, capsys, monkeypatch):
+    """As `chinchax train`: a signal during the fine-tune saves a checkpoint at the next call boundary and the
+    command exits 75 with one line, no traceback; the same command again resumes and finishes. The signal is
+    simulated at the Preemption object (tests/test_train_preemption.py sends real ones to `chinchax train`)."""
+    from chinchax.cli import main
+    from chinchax.train.preemption import Preemption
+
+    def reached(self, first_step, last_step):
+        self.signal_name = "SIGTERM"
+        return True
+
+    run_dir = tmp_path / "stopped"
+    argv = ["finetune", str(base_dir), "experiments/finetune_tiny.yaml", f"data.source={TASK_SRC}",
+            "data.seq_len=32", "data.eval_batches=1", "trainer.steps=3", "trainer.batch_size=4",
+            "trainer.checkpoint_every=0", "trainer.progress_bar=false", f"trainer.run_dir={run_dir}",
+            "finetune.lora.targets=[q,v]"]
+    with monkeypatch.context() as m:
+        m.setattr(Preemption, "reached", reached)
+        code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 75, err[-2000:]
+    assert "Traceback" not in err
+    assert "chinchax finetune: stopped by SIGTERM at step 1" in err and "(exit code 75)" in err
+    assert (run_dir / "checkpoints" / "1").is_dir() and not (run_dir / "run.json").exists()
+    assert main(argv) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert json.loads((run_dir / "run.json").read_text())["steps"] == 3
