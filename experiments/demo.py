@@ -144,14 +144,15 @@ def _run_demo(out: Path, *, quick, parallel, n_bootstrap, max_retries, train_com
         _say(f"learning-rate sweep ({len(lr_plan.runs)} runs at {min(cfg.budgets):.3g} FLOPs, "
              f"x{', x'.join(f'{m:.3g}' for m in sorted(multipliers))} the planned rate)")
         lr_rows = run(lr_plan, SweepDir(out / f"sweep_lr{suffix}"))
-        rule = demo_lr.tune(lr_rows, cfg.hparams.base_d_model)
+        rule = demo_lr.tune(lr_rows, cfg.hparams.base_d_model, demo_lr.exponent_for(cfg))
         more = demo_lr.extensions(rule, multipliers)
         if not more:
             break
         multipliers += more
     cfg = demo_lr.with_rule(cfg, rule)
     _say(f"learning rate: {rule['base_lr']:.3g} x ({rule['base_d_model']}/d_model)^{rule['width_exponent']:.2f} "
-         f"({rule['exponent_source']})")
+         f"({rule['exponent_source']}" + (f"; fitted freely k = {rule['free_width_exponent']}"
+                                         if rule.get("free_width_exponent") is not None else "") + ")")
 
     # 2. the isoFLOP sweep
     plan = plan_sweep(cfg, base_dir)

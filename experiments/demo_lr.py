@@ -63,16 +63,17 @@ def best_lr(lrs, losses) -> tuple[float, str]:
     return float(math.exp(x[best])), edge
 
 
-def fit_lr_rule(best_by_width: dict[int, float], base_d_model: int) -> dict:
+def fit_lr_rule(best_by_width: dict[int, float], base_d_model: int, exponent: float | None = None) -> dict:
     """lr*(d) = base_lr * (base_d / d)^k through the best rates, least squares in log-log.
-    With one width (or an exponent outside EXPONENT_RANGE) k is the muP prior and only base_lr is fitted."""
+    With one width (or an exponent outside EXPONENT_RANGE) k is the muP prior and only base_lr is fitted.
+    With `exponent` (µP: 0, one rate for every width) k is that and only base_lr is fitted."""
     widths = np.array(sorted(best_by_width), float)
     log_lr = np.log([best_by_width[int(d)] for d in widths])
     x = np.log(base_d_model / widths)
-    measured = len(widths) >= 2
-    k = float(np.polyfit(x, log_lr, 1)[0]) if measured else PRIOR_EXPONENT
-    note = "measured"
-    if not measured or not EXPONENT_RANGE[0] <= k <= EXPONENT_RANGE[1]:
+    measured = len(widths) >= 2 and exponent is None
+    k = float(np.polyfit(x, log_lr, 1)[0]) if measured else PRIOR_EXPONENT if exponent is None else exponent
+    note = "measured" if exponent is None else f"µP: one rate transferred to every width (k = {exponent:g})"
+    if exponent is None and (not measured or not EXPONENT_RANGE[0] <= k <= EXPONENT_RANGE[1]):
         note = (f"muP prior k = {PRIOR_EXPONENT:g} (measured {k:.2f} is outside {list(EXPONENT_RANGE)})"
                 if measured else f"muP prior k = {PRIOR_EXPONENT:g} (one width tuned)")
         k = PRIOR_EXPONENT
@@ -81,11 +82,13 @@ def fit_lr_rule(best_by_width: dict[int, float], base_d_model: int) -> dict:
             "exponent_source": note, "best_by_width": {int(d): best_by_width[int(d)] for d in widths}}
 
 
-def fit_lr_surface(points: dict[int, list[tuple[float, float]]], base_d_model: int) -> dict | None:
+def fit_lr_surface(points: dict[int, list[tuple[float, float]]], base_d_model: int,
+                   exponent: float | None = None) -> dict | None:
     """base_lr and k fitted to every size at once: loss(d, lr) = c_d + q (log lr - log base_lr - k log(base_d/d))^2,
     least squares over each size's best rate tried and its neighbours (the parabola is local; far rates blow
     up asymmetrically). `points`: {d_model: [(lr, seed-mean loss), ...]}. None when fewer than two sizes have
-    three such points or the valley does not open upwards (the caller falls back to per-size vertices)."""
+    three such points or the valley does not open upwards (the caller falls back to per-size vertices).
+    With `exponent` k is held there (µP: 0) and only base_lr, q and the c_d are fitted."""
     from scipy.optimize import least_squares
 
     local = {}
@@ -103,21 +106,26 @@ def fit_lr_surface(points: dict[int, list[tuple[float, float]]], base_d_model: i
     x = np.log(base_d_model / np.array([d for d in widths for _ in local[d]], float))
 
     def residuals(p):
+        if exponent is not None:
+            p = np.r_[p, exponent]
         c, log_q, log_base, k = p[: len(widths)], p[-3], p[-2], p[-1]
         return c[idx] + np.exp(log_q) * (log_lr - log_base - k * x) ** 2 - loss
 
     start = np.r_[[min(v for _, v in local[d]) for d in widths], math.log(0.05), np.mean(log_lr), PRIOR_EXPONENT]
-    fit = least_squares(residuals, start)
+    fit = least_squares(residuals, start if exponent is None else start[:-1])
     if not fit.success:
         return None
-    return {"base_lr": float(math.exp(fit.x[-2])), "width_exponent": float(fit.x[-1]),
-            "curvature": float(math.exp(fit.x[-3])), "rms": float(np.sqrt(np.mean(fit.fun**2))), "sizes": widths}
+    params = fit.x if exponent is None else np.r_[fit.x, exponent]
+    return {"base_lr": float(math.exp(params[-2])), "width_exponent": float(params[-1]),
+            "curvature": float(math.exp(params[-3])), "rms": float(np.sqrt(np.mean(fit.fun**2))), "sizes": widths}
 
 
-def tune(rows: list[dict], base_d_model: int) -> dict:
+def tune(rows: list[dict], base_d_model: int, exponent: float | None = None) -> dict:
     """The rule from the learning-rate sweep's results rows (d_model, learning_rate, loss; several seeds of a
     point are averaged): fitted to every size at once (`fit_lr_surface`), else a power law through the
-    per-size vertices (`fit_lr_rule`). The per-size vertices are reported either way."""
+    per-size vertices (`fit_lr_rule`). The per-size vertices are reported either way. With `exponent` (µP: 0)
+    the width exponent is held there, and the freely fitted one is kept as `free_width_exponent`: how far the
+    optimum still moves with width (µTransfer's check)."""
     by_point: dict[tuple[int, float], list[float]] = {}
     for r in rows:
         by_point.setdefault((int(r["d_model"]), float(r["learning_rate"])), []).append(float(r["loss"]))
@@ -128,14 +136,19 @@ def tune(rows: list[dict], base_d_model: int) -> dict:
     for d, points in sorted(by_width.items()):
         lrs, losses = zip(*points, strict=True)
         best[d], how[d] = best_lr(lrs, losses)
-    rule = fit_lr_rule(best, base_d_model)
-    surface = fit_lr_surface(by_width, base_d_model)
-    if surface is not None and EXPONENT_RANGE[0] <= surface["width_exponent"] <= EXPONENT_RANGE[1]:
+    rule = fit_lr_rule(best, base_d_model, exponent)
+    surface = fit_lr_surface(by_width, base_d_model, exponent)
+    if surface is not None and (exponent is not None or EXPONENT_RANGE[0] <= surface["width_exponent"] <= EXPONENT_RANGE[1]):
+        source = "measured" if exponent is None else f"µP: one rate transferred to every width (k = {exponent:g})"
         rule.update(base_lr=float(f"{surface['base_lr']:.4g}"), width_exponent=round(surface["width_exponent"], 3),
-                    exponent_source=f"measured: one valley for sizes {surface['sizes']}, rms {surface['rms']:.3f}")
+                    exponent_source=f"{source}: one valley for sizes {surface['sizes']}, rms {surface['rms']:.3f}")
         rule["surface"] = surface
     else:
         rule["exponent_source"] += " (per-size vertices: the joint fit was not possible)"
+    if exponent is not None:
+        free = fit_lr_surface(by_width, base_d_model)
+        rule["fixed_exponent"] = exponent
+        rule["free_width_exponent"] = None if free is None else round(free["width_exponent"], 3)
     rule["how"] = how
     rule["points"] = {d: sorted(p) for d, p in by_width.items()}
     rule["seeds_per_point"] = max(len(v) for v in by_point.values())
@@ -164,7 +177,7 @@ def rate_interval(rows: list[dict], rule: dict, d_model: int, n_resamples: int =
     rates = []
     for _ in range(n_resamples):
         sample = [p[i] for p in by_point.values() for i in rng.integers(0, len(p), len(p))]
-        fit = tune(sample, base_d)
+        fit = tune(sample, base_d, rule.get("fixed_exponent"))
         rates.append(fit["base_lr"] * (base_d / d_model) ** fit["width_exponent"])
     # the refitted rates' spread (quantiles of log rate about their median) around the rule's own rate: with two
     # seeds a point the resampled fits scatter about a slightly shifted centre, and the question is how uncertain
@@ -195,8 +208,16 @@ def extensions(rule: dict, multipliers) -> list[float]:
 MAX_ROUNDS = 3
 
 
+def exponent_for(cfg) -> float | None:
+    """The width exponent the sweep's rule fixes: µP's 0 (hparams.rule=mup), else None (measured)."""
+    return 0.0 if cfg.hparams.rule == "mup" else None
+
+
 def with_rule(cfg, rule: dict):
-    """The sweep config with the measured learning-rate rule."""
+    """The sweep config with the measured learning-rate rule (µP keeps its rule: one rate, every run µP)."""
+    if cfg.hparams.rule == "mup":
+        hp = dataclasses.replace(cfg.hparams, base_lr=rule["base_lr"])
+        return dataclasses.replace(cfg, hparams=hp).validate()
     hp = dataclasses.replace(cfg.hparams, rule="inverse_width", base_lr=rule["base_lr"],
                              base_d_model=rule["base_d_model"], width_exponent=rule["width_exponent"])
     return dataclasses.replace(cfg, hparams=hp).validate()

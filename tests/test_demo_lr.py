@@ -1,6 +1,7 @@
 """The demo's measured learning-rate rule: best rate per size, the power law in width, and widening the range."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,34 @@ def test_the_rate_at_an_untuned_width_comes_with_a_seed_bootstrap_interval_that_
     one = _valley_rows(0.01, seeds=(0,))
     single = demo_lr.rate_interval(one, demo_lr.tune(one, base_d_model=64), d_model=96)
     assert single["lo"] is None and single["hi"] is None and single["loss_cost"] is None and single["resamples"] == 0
+
+
+def test_under_mup_one_rate_is_fitted_for_every_width_and_the_free_exponent_is_reported():
+    """µP's sweep (hparams.rule=mup): the width exponent is held at 0, base_lr is the shared optimum, and the
+    freely fitted exponent says how far the optimum still moves with width. A width-independent truth gives a
+    free exponent near 0 and an interval at an untuned width no wider than at the tuned ones (nothing is
+    extrapolated); a truth that still drifts with width shows in the free exponent."""
+    rows = _valley_rows(0.01, k=0.0)
+    rule = demo_lr.tune(rows, base_d_model=64, exponent=0.0)
+    assert rule["width_exponent"] == 0.0 and rule["fixed_exponent"] == 0.0 and "µP" in rule["exponent_source"]
+    assert rule["base_lr"] == pytest.approx(9e-3, rel=0.15)
+    assert abs(rule["free_width_exponent"]) < 0.15
+    far, near = (demo_lr.rate_interval(rows, rule, d_model=d, n_resamples=60) for d in (256, 32))
+    assert far["lr"] == near["lr"] == rule["base_lr"]
+    assert far["hi"] / far["lo"] == pytest.approx(near["hi"] / near["lo"], rel=1e-9)
+    drifting = demo_lr.tune(_valley_rows(0.01, k=0.8), base_d_model=64, exponent=0.0)
+    assert drifting["free_width_exponent"] == pytest.approx(0.8, abs=0.2)
+
+
+def test_with_rule_keeps_mup_and_sets_only_its_rate(tmp_path):
+    from chinchax.scaling.plan import load_sweep
+
+    sweep = Path(demo_lr.__file__).with_name("demo_sweep.yaml")
+    cfg, _ = load_sweep(sweep, [])
+    assert cfg.hparams.rule == "mup"
+    tuned = demo_lr.with_rule(cfg, {"base_lr": 0.0123, "base_d_model": 32, "width_exponent": 0.0})
+    assert (tuned.hparams.rule, tuned.hparams.base_lr, tuned.hparams.base_d_model) == ("mup", 0.0123, 32)
+    assert demo_lr.exponent_for(tuned) == 0.0
 
 
 def test_the_report_says_where_the_held_out_width_lies_against_the_tuned_ones():
