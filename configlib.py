@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from chinchax.errors import UserError
+from chinchax.fileio import read_user_text
 
 T = TypeVar("T")
 
@@ -31,14 +32,28 @@ def read_yaml(path) -> dict:
     on gs://, as a run dir's config.yaml may be)."""
     path = path if hasattr(path, "read_text") else Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise UserError(f"config file {path} is a folder; pass a YAML file or a preset name")
         raise UserError(f"config file {path} does not exist; pass a YAML file or a preset name")
+    text = read_user_text(path, what="config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML: {e}") from None
+        raise UserError(yaml_error(path, e)) from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of keys to values, not {type(data).__name__}")
     return data
+
+
+def yaml_error(path, error: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: file:line:column, what the parser expected, and the fix."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    what = " ".join(str(p) for p in (getattr(error, "context", None), getattr(error, "problem", None)) if p)
+    what = what or str(error).splitlines()[0]
+    cut = " (the file ends there: was it cut short?)" if "end of the stream" in what else ""
+    return (f"{where} is not valid YAML: {what}{cut}; fix the YAML there (indentation, a missing ']' or '}}', "
+            "a ':' without a space after it)")
 
 
 def load_config(cls: type[T], path: str | Path | Mapping | None = None, overrides: Sequence[str] = ()) -> T:

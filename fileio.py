@@ -72,6 +72,50 @@ def sha256_file(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+# --- reading the user's files --------------------------------------------------------------------------
+
+
+def decode_user_text(data: bytes, path, *, what: str = "file") -> str:
+    """`data` (the bytes of the user's file `path`) as text: UTF-8, a leading byte-order mark dropped. Bytes
+    that are not UTF-8 (a Latin-1 or UTF-16 file, a binary given by mistake) are a UserError naming the file,
+    the line and column of the first one, and the fix."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        start = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise UserError(
+            f"{what} {path}:{line}:{column} is not UTF-8 text (byte 0x{data[start]:02x}); save it as UTF-8 "
+            "(e.g. `iconv -f latin1 -t utf-8 FILE > NEW`), or check that this is the file you meant"
+        ) from None
+
+
+def read_user_text(path, *, what: str = "file") -> str:
+    """The text of a file the user gave (a config, a task, a table; local or gs://): UTF-8, else a UserError
+    naming the place of the first bad byte and the fix (decode_user_text). A folder or a missing file is a
+    UserError too; other OS errors (permissions) stay OSErrors."""
+    path = path if hasattr(path, "read_bytes") else Path(path)
+    if not path.is_file():
+        kind = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise UserError(f"{what} {path} {kind}")
+    return decode_user_text(path.read_bytes(), path, what=what)
+
+
+def read_user_json(path, *, what: str = "JSON file", fix: str = "") -> object:
+    """A JSON document the user gave (decoded as read_user_text): a file cut short or otherwise not JSON is a
+    UserError naming the file, line and column and, when given, `fix`."""
+    import json
+
+    text = read_user_text(path, what=what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        cut = " (the file ends early: was it cut short?)" if e.pos >= len(text.rstrip()) else ""
+        raise UserError(f"{what} {path}:{e.lineno}:{e.colno} is not valid JSON: {e.msg}{cut}"
+                        f"{'; ' + fix if fix else ''}") from None
+
+
 # --- run directories on object stores (gs://) -----------------------------------------------------------
 # A run directory may be a local folder or a gs:// URI (Cloud TPU: every host writes there and it outlives the
 # VM). URIs become etils.epath paths (what orbax itself uses; gs:// goes through fsspec/gcsfs); local paths stay

@@ -60,18 +60,24 @@ def jsonl_records(path, *, what: str = "JSONL file") -> list[tuple[str, dict]]:
     being "path:line" for messages. A missing file, a line that is not JSON or not an object: UserError
     naming the file, the line and the fix."""
     from chinchax.errors import UserError
+    from chinchax.fileio import read_user_text
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
+    text = read_user_text(path, what=what)  # not UTF-8: UserError at the first bad byte
+    lines = text.splitlines()
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n} is not valid JSON ({e.msg}); each line must be one JSON object") from None
+            cut = (" (the file ends inside it: was it cut short?)"
+                   if n == len(lines) and not text.endswith("\n") and e.pos >= len(line.rstrip()) else "")
+            raise UserError(f"{path}:{n}:{e.colno} is not valid JSON ({e.msg}){cut}; each line must be one JSON "
+                            "object") from None
         if not isinstance(record, dict):
             raise UserError(f"{path}:{n} holds a JSON {type(record).__name__}; each line must be one JSON object")
         records.append((f"{path}:{n}", record))

@@ -15,7 +15,6 @@ offline), or a JSONL of {"question", "answer", "rationale"} records (rationale n
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from chinchax.errors import UserError
 from chinchax.evaluation import fewshot
 from chinchax.evaluation.metrics import mean_and_stderr
 from chinchax.evaluation.tasks import Task
+from chinchax.jsonio import jsonl_records
 
 STRICT = r"The answer is (\-?[0-9\.\,]*[0-9]+)"  # lm-eval gsm8k-cot-self-consistency's answer regex
 FLEXIBLE = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"  # lm-eval gsm8k-cot "flexible-extract" (last match)
@@ -70,10 +70,29 @@ def _parse(record: dict, where: str) -> CoTExample:
     return CoTExample(str(record["question"]), str(record["answer"]), str(record.get("rationale", "")))
 
 
+MAX_ARITH = 100_000  # of about 233k distinct questions (18 x 18 (a, b) x ~20 c x 6 names x 6 things)
+
+
+def _arith_count(spec: str) -> int:
+    """N of `arith:N`: a whole number of questions, 1 to MAX_ARITH (N <= 0 would score nothing, or the
+    exemplars, and numpy warns on the empty means)."""
+    if ":" not in spec:
+        return 64
+    text = spec.split(":", 1)[1]
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is None or not 1 <= n <= MAX_ARITH:
+        raise UserError(f"--cot {spec!r}: N must be a whole number of questions from 1 to {MAX_ARITH:,}, not "
+                        f"{text!r}; e.g. --cot arith:64 (or --cot arith for 64)")
+    return n
+
+
 def load_cot_task(spec: str, seed: int = 0) -> Task:
     """`arith[:N]` (built here; default 64 questions, 32 exemplars) or a JSONL file (+ `<name>.train.jsonl`)."""
     if spec == "arith" or spec.startswith("arith:"):
-        n = int(spec.split(":")[1]) if ":" in spec else 64
+        n = _arith_count(spec)
         examples = arithmetic_examples(n + 32, seed)
         return Task("arith", "cot", examples[:n], examples[n:])
     path = Path(spec)
@@ -81,11 +100,7 @@ def load_cot_task(spec: str, seed: int = 0) -> Task:
         raise UserError(f"chain-of-thought task {spec!r} is neither 'arith[:N]' nor an existing JSONL file")
 
     def read(p: Path) -> list[CoTExample]:
-        lines = [(i, line) for i, line in enumerate(p.read_text().splitlines(), 1) if line.strip()]
-        try:
-            return [_parse(json.loads(line), f"{p}:{i}") for i, line in lines]
-        except json.JSONDecodeError as e:
-            raise UserError(f"{p} is not valid JSONL: {e}") from None
+        return [_parse(record, where) for where, record in jsonl_records(p, what="chain-of-thought task file")]
 
     examples = read(path)
     if not examples:

@@ -149,6 +149,9 @@ def _eval(args) -> int:
         raise UserError("nothing to evaluate: pass --loss, --conditional, --task FILE.jsonl|tfds:NAME and/or --cot arith")
     if args.cot_samples < 0:
         raise UserError(f"--cot-samples={args.cot_samples} must be >= 0")
+    if args.limit is not None and args.limit < 1:  # a slice [:-1] would drop the last example without a word
+        raise UserError(f"--limit={args.limit} must be >= 1 (how many examples of each task to evaluate); leave "
+                        "it out to evaluate them all")
     # bad task specs and impossible --shots fail before any model is loaded
     tasks = [load_task(spec, data_dir=args.data_dir) for spec in args.task]
     tasks += [load_cot_task(spec, seed=args.seed) for spec in args.cot]

@@ -306,8 +306,13 @@ def _optimal(args) -> int:
 
 
 def _fit_hparams(args) -> int:
+    from pathlib import Path
+
+    from chinchax.fileio import read_user_text
     from chinchax.scaling.hyperlaws import CONFIDENCE, fit_hyperparameter_law
 
+    if isinstance(args.table, str) and Path(args.table).is_file():  # bytes that are not UTF-8: one line, not
+        read_user_text(args.table, what="grid table")  # the csv module's UnicodeDecodeError
     law = fit_hyperparameter_law(args.table, tolerance=args.tolerance, n_bootstrap=args.bootstrap, seed=args.seed)
     print("\n".join(law.describe()))
     for flops in args.flops:

@@ -62,6 +62,7 @@ def _open(args, plan_fresh: bool):
     from chinchax.fileio import is_remote
     from chinchax.scaling.plan import load_sweep, plan_sweep
     from chinchax.scaling.results import SweepDir
+    from chinchax.scaling.sweep_config import check_sizes_for_fits
 
     path = Path(args.sweep)
     if is_remote(args.sweep) or path.is_dir():  # a sweep dir, local or gs:// (e.g. `sweep collect gs://b/s`)
@@ -73,6 +74,9 @@ def _open(args, plan_fresh: bool):
     sweep = SweepDir(args.out or Path("runs") / "sweeps" / cfg.name)
     if not plan_fresh and sweep.plan_path.exists():
         return sweep.load_plan(), sweep, cfg
+    warning = check_sizes_for_fits(cfg)
+    if warning:
+        print(f"chinchax sweep: warning: {warning}", file=sys.stderr)
     plan = plan_sweep(cfg, base_dir)
     if not plan.runs:
         raise UserError(f"the sweep plans no runs:\n{plan.table()}\nraise the budgets or lower sizes.min_steps")

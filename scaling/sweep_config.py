@@ -4,6 +4,7 @@ WSD branching, and how runs are launched (Ray, Cloud TPU). `load_sweep` reads it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -69,9 +70,9 @@ class SizeRule:
             raise UserError("sizes.mode=explicit needs sizes.n_params: a list of parameter counts")
         if self.mode == "around_optimum" and self.per_budget < 1:
             raise UserError(f"sizes.per_budget={self.per_budget} must be at least 1")
-        if self.tokens_per_param <= 0 or self.span < 1:
+        if not (0 < self.tokens_per_param < math.inf and 1 <= self.span < math.inf):  # nan fails both
             raise UserError("sizes.tokens_per_param must be > 0 and sizes.span >= 1")
-        if any(n <= 0 for n in self.n_params):
+        if any(not math.isfinite(n) or n <= 0 for n in self.n_params):
             raise UserError(f"sizes.n_params={self.n_params} must all be positive")
         if self.min_steps < 1:
             raise UserError(f"sizes.min_steps={self.min_steps} must be at least 1")
@@ -104,7 +105,7 @@ class HParamRule:
         if self.base_n_layers is not None and (self.rule != "mup" or self.base_n_layers <= 0):
             raise UserError(f"hparams.base_n_layers={self.base_n_layers} is µP's base depth: set hparams.rule=mup "
                             "and a positive number of layers, or remove it")
-        if self.base_lr <= 0 or self.base_d_model <= 0:
+        if not 0 < self.base_lr < math.inf or self.base_d_model <= 0:  # nan fails
             raise UserError("hparams.base_lr and hparams.base_d_model must be positive")
         if not 0 <= self.warmup_fraction < 1:
             raise UserError(f"hparams.warmup_fraction={self.warmup_fraction} must be in [0, 1)")
@@ -192,8 +193,9 @@ class SweepConfig:
     def validate(self) -> SweepConfig:
         if not self.budgets:
             raise UserError("the sweep has no budgets: set budgets: [1e15, 3e15, ...] (training FLOPs)")
-        if any(c <= 0 for c in self.budgets):
-            raise UserError(f"budgets={self.budgets} must all be positive FLOP counts")
+        if any(not math.isfinite(c) or c <= 0 for c in self.budgets):  # nan passes `c <= 0`
+            raise UserError(f"budgets={self.budgets} must all be positive, finite FLOP counts, e.g. "
+                            "budgets=[1e15,3e15,1e16]")
         if len(set(self.budgets)) != len(self.budgets):
             raise UserError(f"budgets={self.budgets} has duplicates")
         if self.n_convention not in N_CONVENTIONS:
@@ -213,6 +215,30 @@ class SweepConfig:
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise UserError(f"family name {name!r} must be letters, digits, '-' or '_' (it names run dirs)")
         return self
+
+
+MIN_SIZES_FOR_FITS = 3  # approach 2's parabola in log N, per budget, needs three points
+
+
+def check_sizes_for_fits(cfg: SweepConfig) -> str | None:
+    """An isoFLOP sweep (`chinchax sweep plan|run`) is for `chinchax fit`: fewer than 3 sizes per budget is a
+    UserError that says why. A sweep with `families` is a `chinchax compare` study, which fits approach 3 per
+    family and may use fewer on purpose (experiments/arch_objective.yaml: 2): the same words come back as a
+    warning to print. Not in SweepConfig.validate: other studies plan through the same config with fewer on
+    purpose (`chinchax compare --quick`: 1; a learning-rate law sweep)."""
+    sizes = cfg.sizes
+    n = sizes.per_budget if sizes.mode == "around_optimum" else len(set(sizes.n_params))
+    if n >= MIN_SIZES_FOR_FITS:
+        return None
+    what = f"sizes.per_budget={n}" if sizes.mode == "around_optimum" else f"sizes.n_params with {n} distinct size(s)"
+    fix = ("set sizes.per_budget=3 or more (4 to 9 is usual)" if sizes.mode == "around_optimum"
+           else "list at least 3 sizes in sizes.n_params")
+    why = (f"{what} plans fewer than {MIN_SIZES_FOR_FITS} model sizes per budget: approach 2 (isoFLOP profiles) "
+           f"fits a parabola in log N through each budget's losses, which needs at least {MIN_SIZES_FOR_FITS}, so "
+           f"it could use none of the budgets; {fix}")
+    if cfg.families:
+        return f"{why} (a sweep with families is for `chinchax compare`, which fits approach 3 per family)"
+    raise UserError(why)
 
 
 def load_sweep(path: str | Path | Mapping, overrides: Sequence[str] = ()) -> tuple[SweepConfig, Path]:
