@@ -209,3 +209,24 @@ def test_cli_finetune_stopped_by_a_signal_exits_75_in_one_line(base_dir, tmp_pat
     assert main(argv) == 0
     assert "resuming" in capsys.readouterr().out
     assert json.loads((run_dir / "run.json").read_text())["steps"] == 3
+
+
+def test_a_mup_base_fine_tunes_with_its_multipliers(tmp_path):
+    """Full fine-tuning of a µP base away from its base width: the run keeps the base's parametrization, and
+    its updates carry µP's per-parameter multipliers (a hidden matrix moves 1/width as far, per unit of
+    gradient sign, as an embedding); LoRA on the same base trains too."""
+    base = tmp_path / "mup_base"
+    cfg = load_config(ExperimentConfig, "experiments/tiny.yaml", [
+        *COMMON, f"data.source={BASE_SRC}", "model.d_model=64", "model.n_layers=2", "model.n_heads=4",
+        "model.d_ff=128", "model.max_len=64", "model.parametrization=mup", "model.mup_base_d_model=16",
+        "trainer.steps=2", f"trainer.run_dir={base}"])
+    train(cfg)
+    before = _base_flat(base)
+    finetune(base, _ft_cfg(tmp_path / "full", "finetune.method=full", "trainer.steps=1"))
+    after = flatten(load_numpy_state(tmp_path / "full" / "checkpoints" / "1")["params"]["trainable"])
+    # one Adam step from fresh moments moves every entry by ~lr (x its multiplier) where the gradient is not 0
+    hidden = np.abs(after["decoder.blocks.mlp.wi_DF"] - before["decoder.blocks.mlp.wi_DF"]).max()
+    table = np.abs(after["embedding_VD"] - before["embedding_VD"]).max()
+    assert table == pytest.approx(0.01, rel=0.05) and hidden == pytest.approx(0.01 / 4, rel=0.05)
+    finetune(base, _ft_cfg(tmp_path / "lora", "finetune.method=lora", "trainer.steps=1"))
+    assert (tmp_path / "lora" / "run.json").is_file()
