@@ -154,7 +154,8 @@ def plot(rows: list[dict], study: Study, path: Path) -> None:
                     label=f"d_model {width}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("learning rate")
-        ax.set_title({"sp": "standard parametrization", "mup": f"µP (base d_model {study.widths[0]})"})
+        titles = {"sp": "standard parametrization", "mup": f"µP (base d_model {study.widths[0]})"}
+        ax.set_title(titles[parametrization])
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"eval loss after {study.steps} steps (mean of {len(study.seeds)} seeds)")
     finite = [r["eval_loss"] for r in rows if r["eval_loss"] is not None]
