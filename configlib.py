@@ -51,7 +51,7 @@ def yaml_error(path, error: yaml.YAMLError) -> str:
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
     what = " ".join(str(p) for p in (getattr(error, "context", None), getattr(error, "problem", None)) if p)
     what = what or str(error).splitlines()[0]
-    cut = " (the file ends there: was it cut short?)" if "end of the stream" in what else ""
+    cut = " (the file ends there: was it cut short?)" if "stream end" in what or "end of the stream" in what else ""
     return (f"{where} is not valid YAML: {what}{cut}; fix the YAML there (indentation, a missing ']' or '}}', "
             "a ':' without a space after it)")
 

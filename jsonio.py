@@ -74,8 +74,8 @@ def jsonl_records(path, *, what: str = "JSONL file") -> list[tuple[str, dict]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            cut = (" (the file ends inside it: was it cut short?)"
-                   if n == len(lines) and not text.endswith("\n") and e.pos >= len(line.rstrip()) else "")
+            cut = (" (the file's last line, with no newline after it: was the file cut short?)"
+                   if n == len(lines) and not text.endswith("\n") else "")
             raise UserError(f"{path}:{n}:{e.colno} is not valid JSON ({e.msg}){cut}; each line must be one JSON "
                             "object") from None
         if not isinstance(record, dict):

@@ -96,7 +96,22 @@ def _load_train_run(run_dir: Path, tokenizer: str | None) -> LoadedRun:
     return LoadedRun(run_dir, cfg, model, load_tokenizer(cfg.data.tokenizer), int(step))
 
 
+def check_conversion_record(model_dir: Path) -> None:
+    """conversion.json, which converted_tokenizer reads, as one line when it is damaged (not UTF-8, cut short,
+    not an object) rather than a traceback from inside the model package."""
+    from chinchax.fileio import read_user_json
+
+    path = model_dir / "conversion.json"
+    if not path.is_file():
+        return
+    fix = "convert the checkpoint again with `chinchax model convert HF_DIR OUT_DIR`"
+    record = read_user_json(path, what="conversion record", fix=fix)
+    if not isinstance(record, dict) or not isinstance(record.get("tokenizer"), (str, type(None))):
+        raise UserError(f"conversion record {path} is not a JSON object with a string 'tokenizer'; {fix}")
+
+
 def _load_converted(model_dir: Path, tokenizer: str | None) -> LoadedRun:
+    check_conversion_record(model_dir)
     spec = tokenizer or converted_tokenizer(model_dir)
     if spec is None:
         raise UserError(

@@ -78,9 +78,9 @@ def _reward_train(args) -> int:
 def _reward_eval(args) -> int:
     from chinchax.posttrain import preference, reward
 
+    pairs = preference.read_preferences(args.pairs)  # a bad file fails before the model loads
     rm = reward.load_reward(args.run_dir)
-    print(json.dumps(reward.evaluate_pairs(rm.model, rm.tokenizer, preference.read_preferences(args.pairs),
-                                           max_len=rm.max_len)))
+    print(json.dumps(reward.evaluate_pairs(rm.model, rm.tokenizer, pairs, max_len=rm.max_len)))
     return 0
 
 
@@ -114,10 +114,11 @@ def _bon(args) -> int:
     from chinchax.posttrain import gold, policy, policy_bon, reward
     from chinchax.posttrain.policy_ppo import read_prompts
 
+    prompts = read_prompts(args.prompts)  # a bad file fails before the models load
     base = policy.load_policy(args.policy)
     rm = reward.load_reward(args.reward_model)
     gold_fn = gold.gold_scores if args.gold == "python" else (lambda p, c: np.full(len(p), np.nan))
-    rows = policy_bon.best_of_n(base.model, base.tokenizer, read_prompts(args.prompts), ns=args.n, proxy=rm,
+    rows = policy_bon.best_of_n(base.model, base.tokenizer, prompts, ns=args.n, proxy=rm,
                                 gold=gold_fn, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 seed=args.seed)
     for row in rows:

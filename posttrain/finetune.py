@@ -105,8 +105,10 @@ def load_base(base: str | Path) -> Base:
 
     path = Path(base)
     if (path / "model.yaml").is_file() and (path / "params").is_dir():
+        from chinchax.evaluation.run_loading import check_conversion_record
         from chinchax.model.convert.hf import load_converted
 
+        check_conversion_record(path)  # damaged conversion.json: one line, not a traceback
         cfg, params = load_converted(path)
         try:  # the tokenizer recorded at conversion (newer converters record one)
             from chinchax.model.convert.hf import converted_tokenizer

@@ -75,9 +75,9 @@ def train_dpo(cfg: DPORunConfig, *, evaluate: Callable[[int, object], dict] | No
     if cfg.trainer.steps is None:
         raise UserError("DPO trains for trainer.steps; set it (trainer.tokens is for pretraining)")
     run_dir = Path(cfg.trainer.run_dir)
+    pairs = preference.read_preferences(settings.train_file)  # a bad file fails before the policy loads
     base = policy.load_policy(settings.policy)
     model, tokenizer = base.model, base.tokenizer
-    pairs = preference.read_preferences(settings.train_file)
     encoded = preference.encode_pairs(tokenizer, pairs, variant="decoder_only", max_len=settings.max_len)
     B, n = cfg.trainer.batch_size, len(pairs)
     ref_2N = reference_logps(model, encoded, 2 * B)

@@ -21,7 +21,6 @@ for `chinchax eval` and `load_run`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,19 +112,16 @@ class PPORunConfig:
 
 
 def read_prompts(path: str | Path) -> list[str]:
+    from chinchax.jsonio import jsonl_records
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"prompts file {path} does not exist; give a JSONL file with a \"prompt\" on each line")
     prompts = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n} is not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise UserError(f"{path}:{n} has no string \"prompt\"")
-            prompts.append(row["prompt"])
+    for where, row in jsonl_records(path, what="prompts file"):  # not UTF-8, not JSON, not an object: UserError
+        if not isinstance(row.get("prompt"), str):
+            raise UserError(f"{where} has no string \"prompt\"; each line must be {{\"prompt\": \"...\"}}")
+        prompts.append(row["prompt"])
     if not prompts:
         raise UserError(f"{path} holds no prompts")
     return prompts

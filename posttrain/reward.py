@@ -170,10 +170,11 @@ def train_reward(cfg: RewardRunConfig) -> dict:
     cfg = cfg.validate()
     settings = cfg.reward.validate()
     run_dir = Path(cfg.trainer.run_dir)
+    pairs = preference.read_preferences(settings.train_file)  # bad files fail before any model is built
+    eval_file_pairs = preference.read_preferences(settings.eval_file) if settings.eval_file else None
     model_cfg, tokenizer, init_params = _resolve(cfg)
-    pairs = preference.read_preferences(settings.train_file)
-    if settings.eval_file:
-        train_pairs, eval_pairs = pairs, preference.read_preferences(settings.eval_file)
+    if eval_file_pairs is not None:
+        train_pairs, eval_pairs = pairs, eval_file_pairs
     else:
         train_pairs, eval_pairs = _split_eval(pairs, settings.eval_fraction, cfg.trainer.seed)
     encoded = preference.encode_pairs(tokenizer, train_pairs, variant=model_cfg.variant, max_len=settings.max_len)
@@ -244,22 +245,31 @@ class LoadedReward:
 
 def load_reward(run_dir: str | Path) -> LoadedReward:
     """A trained reward model from its run dir (newest verified checkpoint)."""
-    import json
-
     from chinchax.data.tokenizers import load_tokenizer
+    from chinchax.fileio import read_user_json
 
     run_dir = Path(run_dir)
     path = run_dir / "run.json"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a finished reward-model run ({path} is missing); train it first")
-    run = json.loads(path.read_text())
-    if run.get("kind") != "reward_model":
-        raise UserError(f"{run_dir} is not a reward-model run (kind={run.get('kind')!r})")
-    model_cfg = ModelConfig(**run["model"])
-    tok_desc = run["tokenizer"]
-    tokenizer = load_tokenizer("byte" if tok_desc["kind"] == "byte" else f"spm:{tok_desc['path']}")
+    fix = "train it again with `chinchax reward train` (same run dir: it resumes)"
+    run = read_user_json(path, what="reward-model record", fix=fix)
+    if not isinstance(run, dict) or run.get("kind") != "reward_model":
+        kind = run.get("kind") if isinstance(run, dict) else type(run).__name__
+        raise UserError(f"{run_dir} is not a reward-model run ({path}: kind={kind!r}); pass a run dir written by "
+                        "`chinchax reward train`")
+    try:
+        model_cfg = ModelConfig(**run["model"])
+        tok_desc = run["tokenizer"]
+        spec = "byte" if tok_desc["kind"] == "byte" else f"spm:{tok_desc['path']}"
+        optimizer_cfg = OptimizerConfig(**run["config"]["optimizer"])
+        max_len = int(run["config"]["reward"]["max_len"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path} lacks or mistypes a field a reward model needs ({type(e).__name__}: {e}); "
+                        f"{fix}") from None
+    tokenizer = load_tokenizer(spec)
     model = build(model_cfg, 0)
     graphdef, params, rest = align_loop.split_params(model)
-    tx, _ = align_loop.optimizer(OptimizerConfig(**run["config"]["optimizer"]), 1)
+    tx, _ = align_loop.optimizer(optimizer_cfg, 1)
     _, params = align_loop.restore_params(run_dir, jax.device_put(params), tx)
-    return LoadedReward(align_loop.merge(graphdef, params, rest), tokenizer, run["config"]["reward"]["max_len"], run)
+    return LoadedReward(align_loop.merge(graphdef, params, rest), tokenizer, max_len, run)

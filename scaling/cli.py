@@ -277,7 +277,10 @@ def _predict(args) -> int:
 
 
 def _optimal(args) -> int:
+    from pathlib import Path
+
     from chinchax.errors import UserError
+    from chinchax.fileio import read_user_text
     from chinchax.scaling.optimal import (
         allocation_rows,
         format_hyperparameter_rows,
@@ -291,6 +294,9 @@ def _optimal(args) -> int:
     flops = args.flops if args.flops is not None else gpu_hours_to_flops(args.gpu_hours, args.device, args.mfu)
     rows = allocation_rows(flops, args.law or None, unique_tokens=args.unique_tokens)
     hparam_laws = [name for name in args.hparams_law if name != "none"]
+    for name in hparam_laws:  # a law file's bytes that are not UTF-8: one line with the place, before JSON's message
+        if Path(name).is_file():
+            read_user_text(name, what="hyperparameter law")
     hparams = [] if "none" in args.hparams_law else hyperparameter_rows(flops, hparam_laws or None, args.seq_len)
     if args.json:
         jsonio.dump(rows + hparams, sys.stdout, indent=1)
@@ -308,12 +314,18 @@ def _optimal(args) -> int:
 def _fit_hparams(args) -> int:
     from pathlib import Path
 
+    from chinchax.errors import UserError
     from chinchax.fileio import read_user_text
     from chinchax.scaling.hyperlaws import CONFIDENCE, fit_hyperparameter_law
 
     if isinstance(args.table, str) and Path(args.table).is_file():  # bytes that are not UTF-8: one line, not
         read_user_text(args.table, what="grid table")  # the csv module's UnicodeDecodeError
-    law = fit_hyperparameter_law(args.table, tolerance=args.tolerance, n_bootstrap=args.bootstrap, seed=args.seed)
+    try:
+        law = fit_hyperparameter_law(args.table, tolerance=args.tolerance, n_bootstrap=args.bootstrap, seed=args.seed)
+    except UserError as e:  # name the file when the message does not (a missing column, too few budgets)
+        if str(args.table) in str(e):
+            raise
+        raise UserError(f"{args.table}: {e}") from None
     print("\n".join(law.describe()))
     for flops in args.flops:
         (lr_lo, lr_hi), (b_lo, b_hi) = law.lr_interval(flops), law.batch_interval(flops)

@@ -12,7 +12,6 @@ extreme coefficient (A = e^800) is a finite number there, where A/N^alpha in flo
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from chinchax import jsonio
 from chinchax.errors import UserError
-from chinchax.fileio import write_text_atomic
+from chinchax.fileio import read_user_json, write_text_atomic
 from chinchax.scaling.laws import FLOPS_PER_PARAM_TOKEN, Allocation, ParametricLaw
 
 CONFIDENCE = 0.95
@@ -152,12 +151,10 @@ class FitResult:
     @classmethod
     def from_json(cls, path: str | Path) -> FitResult:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"fit file {path} does not exist; write one with `chinchax fit ... --out`") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path} is not valid JSON ({e}); pass a fit written by `chinchax fit ... --out`") from None
+        if not path.exists():
+            raise UserError(f"fit file {path} does not exist; write one with `chinchax fit ... --out`")
+        # not UTF-8, cut short or otherwise not JSON: one line with file:line:column
+        data = read_user_json(path, what="fit file", fix="pass a fit written by `chinchax fit ... --out`")
         fix = "write one with `chinchax fit TABLE --out FIT.json`"
         if not isinstance(data, dict):
             raise UserError(f"{path} is not a chinchax fit: it holds a JSON {type(data).__name__}, not a fit object; {fix}")
