@@ -167,8 +167,9 @@ def test_yaml_and_json_lines_errors_say_where(tmp_path, capsys):
         (["--cot", "arith:abc"], ["arith:abc", "whole number"]),  # was: ValueError traceback
         (["--cot", "arith:0"], ["arith:0", "from 1"]),  # was: null accuracies and numpy warnings
         (["--cot", "arith:-3"], ["arith:-3", "from 1"]),  # was: scored 26 examples
-        (["--cot", "arith:10000000"], ["arith:10000000", "100,000"]),  # would loop for ever: too few questions
+        (["--cot", "arith:10000000"], ["arith:10000000", "100,000"]),  # was: looped for ever (too few questions)
     ],
+    ids=["limit=-1", "limit=0", "cot=arith:abc", "cot=arith:0", "cot=arith:-3", "cot=arith:10000000"],
 )
 def test_eval_numeric_arguments_are_range_checked_before_any_model_loads(args, words, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "no_run"), *args]) == 2
@@ -198,9 +199,10 @@ def sweep_yaml(tmp_path):
         ("sizes.per_budget=1", ["sizes.per_budget=1", "approach 2", "at least 3"]),  # was: planned silently
         ("sizes.per_budget=2", ["sizes.per_budget=2", "approach 2", "sizes.per_budget=3 or more"]),
         ("sizes.mode=explicit", ["sizes.n_params", "at least 3"]),  # set below with 2 sizes
-        ("sizes.span=nan", ["sizes.tokens_per_param", "sizes.span"]),
-        ("hparams.base_lr=nan", ["hparams.base_lr"]),
+        ("sizes.span=nan", ["sizes.tokens_per_param", "sizes.span"]),  # was: ValueError traceback
+        ("hparams.base_lr=nan", ["hparams.base_lr"]),  # was: planned at lr nan
     ],
+    ids=lambda v: v if isinstance(v, str) else "",
 )
 def test_sweep_plan_numbers_are_range_checked(override, words, sweep_yaml, tmp_path, capsys):
     extra = ["sizes.n_params=[1e5,1e6]"] if override == "sizes.mode=explicit" else []
