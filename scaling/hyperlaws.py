@@ -23,7 +23,6 @@ rate off one budget's 1-D sweep (a parabola in log lr near the minimum).
 from __future__ import annotations
 
 import csv
-import json
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,7 @@ import numpy as np
 
 from chinchax import jsonio
 from chinchax.errors import UserError
-from chinchax.fileio import write_text_atomic
+from chinchax.fileio import read_user_json, write_text_atomic
 from chinchax.scaling.fitresult import CONFIDENCE, ScalingFitWarning
 
 DEEPSEEK_TOLERANCE = 0.0025  # near-optimal: loss within 0.25% of the budget's best (DeepSeek LLM 2024)
@@ -130,12 +129,7 @@ class HyperparameterLaw:
     def from_json(cls, path: str | Path) -> HyperparameterLaw:
         path = Path(path)
         fix = "write one with `chinchax fit-hparams GRID.csv --out LAW.json`"
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"hyperparameter law {path} does not exist; {fix}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path} is not valid JSON ({e}); {fix}") from None
+        data = read_user_json(path, what="hyperparameter law", fix=fix)
         if not isinstance(data, dict) or data.get("kind") != JSON_KIND:
             raise UserError(f"{path} is not a hyperparameter law (no \"kind\": \"{JSON_KIND}\"); {fix}")
         data.pop("kind")
