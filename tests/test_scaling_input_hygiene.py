@@ -131,6 +131,9 @@ def test_fit_json_that_is_not_a_chinchax_fit(tmp_path):
         path.write_text(text)
         with pytest.raises(UserError, match=r"is not a chinchax fit.*chinchax fit TABLE --out"):
             FitResult.from_json(path)
-    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00\x01")
-    with pytest.raises(UserError, match="not valid JSON"):
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00\x01")  # binary: named as not UTF-8 text (fileio.read_user_json)
+    with pytest.raises(UserError, match=r"bin\.json:1:1 is not UTF-8 text \(byte 0xff\)"):
         FitResult.from_json(tmp_path / "bin.json")
+    (tmp_path / "cut.json").write_text('{"law": "kaplan", "params": {')  # cut short: not valid JSON
+    with pytest.raises(UserError, match=r"cut\.json:1:\d+ is not valid JSON.*cut short"):
+        FitResult.from_json(tmp_path / "cut.json")
