@@ -192,8 +192,9 @@ def read_grid_csv(path: str | Path) -> dict[str, list]:
         raise UserError(f"grid table {path} does not exist; pass a CSV with columns {', '.join(GRID_COLUMNS)} (and seed)")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
+        names = reader.fieldnames or []  # read inside the block: an empty file has none, and says so below
         rows = [(reader.line_num, r) for r in reader if any(isinstance(v, str) and v.strip() for v in r.values())]
-    columns: dict[str, list] = {name: [r.get(name) for _, r in rows] for name in (reader.fieldnames or [])}
+    columns: dict[str, list] = {name: [r.get(name) for _, r in rows] for name in names}
     columns["_where"] = [f"{path} line {n}" for n, _ in rows]
     return columns
 

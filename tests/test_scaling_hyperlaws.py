@@ -281,3 +281,12 @@ def test_planner_law_rule_refusals(tmp_path):
         _plan(tmp_path, ["hparams.rule=constant", "hparams.law_batch=true"])
     with pytest.raises(UserError, match="neither a published law"):
         _plan(tmp_path, ["hparams.law=missing.json"])
+
+
+def test_fit_hparams_on_an_empty_file_is_one_line(tmp_path, capsys):
+    from chinchax.cli import main
+
+    (tmp_path / "empty.csv").write_text("")
+    assert main(["fit-hparams", str(tmp_path / "empty.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 1 and "learning_rate" in err
