@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from chinchax.data.config import DataConfig
 from chinchax.errors import UserError
@@ -91,6 +92,13 @@ class TrainerConfig:
     progress_bar: bool = True
     wandb_project: str | None = None  # None = no wandb
     wandb_mode: str = "auto"  # auto: online if a key is configured (WANDB_API_KEY / WANDB_MODE), else offline
+    # Where a run sits on a W&B dashboard: a sweep's runs share a group named after it, a job type says which
+    # phase (train, lr-sweep, held-out, fine-tune, ...), and wandb_config adds what the planner knows and the run
+    # does not (budget, family). None of these changes what is trained: no run id or resume check sees them.
+    wandb_group: str | None = None
+    wandb_job_type: str | None = None
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_config: dict[str, Any] = field(default_factory=dict)
     peak_flops: float | None = (
         None  # per-device peak FLOP/s for MFU; None = table (accelerators) / measured (CPU)
     )
@@ -126,6 +134,10 @@ class TrainerConfig:
             raise UserError(f"trainer.mesh={list(self.mesh)} must have 3 entries: [data, fsdp, tensor]")
         if self.wandb_mode not in WANDB_MODES:
             raise UserError(f"trainer.wandb_mode={self.wandb_mode!r}: choose one of {', '.join(WANDB_MODES)}")
+        for key, limit in (("wandb_group", 128), ("wandb_job_type", 64)):  # W&B's own limits
+            value = getattr(self, key)
+            if value is not None and not 0 < len(value) <= limit:
+                raise UserError(f"trainer.{key}={value!r} must be 1 to {limit} characters, or null")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise UserError(f"trainer.peak_flops={self.peak_flops} must be > 0 (FLOP/s per device)")
         return self
@@ -168,6 +180,9 @@ RESUME_SAFE_KEYS = frozenset(
         "trainer.progress_bar",
         "trainer.wandb_project",
         "trainer.wandb_mode",
+        "trainer.wandb_group",
+        "trainer.wandb_job_type",
+        "trainer.wandb_tags",
         "trainer.peak_flops",
         "trainer.coordinator_address",
         "trainer.num_processes",
@@ -180,3 +195,29 @@ RESUME_SAFE_KEYS = frozenset(
         "model.attention_max_segments",  # which attention kernel runs, not what it computes
     }
 )
+# ...and whole subtrees of such keys (a flattened config names trainer.wandb_config.budget, not the dict).
+RESUME_SAFE_PREFIXES = ("trainer.wandb_config.",)
+# Keys that only say where a run is shown: they never name a sweep's run (scaling/plan.py's identity).
+WANDB_KEYS = frozenset({"wandb_project", "wandb_mode", "wandb_group", "wandb_job_type", "wandb_tags", "wandb_config"})
+
+
+def wandb_overrides(project: str | None, group: str | None = None, job_type: str | None = None,
+                    extra: dict | None = None, mode: str | None = None) -> list[str]:
+    """Dotted trainer overrides that put a run in a W&B group with a job type and extra config fields
+    (studies and the demo add these to every run they start); [] without a project, so nothing changes."""
+    if not project:
+        return []
+    out = [f"trainer.wandb_project={_quote(project)}"]
+    out += [f"trainer.wandb_mode={mode}"] if mode else []
+    out += [f"trainer.wandb_group={_quote(group)}"] if group else []
+    out += [f"trainer.wandb_job_type={_quote(job_type)}"] if job_type else []
+    out += [f"trainer.wandb_config.{k}={_quote(v) if isinstance(v, str) else v}" for k, v in (extra or {}).items()]
+    return out
+
+
+def _quote(value: str) -> str:
+    """A string override value OmegaConf reads back as that string (not a number, bool or null): a JSON
+    string is a YAML double-quoted scalar."""
+    import json
+
+    return json.dumps(value)

@@ -91,14 +91,68 @@ class MetricsLogger:
                 step=row["step"],
             )
 
-    def close(self) -> None:
+    def close(self, summary: dict | None = None) -> None:
+        """Close the file and finish the wandb run, with `summary` (run.json of a finished run) as its summary."""
         if self.enabled:
             if self._remote:
                 self.flush()
             else:
                 self._file.close()
             if self.wandb_run is not None:
+                if summary:
+                    # wandb holds the last step's row until the next step or finish: commit it first, or its
+                    # per-step mfu would replace the run's mean mfu in the summary
+                    self.wandb_run.log({}, commit=True)
+                    self.wandb_run.summary.update(wandb_summary(summary))
                 self.wandb_run.finish()
+
+
+def wandb_summary(result: dict) -> dict:
+    """The numbers of run.json a dashboard compares runs by (final eval loss, FLOPs by each convention, wall
+    time, MFU, N, D, ...): every finite number and the status; not the config (that is the run's config)."""
+    out = {"status": result.get("status")}
+    for key, value in result.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[key] = value
+    return out
+
+
+def plot_fields(cfg) -> dict:
+    """Flat config fields a researcher groups and plots runs by on a dashboard (the nested config has them
+    too, but under model./data./trainer. names and without N or D): exact parameter counts, tokens, shape."""
+    from chinchax.model.counting import count_params
+
+    counts = count_params(cfg.model)
+    tc = cfg.trainer
+    return {
+        "n_params": counts.total,
+        "n_params_embedding": counts.embedding,
+        "n_params_non_embedding": counts.non_embedding,
+        "n_tokens": cfg.total_steps * tc.batch_size * cfg.data.seq_len,
+        "steps": cfg.total_steps,
+        "d_model": cfg.model.d_model,
+        "n_layers": cfg.model.n_layers,
+        "n_heads": cfg.model.n_heads,
+        "variant": cfg.model.variant,
+        "objective": cfg.data.objective,
+        "seed": tc.seed,
+        "learning_rate": cfg.optimizer.learning_rate,
+        "batch_size": tc.batch_size,
+        "seq_len": cfg.data.seq_len,
+    }
+
+
+def start_run_wandb(cfg, run_dir: Path):
+    """The wandb run of a training run (or None): its group, job type and tags from trainer.wandb_*, its
+    config the resolved config plus `plot_fields` plus trainer.wandb_config (the planner's budget, family)."""
+    tc = cfg.trainer
+    if not tc.wandb_project or tc.wandb_mode == "disabled":
+        return None
+    from chinchax import configlib
+
+    config = {**configlib.to_dict(cfg), **plot_fields(cfg), **tc.wandb_config}
+    return start_wandb(tc.wandb_project, tc.wandb_mode, run_dir, run_path(run_dir).name, config,
+                       group=tc.wandb_group, job_type=tc.wandb_job_type, tags=tc.wandb_tags)
 
 
 def wandb_key_configured() -> bool:
@@ -135,7 +189,8 @@ def wandb_mode(mode: str) -> str:
     return mode
 
 
-def start_wandb(project: str | None, mode: str, run_dir: Path, run_name: str, config: dict):
+def start_wandb(project: str | None, mode: str, run_dir: Path, run_name: str, config: dict, *,
+                group: str | None = None, job_type: str | None = None, tags=()):
     """A wandb run, or None. Nothing touches the network unless a key is configured (`wandb_mode`)."""
     if not project or mode == "disabled":
         return None
@@ -152,6 +207,9 @@ def start_wandb(project: str | None, mode: str, run_dir: Path, run_name: str, co
         mode=mode,
         dir=None if is_remote(run_dir) else str(run_dir),  # wandb writes locally; on gs:// into ./wandb
         config=config,
+        group=group,
+        job_type=job_type,
+        tags=list(tags) or None,
     )
 
 

@@ -29,8 +29,8 @@ from flax import traverse_util
 from chinchax import configlib
 from chinchax.errors import UserError
 from chinchax.fileio import run_path
-from chinchax.train.config import RESUME_SAFE_KEYS, ExperimentConfig
-from chinchax.train.metrics import MetricsLogger, Progress, atomic_write_text, start_wandb, write_json
+from chinchax.train.config import RESUME_SAFE_KEYS, RESUME_SAFE_PREFIXES, ExperimentConfig
+from chinchax.train.metrics import MetricsLogger, Progress, atomic_write_text, start_run_wandb, write_json
 from chinchax.train.preemption import Preemption, TrainingPreempted
 
 # Every eval row's loss sum and weight at the end of the run (rows are the same for every run of one data
@@ -58,8 +58,8 @@ def check_resume_compatible(run_dir: Path, cfg: ExperimentConfig) -> int | None:
         return None
     old = traverse_util.flatten_dict(configlib.read_yaml(path), sep=".")
     new = traverse_util.flatten_dict(configlib.to_dict(cfg), sep=".")
-    configlib.refuse_changed_config(run_dir, old, new, ignored=RESUME_SAFE_KEYS | LENGTH_KEYS,
-                                    fix="use a new trainer.run_dir")
+    safe = RESUME_SAFE_KEYS | LENGTH_KEYS | {k for k in {*old, *new} if k.startswith(RESUME_SAFE_PREFIXES)}
+    configlib.refuse_changed_config(run_dir, old, new, ignored=safe, fix="use a new trainer.run_dir")
     if old.get("trainer.steps") is not None:
         return int(old["trainer.steps"])
     return -(-int(old["trainer.tokens"]) // (cfg.trainer.batch_size * cfg.data.seq_len))
@@ -166,7 +166,7 @@ def _train(cfg: ExperimentConfig, data, programs, preemption: Preemption | None 
         if run.primary and stopped is not None:  # after close: its checkpoint has committed
             write_json(run.run_dir / INTERRUPTED, {"status": "interrupted", "step": stopped.step,
                                                    "signal": stopped.signal_name, "at": time.time()})
-        run.logger.close()
+        run.logger.close(summary=result)  # a finished run's numbers become its wandb summary
     return result
 
 
@@ -259,11 +259,7 @@ class _Run:
 
         flops = flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.encoder_length)
         peak, peak_source = total_peak_flops(cfg.model.dtype, tc.peak_flops)
-        wandb_run = (
-            start_wandb(tc.wandb_project, tc.wandb_mode, run_dir, run_dir.name, configlib.to_dict(cfg))
-            if primary
-            else None
-        )
+        wandb_run = start_run_wandb(cfg, run_dir) if primary else None
         logger = MetricsLogger(run_dir, resume_step=start_step, enabled=primary, wandb_run=wandb_run)
         progress = Progress(total=total_steps, initial=start_step, enabled=primary and tc.progress_bar)
         batch_sharding, stacked_sharding = step_lib.batch_sharding(mesh), step_lib.stacked_batch_sharding(mesh)
