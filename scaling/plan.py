@@ -27,6 +27,9 @@ Planning is pure and deterministic: the same sweep YAML always gives the same ru
   its stable phase: the longest run is the trunk; each shorter run branches off the trunk's checkpoint
   where its own cooldown starts, and only pays for its cooldown. `Plan.wsd_savings` says how many FLOPs that
   saves over training each run from scratch.
+- W&B. Every run gets trainer.wandb_group (the sweep's name), trainer.wandb_job_type and trainer.wandb_config
+  (sweep, family, budget, N convention), and trainer.wandb_project when the sweep's `wandb.project` is set.
+  No trainer.wandb_* key is part of a run id (`_identity`).
 """
 
 
@@ -67,11 +70,12 @@ from chinchax.scaling.sweep_config import (  # noqa: F401
     SizeRule,
     SweepConfig,
     TpuSettings,
+    WandbSettings,
     WsdRule,
     experiment_path,
     load_sweep,
 )
-from chinchax.train.config import ExperimentConfig
+from chinchax.train.config import WANDB_KEYS, ExperimentConfig, wandb_overrides
 
 
 def wsd_cooldown_steps(steps: int, cooldown_fraction: float) -> int:
@@ -137,6 +141,7 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
             lr = float(f"{lr:.6g}")  # a short, stable number in YAML and in the run id
             m = model_with_shape(base.model, cfg.shape, shape.d_model)
             overrides = [
+                *_wandb(cfg, family, budget),  # first: the sweep's own trainer.wandb_* overrides win
                 *mup_overrides(cfg.hparams, cfg.shape),
                 *shared,
                 f"model.d_model={m.d_model}",
@@ -180,6 +185,15 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
         if r.branch_of
     )
     return Plan(cfg.name, conv, str(exp_path), tuple(runs), tuple(dropped), independent, with_branching)
+
+
+def _wandb(cfg: SweepConfig, family: str, budget: float) -> list[str]:
+    """Every run of the sweep in one W&B group (the sweep's name unless wandb.group says otherwise) with its
+    job type, and the planner's numbers a dashboard plots by that the run itself does not know."""
+    w = cfg.wandb
+    extra = {"sweep": cfg.name, "family": family, "budget": float(budget), "n_convention": cfg.n_convention}
+    return wandb_overrides(w.project, group=w.group or cfg.name, job_type=w.job_type, extra=extra,
+                           mode=w.mode if w.project else None, tags=w.tags)
 
 
 def law_compute(shape: Shape, budget: float, conv: str, seq_len: int) -> float:
@@ -240,6 +254,8 @@ def _identity(config: Mapping) -> dict:
 
     defaults = json.loads(json.dumps(to_dict(ExperimentConfig()), default=str))
     config = json.loads(json.dumps(config, default=str))
+    for key in WANDB_KEYS:  # where a run is shown is not what it computes: moving it to W&B retrains nothing
+        config.get("trainer", {}).pop(key, None)
     return {
         section: {k: v for k, v in values.items() if defaults.get(section, {}).get(k, _NO_DEFAULT) != v}
         if isinstance(values, dict)

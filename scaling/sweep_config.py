@@ -139,6 +139,23 @@ class RaySettings:
 
 
 @dataclass(frozen=True)
+class WandbSettings:
+    """Where the sweep's runs show on W&B: every run in one group (default: the sweep's name) with a job type.
+    Written into each run's trainer.wandb_* keys, which never change a run id (plan.py's `_identity`)."""
+
+    project: str | None = None  # None = each run's own trainer.wandb_project (by default none: no W&B)
+    mode: str = "auto"  # trainer.wandb_mode: offline unless a W&B key is configured
+    group: str | None = None  # None = the sweep's name
+    job_type: str = "train"  # train, lr-sweep, held-out, ...
+    tags: list[str] = field(default_factory=list)
+
+    def validate(self) -> WandbSettings:
+        if self.project is not None and not self.project.strip():
+            raise UserError("wandb.project is empty; give a W&B project name, or null for none")
+        return self
+
+
+@dataclass(frozen=True)
 class TpuSettings:
     project: str = ""  # "" = gcloud's configured project
     zone: str = "us-central2-b"
@@ -189,6 +206,7 @@ class SweepConfig:
     # How runs are launched (not part of any run's config or id).
     ray: RaySettings = field(default_factory=RaySettings)
     tpu: TpuSettings = field(default_factory=TpuSettings)
+    wandb: WandbSettings = field(default_factory=WandbSettings)  # where runs show on W&B (not in any run id)
 
     def validate(self) -> SweepConfig:
         if not self.budgets:

@@ -201,16 +201,16 @@ RESUME_SAFE_PREFIXES = ("trainer.wandb_config.",)
 WANDB_KEYS = frozenset({"wandb_project", "wandb_mode", "wandb_group", "wandb_job_type", "wandb_tags", "wandb_config"})
 
 
-def wandb_overrides(project: str | None, group: str | None = None, job_type: str | None = None,
-                    extra: dict | None = None, mode: str | None = None) -> list[str]:
-    """Dotted trainer overrides that put a run in a W&B group with a job type and extra config fields
-    (studies and the demo add these to every run they start); [] without a project, so nothing changes."""
-    if not project:
-        return []
-    out = [f"trainer.wandb_project={_quote(project)}"]
+def wandb_overrides(project: str | None = None, *, group: str | None = None, job_type: str | None = None,
+                    extra: dict | None = None, mode: str | None = None, tags=()) -> list[str]:
+    """Dotted trainer overrides that put a run in a W&B group with a job type, tags and extra config fields
+    (the sweep planner, the demo and the studies add these to every run they start). Without a project the
+    run logs nowhere unless its config names one; the rest is only where it would show."""
+    out = [f"trainer.wandb_project={_quote(project)}"] if project else []
     out += [f"trainer.wandb_mode={mode}"] if mode else []
     out += [f"trainer.wandb_group={_quote(group)}"] if group else []
     out += [f"trainer.wandb_job_type={_quote(job_type)}"] if job_type else []
+    out += [f"trainer.wandb_tags=[{','.join(_quote(t) for t in tags)}]"] if tags else []
     out += [f"trainer.wandb_config.{k}={_quote(v) if isinstance(v, str) else v}" for k, v in (extra or {}).items()]
     return out
 
