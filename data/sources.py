@@ -2,12 +2,13 @@
 
     open_source("stdlib", "train")                     # the embedded default (Python standard library)
     open_source("text:~/corpus/**/*.jsonl", "validation", text_field="body")
+    open_source("parquet:~/fineweb/sample/10BT/*.parquet", "train")   # the `text` column of each shard
     open_source("tfds:lm1b", "train", data_dir="gs://my-bucket/tfds")
     open_source("tfds:c4/en:3.1.0", "validation")
 
 Every source is a TFDS ArrayRecord dataset read with `as_data_source` (no TensorFlow), wrapped in a
 `DocumentSource`: `len(src)`, `src[i] -> str`, picklable, so grain can index it from worker processes.
-`text:` and `stdlib` are built on first use (see chinchax.data.text_builder); `tfds:` datasets must be
+`text:`, `parquet:` and `stdlib` are built on first use (see chinchax.data.text_builder); `tfds:` datasets must be
 prepared as ArrayRecord (`chinchax data build tfds:NAME`, or by anyone with `file_format='array_record'`).
 """
 
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from chinchax.errors import UserError
 
-SOURCE_FORMS = "'stdlib', 'site-packages', 'text:PATH_OR_GLOB' or 'tfds:NAME[/CONFIG][:VERSION]'"
+SOURCE_FORMS = ("'stdlib', 'site-packages', 'text:PATH_OR_GLOB', 'parquet:PATH_OR_GLOB' or "
+                "'tfds:NAME[/CONFIG][:VERSION]'")
 # Where TFDS (and most catalog datasets) download from; probed before a download so that an offline
 # machine fails in seconds rather than after minutes of tfds retries.
 _PROBE_HOSTS = (("storage.googleapis.com", 443),)
@@ -112,16 +114,17 @@ def open_source(
 
 
 def corpus_spec(source: str, *, max_files: int | None = None, skip_bad_files: bool = False, **params):
-    """The `CorpusSpec` of a `stdlib` or `text:` source (UserError for any other form)."""
+    """The `CorpusSpec` of a `stdlib`, `site-packages`, `text:` or `parquet:` source (UserError otherwise)."""
     from chinchax.data import text_builder
 
     if source == "stdlib":
         return text_builder.stdlib_corpus_spec(max_files=max_files, **params)
     if source == "site-packages":
         return text_builder.site_packages_corpus_spec(max_files=max_files, **params)
-    if source.startswith("text:") and len(source) > len("text:"):
-        return text_builder.text_corpus_spec(source[len("text:"):], max_files=max_files,
-                                             skip_bad_files=skip_bad_files, **params)
+    for kind in ("text", "parquet"):
+        if source.startswith(f"{kind}:") and len(source) > len(kind) + 1:
+            return text_builder.text_corpus_spec(source[len(kind) + 1:], max_files=max_files, kind=kind,
+                                                 skip_bad_files=skip_bad_files, **params)
     raise UserError(f"data source {source!r}: expected {SOURCE_FORMS}.")
 
 

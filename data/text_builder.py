@@ -14,8 +14,13 @@ lock, so a crash never leaves a half-built corpus where a reader would find it.
 
 Documents:
 - `.jsonl` / `.ndjson`: one document per non-blank line, the string under `text_field`;
+- `.parquet`: one document per row of the column `text_field`, read a row group at a time
+  (chinchax.data.parquet_files; null texts are skipped and counted in the manifest's `null_texts`);
 - any other file (txt, md, code): the file's text, cut at line boundaries into documents of at most
   `max_doc_bytes` (a line longer than that stays whole), so memory stays bounded by the chunk size.
+
+`parquet:PATH_OR_GLOB` is `text:` restricted to .parquet files (a dataset folder's README or
+.gitattributes are not documents); `text:` reads .parquet files among the others.
 
 The train/validation split is a pure function of each document's key (`relpath:index`): a document is
 held out when the first 8 bytes of sha256(key), read as a fraction, fall below `validation_fraction`. It
@@ -47,6 +52,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from chinchax import jsonio
+from chinchax.data.parquet_files import is_parquet, parquet_documents
 from chinchax.errors import UserError
 from chinchax.fileio import sha256_file, write_text_atomic
 
@@ -69,7 +75,7 @@ class CorpusSpec:
     """What to build: a named set of files and the parameters that decide the documents."""
 
     name: str  # folder name under data_dir/chinchax_text
-    kind: str  # "text" or "stdlib"
+    kind: str  # "text", "parquet", "stdlib" or "site-packages"
     root: Path  # files are recorded relative to this
     files: tuple[Path, ...]  # absolute paths, sorted by relative path
     text_field: str = "text"
@@ -86,31 +92,35 @@ class CorpusSpec:
 # Finding files
 
 
-def text_corpus_spec(path_or_glob: str, max_files: int | None = None, **params) -> CorpusSpec:
-    """The corpus for `text:PATH_OR_GLOB`: a file, a folder (recursively) or a glob (`**` allowed)."""
+def text_corpus_spec(path_or_glob: str, max_files: int | None = None, *, kind: str = "text",
+                     **params) -> CorpusSpec:
+    """The corpus for `text:PATH_OR_GLOB`: a file, a folder (recursively) or a glob (`**` allowed).
+    kind="parquet" (`parquet:PATH_OR_GLOB`) keeps only the .parquet files of it."""
     spec = os.path.expanduser(path_or_glob)
+    keep = is_parquet if kind == "parquet" else (lambda p: True)
     if os.path.isfile(spec):
-        files = [Path(spec).resolve()]
-        root = files[0].parent
+        files = [p for p in [Path(spec).resolve()] if keep(p)]
+        root = Path(spec).resolve().parent
     elif os.path.isdir(spec):
         root = Path(spec).resolve()
-        files = [p for p in _walk(root) if p.is_file()]
+        files = [p for p in _walk(root) if p.is_file() and keep(p)]
     else:
         files = sorted({Path(p).resolve() for p in glob.glob(spec, recursive=True) if os.path.isfile(p)})
-        files = [p for p in files if not (_SKIP_DIRS & set(p.parts))]
+        files = [p for p in files if not (_SKIP_DIRS & set(p.parts)) and keep(p)]
         root = Path(os.path.commonpath([str(p.parent) for p in files])) if files else Path(".")
     if not files:
+        example = "'parquet:~/fineweb/**/*.parquet'" if kind == "parquet" else "'text:~/corpus/**/*.txt'"
         raise UserError(
-            f"text:{path_or_glob}: no files found. Give an existing file, a folder, or a glob such as "
-            f"'text:~/corpus/**/*.txt'."
+            f"{kind}:{path_or_glob}: no {'.parquet ' if kind == 'parquet' else ''}files found. Give an existing "
+            f"file, a folder, or a glob such as {example}."
         )
     files = sorted(files, key=lambda p: p.relative_to(root).as_posix())
     digest = hashlib.sha256(os.path.abspath(spec).encode()).hexdigest()[:12]
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(spec.rstrip("/*")).name)[:40]
-    name = f"text-{stem or 'files'}-{digest}"
+    name = f"{kind}-{stem or 'files'}-{digest}"
     if max_files is not None:  # a subset (tests, quick looks) gets a folder of its own
         files, name = files[:max_files], f"{name}-first{max_files}"
-    return CorpusSpec(name=name, kind="text", root=root, files=tuple(files), **params)
+    return CorpusSpec(name=name, kind=kind, root=root, files=tuple(files), **params)
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -216,11 +226,16 @@ def _stdlib_sha256(path: Path, st: os.stat_result) -> str:
 # Documents
 
 
-def file_documents(path: Path, rel: str, text_field: str, max_doc_bytes: int) -> Iterator[tuple[str, str]]:
-    """Yield (key, text) for each document of one file; raise UserError naming the file on bad input."""
+def file_documents(path: Path, rel: str, text_field: str, max_doc_bytes: int,
+                   stats: dict | None = None) -> Iterator[tuple[str, str]]:
+    """Yield (key, text) for each document of one file; raise UserError naming the file on bad input.
+    `stats` collects what was skipped inside a file (Parquet rows whose text is null: "null_texts")."""
     size = path.stat().st_size
     if size == 0:
         raise UserError(f"{path}: the file is empty. Remove it or point the source at other files.")
+    if is_parquet(path):
+        yield from parquet_documents(path, rel, text_field, stats)
+        return
     with open(path, "rb") as f:
         if b"\0" in f.read(_SNIFF_BYTES):
             raise UserError(f"{path}: looks binary (it contains NUL bytes), not text. Exclude it from the source.")
@@ -296,6 +311,7 @@ class ScanResult:
     num_docs: int
     skipped: dict[str, str]  # relpath -> reason (skip_bad_files only)
     forced_validation_key: str | None  # the min-hash document, when no document fell below the threshold
+    null_texts: dict[str, int] = dataclasses.field(default_factory=dict)  # relpath -> Parquet rows with null text
 
 
 def scan(spec: CorpusSpec) -> ScanResult:
@@ -303,29 +319,38 @@ def scan(spec: CorpusSpec) -> ScanResult:
     num_docs = num_val = 0
     min_key, min_frac = None, 2.0
     skipped: dict[str, str] = {}
+    null_texts: dict[str, int] = {}
     for path in spec.files:
         rel = spec.relpath(path)
-        keys = []
+        # a file's counts join the totals only once it has been read whole (skip_bad_files drops a file that
+        # fails half-way); counted as they stream, not as a list of keys (a Parquet shard has millions of rows)
+        n = n_val = 0
+        f_key, f_frac = None, 2.0
+        stats: dict = {}
         try:
-            for key, _ in file_documents(path, rel, spec.text_field, spec.max_doc_bytes):
-                keys.append(key)
+            for key, _ in file_documents(path, rel, spec.text_field, spec.max_doc_bytes, stats):
+                frac = split_fraction(key)
+                n += 1
+                n_val += frac < spec.validation_fraction
+                if frac < f_frac:
+                    f_key, f_frac = key, frac
         except UserError as e:
             if not spec.skip_bad_files:
                 raise
             skipped[rel] = str(e)
             continue
-        for key in keys:
-            frac = split_fraction(key)
-            num_docs += 1
-            num_val += frac < spec.validation_fraction
-            if frac < min_frac:
-                min_key, min_frac = key, frac
+        num_docs, num_val = num_docs + n, num_val + n_val
+        if f_frac < min_frac:
+            min_key, min_frac = f_key, f_frac
+        if stats.get("null_texts"):
+            null_texts[rel] = stats["null_texts"]
+            log.warning("%s: skipped %d rows whose '%s' is null", path, stats["null_texts"], spec.text_field)
     if num_docs < 2:
         raise UserError(
             f"{spec.kind} source at {spec.root}: found {num_docs} document(s); a train and a validation split "
             f"need at least 2. Add text, or lower max_doc_bytes (now {spec.max_doc_bytes}) to cut files smaller."
         )
-    return ScanResult(num_docs, skipped, None if num_val else min_key)
+    return ScanResult(num_docs, skipped, None if num_val else min_key, null_texts)
 
 
 def is_validation(key: str, spec: CorpusSpec, scan_result: ScanResult) -> bool:
@@ -411,6 +436,7 @@ def ensure_built(spec: CorpusSpec, data_dir: str | os.PathLike, *, force: bool =
             shutil.rmtree(tmp / "downloads", ignore_errors=True)  # tfds makes it; nothing is downloaded
             manifest["num_docs"] = scan_result.num_docs
             manifest["skipped"] = scan_result.skipped
+            manifest["null_texts"] = scan_result.null_texts
             write_text_atomic(tmp / "manifest.json", jsonio.dumps(manifest, indent=1, sort_keys=True) + "\n")
             old = parent / f".{spec.name}.old-{uuid.uuid4().hex}"
             if final.exists():

@@ -224,7 +224,7 @@ def test_other_text_field_and_bad_arguments(tmp_path):
     cases = [
         (dict(source=f"text:{tmp_path}/nothing/*.txt"), r"no files found"),
         (dict(source="text:"), r"expected 'stdlib'"),
-        (dict(source="hf:wikitext"), r"expected 'stdlib', 'site-packages', 'text:PATH_OR_GLOB' or 'tfds:"),
+        (dict(source="hf:wikitext"), r"expected 'stdlib', 'site-packages', 'text:PATH_OR_GLOB', 'parquet:PATH_OR_GLOB' or 'tfds:"),
         (dict(source=f"text:{root}", split="test"), r"split 'test'.*'train' or 'validation'"),
         (dict(source=f"text:{root}", validation_fraction=0.0), r"validation_fraction=0.0"),
         (dict(source=f"text:{root}", max_doc_bytes=10), r"max_doc_bytes=10"),
