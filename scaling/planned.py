@@ -114,5 +114,7 @@ def config_hash(config: Mapping, budget: float) -> str:
     """Stable id of a run: sha256 of its resolved config (minus where it is written) and its budget."""
     config = json.loads(json.dumps(config, sort_keys=True, default=str))
     config.get("trainer", {}).pop("run_dir", None)
+    if config.get("trainer", {}).get("cpu_threads", 0) is None:  # the default, added later: old ids stand
+        config["trainer"].pop("cpu_threads")
     blob = json.dumps({"config": config, "budget": float(budget)}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:10]

@@ -44,19 +44,33 @@ def train_in_process(config: str) -> int:
 
 def serve() -> None:
     """The worker's loop: requests on stdin, answers on the original stdout, each run's output to its log."""
-    if os.environ.get(PIN_VARIABLE):
-        os.sched_setaffinity(0, {int(os.environ[PIN_VARIABLE])})
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray output between runs must not reach the answer channel
     _exit_with_parent()
     for line in sys.stdin:
         request = json.loads(line)
         config = request["config"]
+        if not _can_train(config):  # started JAX on another core count: a fresh worker trains it
+            answers.write(json.dumps({"restart": True}) + "\n")
+            return
         with open(request["log"], "a") as log:
             returncode = _with_output_to(log.fileno(), lambda: train_in_process(config))  # noqa: B023 (called now)
         answers.write(json.dumps({"returncode": returncode}) + "\n")
         if returncode == PREEMPTED_EXIT_CODE:  # the signal was this process's too: stop after answering
             return
+
+
+def _can_train(config: str) -> bool:
+    """Whether this worker's thread pool suits the run's trainer.cpu_threads (chinchax.train.cpu_threads)."""
+    from chinchax.configlib import read_yaml
+    from chinchax.errors import UserError
+    from chinchax.train import cpu_threads
+
+    try:
+        threads = (read_yaml(config).get("trainer") or {}).get("cpu_threads")
+    except (UserError, AttributeError):
+        return True  # a bad config: let the trainer say what is wrong with it
+    return cpu_threads.compatible(threads if isinstance(threads, int) else None)
 
 
 def _exit_with_parent(poll_s: float = 1.0) -> None:
@@ -110,6 +124,10 @@ class Worker:
             answer = self.process.stdout.readline()
         except BrokenPipeError:
             answer = ""
+        if answer and json.loads(answer).get("restart"):  # the run needs a fresh process (its core count)
+            self.process.wait()
+            self.process = None
+            return self.run(config, log)
         if answer:
             return int(json.loads(answer)["returncode"])
         returncode = self.process.wait()  # it died: report how, as a subprocess's exit code would
@@ -129,29 +147,11 @@ class Worker:
         self.process = None
 
 
-def pinned_env(index: int, size: int, env: dict | None = None) -> dict:
-    """Several workers on one machine: worker i single-threaded on core i (of this process's cores). Small
-    models' ops are too small to split over threads, and two 2-thread workers on 2 cores get in each
-    other's way: measured here, a single-threaded worker trains a 1-layer d32-d64 decoder as fast as a
-    2-thread one, so two pinned workers train twice as much (docs/benchmarks.md)."""
-    env = dict(env or {})
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if size < 2 or len(cores) < size:
-        return env
-    flags = os.environ.get("XLA_FLAGS", "") + " " + env.get("XLA_FLAGS", "")
-    env["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-    env[PIN_VARIABLE] = str(cores[index % len(cores)])
-    return env
-
-
-PIN_VARIABLE = "CHINCHAX_WORKER_CORE"
-
-
 class WorkerPool:
     """`size` workers; `run` borrows a free one (callers are the local executor's threads)."""
 
-    def __init__(self, size: int, env: dict | None = None, command=WORKER_COMMAND, pin: bool = True):
-        self._free = [Worker(pinned_env(i, size, env) if pin else env, command) for i in range(size)]
+    def __init__(self, size: int, env: dict | None = None, command=WORKER_COMMAND):
+        self._free = [Worker(env, command) for _ in range(size)]
         self._all = list(self._free)
         self._lock = threading.Condition()
 

@@ -108,6 +108,10 @@ class TrainerConfig:
     num_processes: int | None = None
     process_id: int | None = None
     local_device_count: int | None = None  # CPU only: fake devices per process (tests, local dry runs)
+    # CPU only: cores XLA:CPU computes with (the process pins itself to them before JAX starts). The count
+    # sets how reductions are split, so it is part of a run's floats and id; null = every core it may use.
+    # Sweeps on CPU set 1: every executor and a plain `chinchax train` then give the same bits (train/cpu_threads.py).
+    cpu_threads: int | None = None
 
     def validate(self) -> TrainerConfig:
         if (self.steps is None) == (self.tokens is None):
@@ -138,6 +142,8 @@ class TrainerConfig:
             value = getattr(self, key)
             if value is not None and not 0 < len(value) <= limit:
                 raise UserError(f"trainer.{key}={value!r} must be 1 to {limit} characters, or null")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise UserError(f"trainer.cpu_threads={self.cpu_threads} must be >= 1, or null for every core")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise UserError(f"trainer.peak_flops={self.peak_flops} must be > 0 (FLOP/s per device)")
         return self
@@ -188,6 +194,7 @@ RESUME_SAFE_KEYS = frozenset(
         "trainer.num_processes",
         "trainer.process_id",
         "trainer.local_device_count",
+        "trainer.cpu_threads",  # like the mesh: how the work is spread, which a resume elsewhere may change
         "data.worker_count",
         "trainer.microbatches",
         "trainer.steps_per_call",  # how steps are dispatched, not what they compute

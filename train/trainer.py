@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -130,8 +131,10 @@ def train(
     replace the grain pipeline with (train iterator, eval-batches factory or None, tokenizer or None).
     `programs(cfg, mesh)` may replace the compiled programs (train/programs.py's `programs_for`) with others
     of the same interface: fine-tuning trains adapters with the same loop, checkpoints and run.json."""
+    from chinchax.train import cpu_threads
     from chinchax.train.distributed import maybe_initialize
 
+    cpu_threads.pin(cfg.trainer.cpu_threads)  # before JAX's CPU backend starts: it sizes its thread pool once
     maybe_initialize(cfg.trainer)  # before any other jax call
 
     import jax
@@ -400,6 +403,7 @@ def _summary(run: _Run) -> dict:
         "peak_flops_source": run.peak_source,
         "tokenizer_hash": getattr(run.tokenizer, "hash", None),
         "n_devices": jax.device_count(),
+        "cpu_cores": len(os.sched_getaffinity(0)),  # XLA:CPU's threads: they set its float order (cpu_threads.py)
         "mesh": dict(run.mesh.shape),
         "config": configlib.to_dict(run.cfg),
     }
