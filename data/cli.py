@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     data = subparsers.add_parser(
         "data", help="prepare data sources, train tokenizers, measure corpora",
         description="Data sources (TFDS datasets, your own text, the embedded standard-library corpus) and "
-        "tokenizers (byte-level or SentencePiece).",
+        "tokenizers (byte-level, SentencePiece, or Hugging Face tokenizer.json).",
     )
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     raw = argparse.RawDescriptionHelpFormatter
@@ -43,16 +43,24 @@ def register(subparsers) -> None:
     build.set_defaults(handler=_build)
 
     tok = sub.add_parser(
-        "tokenizer", help="train a SentencePiece tokenizer on a source", formatter_class=raw,
-        description="Train a SentencePiece model (BPE or unigram) on a source's train split: byte fallback, "
-        "lossless round trip, pad=0 eos=1 bos=2 unk=3 mask=4, sentinels <extra_id_0..99> = 5..104, bytes "
-        "105..360 (the same first ids as the byte tokenizer).",
-        epilog="example:  chinchax data tokenizer stdlib --vocab-size 8192 --out ~/tok/stdlib8k.model",
+        "tokenizer", help="train a SentencePiece or byte-level BPE tokenizer on a source", formatter_class=raw,
+        description="Train a tokenizer on a source's train split, with a lossless round trip and the ids pad=0 "
+        "eos=1 bos=2 unk=3 mask=4, sentinels <extra_id_0..99> = 5..104 (as the byte tokenizer):\n"
+        "  --kind sentencepiece  a SentencePiece .model (BPE or unigram, --model-type), byte fallback, bytes at "
+        "105..360\n"
+        "  --kind bpe            a GPT-2-style byte-level BPE trained with Hugging Face tokenizers, written as a "
+        "tokenizer.json\n"
+        "                        (load it with data.tokenizer=hf:PATH or PATH.json; transformers reads it too)",
+        epilog="examples:  chinchax data tokenizer stdlib --vocab-size 8192 --out ~/tok/stdlib8k.model\n"
+        "           chinchax data tokenizer stdlib --kind bpe --vocab-size 8192 --out ~/tok/stdlib8k/tokenizer.json",
     )
     _source_args(tok)
-    tok.add_argument("--vocab-size", type=int, required=True, help="pieces in the model (> 361)")
-    tok.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe", help="default: bpe")
-    tok.add_argument("--out", required=True, help="path of the .model file to write")
+    tok.add_argument("--kind", choices=("sentencepiece", "bpe"), default=None,
+                     help="default: bpe when --out ends in .json, else sentencepiece")
+    tok.add_argument("--vocab-size", type=int, required=True, help="ids in the tokenizer (> 361)")
+    tok.add_argument("--model-type", choices=("bpe", "unigram"), default=None,
+                     help="sentencepiece only: its model type (default: bpe)")
+    tok.add_argument("--out", required=True, help="the file to write: a .model (sentencepiece) or a .json (bpe)")
     tok.add_argument("--max-train-mb", type=float, default=200.0, help="train on at most this much text (MB)")
     tok.set_defaults(handler=_tokenizer)
 
@@ -63,7 +71,8 @@ def register(subparsers) -> None:
     )
     _source_args(info)
     info.add_argument("--split", default="train", help="split to measure (default: train)")
-    info.add_argument("--tokenizer", default="byte", help="'byte', 'spm:PATH' or PATH.model (default: byte)")
+    info.add_argument("--tokenizer", default="byte",
+                      help="'byte', 'spm:PATH', PATH.model, 'hf:PATH' or PATH.json (default: byte)")
     info.add_argument("--max-docs", type=int, default=None, help="measure only the first N documents")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_info)
@@ -99,12 +108,29 @@ def _build(args) -> int:
 
 
 def _tokenizer(args) -> int:
+    from chinchax.data.hf_tokenizer import train_bpe
     from chinchax.data.tokenizers import train_sentencepiece
+    from chinchax.errors import UserError
 
+    kind = args.kind or ("bpe" if args.out.endswith(".json") else "sentencepiece")
+    if kind == "bpe" and args.model_type is not None:
+        raise UserError("--model-type chooses SentencePiece's model; --kind bpe is always a byte-level BPE")
+    if kind == "sentencepiece" and args.out.endswith(".json"):
+        raise UserError(f"--out {args.out}: a SentencePiece model is a .model file (a .json path is read as a "
+                        "Hugging Face tokenizer.json); use --kind bpe for a tokenizer.json")
+    if kind == "bpe" and not args.out.endswith(".json"):
+        raise UserError(f"--out {args.out}: a byte-level BPE is written as a tokenizer.json; give a path ending in "
+                        ".json (e.g. tok/tokenizer.json)")
     docs = _open(args, "train")
-    tok = train_sentencepiece(iter(docs), args.out, vocab_size=args.vocab_size, model_type=args.model_type,
-                              max_train_bytes=int(args.max_train_mb * 1e6))
-    print(f"wrote {tok.path}: {args.model_type}, vocab_size {tok.vocab_size}, sha256 {tok.hash}")
+    max_train_bytes = int(args.max_train_mb * 1e6)
+    if kind == "bpe":
+        tok = train_bpe(iter(docs), args.out, vocab_size=args.vocab_size, max_train_bytes=max_train_bytes)
+        print(f"wrote {tok.path}: byte-level BPE, vocab_size {tok.vocab_size}, sha256 {tok.hash}")
+        return 0
+    model_type = args.model_type or "bpe"
+    tok = train_sentencepiece(iter(docs), args.out, vocab_size=args.vocab_size, model_type=model_type,
+                              max_train_bytes=max_train_bytes)
+    print(f"wrote {tok.path}: {model_type}, vocab_size {tok.vocab_size}, sha256 {tok.hash}")
     return 0
 
 

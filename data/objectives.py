@@ -38,7 +38,7 @@ class SpecialTokens:
     eos_id: int
     bos_id: int
     unk_id: int
-    mask_id: int
+    mask_id: int | None  # None: the tokenizer has no mask token (a loaded tokenizer.json such as GPT-2's)
     sentinel_ids: tuple[int, ...]
 
     @classmethod
@@ -49,13 +49,14 @@ class SpecialTokens:
             eos_id=int(tokenizer.eos_id),
             bos_id=int(tokenizer.bos_id),
             unk_id=int(tokenizer.unk_id),
-            mask_id=int(tokenizer.mask_id),
+            mask_id=None if tokenizer.mask_id is None else int(tokenizer.mask_id),
             sentinel_ids=tuple(int(i) for i in tokenizer.sentinel_ids),
         )
 
     @functools.cached_property
     def special_ids(self) -> np.ndarray:
         ids = [self.pad_id, self.eos_id, self.bos_id, self.unk_id, self.mask_id, *self.sentinel_ids]
+        ids = [i for i in ids if i is not None]
         return np.unique(np.asarray(ids, dtype=np.int32))
 
     @functools.cached_property

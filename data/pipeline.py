@@ -265,6 +265,13 @@ def span_corruption_raw_length(cfg: DataConfig, variant: str) -> int:
 
 
 def _check(cfg: DataConfig, variant: str, special: obj.SpecialTokens) -> None:
+    # A loaded tokenizer.json may lack what an objective writes into its inputs (data/hf_tokenizer.py).
+    lacks = {"masked_lm": "a mask token" if special.mask_id is None else None,
+             "span_corruption": "<extra_id_N> sentinels" if not special.sentinel_ids else None}.get(cfg.objective)
+    if lacks:
+        raise UserError(f"data.objective={cfg.objective} needs {lacks}, which data.tokenizer={cfg.tokenizer!r} does "
+                        "not have; use a tokenizer that has them (T5's or BERT's tokenizer.json, 'byte', or one "
+                        "trained with `chinchax data tokenizer`), or another objective")
     if cfg.objective == "span_corruption":
         if cfg.packing != "concat":
             raise UserError(f"data.objective=span_corruption cuts T5 windows from the concatenated stream; "

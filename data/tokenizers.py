@@ -1,12 +1,15 @@
-"""Tokenizers: a byte-level one that needs no training, and SentencePiece (trained here or loaded).
+"""Tokenizers: a byte-level one that needs no training, SentencePiece (trained here or loaded), and Hugging Face
+tokenizer.json files (loaded, or a byte-level BPE trained here: data/hf_tokenizer.py).
 
-    tok = load_tokenizer("byte")                    # or "spm:/path/x.model", or "/path/x.model"
+    tok = load_tokenizer("byte")                    # or "spm:/path/x.model", "/path/x.model", "hf:/path/tokenizer.json"
     ids = tok.encode("text")                        # list[int], no BOS/EOS added (the pipeline adds EOS)
     arrays = tok.encode_batch(["a", "b"])           # list of int32 arrays, multi-threaded for SentencePiece
     tok.decode(ids) == "text"                       # lossless for text (see below)
 
-Every tokenizer has `pad_id == 0`, `eos_id`, `bos_id`, `unk_id`, `mask_id`, 100 `sentinel_ids`
-(`<extra_id_0>`, `<extra_id_1>`, ... in that order) and `hash`, which goes into run.json.
+Every tokenizer has `pad_id`, `eos_id`, `bos_id`, `unk_id`, `mask_id`, `sentinel_ids` (`<extra_id_0>`,
+`<extra_id_1>`, ... in that order), `vocab_size` and `hash`, which goes into run.json. The byte and SentencePiece
+tokenizers have pad_id 0, a mask and 100 sentinels; a loaded tokenizer.json keeps its own ids, so its pad may be
+another id (GPT-2: its EOS), and it may have no mask (mask_id None) and no sentinels (data/hf_tokenizer.py).
 
 Id layout of the byte tokenizer AND of SentencePiece models trained by `train_sentencepiece` (the same
 first 361 ids, so a byte-level and a subword run differ only above id 360):
@@ -210,15 +213,25 @@ class SentencePieceTokenizer(_SpecialsMixin):
         return f"SentencePieceTokenizer({self.path!r}, vocab_size={self.vocab_size})"
 
 
-def load_tokenizer(spec: str) -> ByteTokenizer | SentencePieceTokenizer:
-    """'byte' (or 'bytes'), 'spm:PATH', or a PATH to a SentencePiece `.model` file."""
+SPECS = ("'byte', 'spm:PATH' or a path to a SentencePiece .model file, 'hf:PATH' or a path to a Hugging Face "
+         "tokenizer.json (a .json file, or a directory holding tokenizer.json)")
+
+
+def load_tokenizer(spec: str):
+    """'byte' (or 'bytes'); 'spm:PATH' or PATH.model (SentencePiece); 'hf:PATH', PATH.json or a directory holding
+    tokenizer.json (Hugging Face, data/hf_tokenizer.py); any other existing file is read as SentencePiece."""
     if not isinstance(spec, str) or not spec:
-        raise UserError(f"tokenizer {spec!r}: expected 'byte', 'spm:PATH' or a path to a .model file.")
+        raise UserError(f"tokenizer {spec!r}: expected {SPECS}.")
     if spec in ("byte", "bytes"):
         return ByteTokenizer()
+    local = os.path.expanduser(spec)
+    if spec.startswith("hf:") or spec.endswith(".json") or os.path.isdir(local):
+        from chinchax.data.hf_tokenizer import HFTokenizer
+
+        return HFTokenizer.from_path(spec[len("hf:"):] if spec.startswith("hf:") else spec)
     path = spec[len("spm:"):] if spec.startswith("spm:") else spec
-    if not spec.startswith("spm:") and not path.endswith(".model") and not os.path.isfile(os.path.expanduser(path)):
-        raise UserError(f"tokenizer {spec!r}: expected 'byte', 'spm:PATH' or a path to a .model file.")
+    if not spec.startswith("spm:") and not path.endswith(".model") and not os.path.isfile(local):
+        raise UserError(f"tokenizer {spec!r}: expected {SPECS}.")
     return SentencePieceTokenizer.from_file(path)
 
 

@@ -25,6 +25,8 @@ def token_byte_lengths(tokenizer) -> np.ndarray | None:
 
         lengths[BYTE_OFFSET:] = 1  # one id per UTF-8 byte above the offset; specials and sentinels below
         return lengths
+    if hasattr(tokenizer, "token_byte_lengths"):  # a Hugging Face tokenizer.json knows its own scheme
+        return tokenizer.token_byte_lengths()
     if not hasattr(tokenizer, "id_to_piece"):
         return None
     for i in range(vocab):
