@@ -18,7 +18,6 @@ The trainer runs with these programs in place of pretraining's (`train(..., prog
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -345,7 +344,3 @@ def _converted_model_type(base_dir: Path) -> str | None:
 
 def _converted_source(base_dir: Path) -> str | None:
     return _conversion(base_dir).get("source")
-
-
-def replace_trainer(cfg: FinetuneConfig, **changes) -> FinetuneConfig:
-    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, **changes).validate())

@@ -46,37 +46,6 @@ def token_logps(backbone, batch: dict, hidden_BLD=None) -> tuple[jax.Array, jax.
     return logp_BT * mask_BT, mask_BT
 
 
-def sequence_logps(backbone, batch: dict) -> tuple[jax.Array, jax.Array]:
-    """(summed completion log-probability [B], completion token count [B])."""
-    logp_BT, mask_BT = token_logps(backbone, batch)
-    return jnp.sum(logp_BT, axis=1), jnp.sum(mask_BT, axis=1)
-
-
-def sample_completions(
-    model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float, seed: int
-) -> list[str]:
-    """One sampled completion per prompt (stops at EOS, which is not part of the text)."""
-    from chinchax.model.decoding import SamplingConfig, generate
-
-    cfg = model.cfg
-    ids = [tokenizer.encode(p) for p in prompts]
-    kw = {}
-    if cfg.variant == "encoder_decoder":
-        kw["encoder_inputs"] = [i or [tokenizer.eos_id] for i in ids]
-        rows = [[tokenizer.bos_id] for _ in ids]
-    else:
-        rows = [[tokenizer.bos_id, *i] for i in ids]
-    sampling = SamplingConfig(
-        max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=(tokenizer.eos_id,), seed=seed
-    )
-    result = generate(model, rows, sampling, pad_id=tokenizer.pad_id, **kw)
-    out = []
-    for row in result.as_lists():
-        row = [t for t in row if t != tokenizer.eos_id]
-        out.append(tokenizer.decode(row))
-    return out
-
-
 def check_same_vocabulary(policy_tokenizer, reward_tokenizer, *, what: str = "reward model") -> None:
     """A reward model reads the policy's completions as text re-tokenized with its own tokenizer; a different
     tokenizer would still run but score something else than it was trained on when ids differ. Refuse."""

@@ -136,11 +136,6 @@ def score_encoded(model: RewardModel, encoded: dict, batch_size: int = 64) -> np
     return np.concatenate(out)
 
 
-def score_texts(model: RewardModel, tokenizer, prompts, completions, *, max_len: int, batch_size: int = 64):
-    encoded = preference.encode_sequences(tokenizer, prompts, completions, variant=model.cfg.variant, max_len=max_len)
-    return score_encoded(model, encoded, batch_size)
-
-
 def evaluate_pairs(model: RewardModel, tokenizer, pairs, *, max_len: int) -> dict:
     encoded = preference.encode_pairs(tokenizer, pairs, variant=model.cfg.variant, max_len=max_len)
     scores = score_encoded(model, encoded)

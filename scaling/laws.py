@@ -129,14 +129,6 @@ def chinchilla_loss(n, d, E, A, B, alpha, beta):
         return E + A / n**alpha + B / d**beta
 
 
-def kaplan_loss_n(n, n_c, alpha_n):
-    return (n_c / np.asarray(n, np.float64)) ** alpha_n
-
-
-def kaplan_loss_d(d, d_c, alpha_d):
-    return (d_c / np.asarray(d, np.float64)) ** alpha_d
-
-
 def kaplan_loss_nd(n, d, n_c, d_c, alpha_n, alpha_d):
     """Kaplan et al. 2020 eq. 1.5: L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D."""
     n, d = np.asarray(n, np.float64), np.asarray(d, np.float64)

@@ -521,7 +521,3 @@ def _to_host(a) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-
-
-def with_overrides(cfg: ExperimentConfig, **trainer_changes) -> ExperimentConfig:
-    return cfg.replace(trainer=dataclasses.replace(cfg.trainer, **trainer_changes).validate())
