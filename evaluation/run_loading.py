@@ -116,8 +116,8 @@ def _load_converted(model_dir: Path, tokenizer: str | None) -> LoadedRun:
     if spec is None:
         raise UserError(
             f"{model_dir} is a converted checkpoint with no tokenizer chinchax can read (its HF directory held no "
-            "SentencePiece tokenizer.model); convert again with `chinchax model convert HF_DIR OUT_DIR --tokenizer "
-            "spm:PATH`, or pass tokenizer='spm:PATH'"
+            "tokenizer.model or tokenizer.json); convert again with `chinchax model convert HF_DIR OUT_DIR --tokenizer "
+            "SPEC` (spm:PATH or hf:PATH), or pass tokenizer=SPEC"
         )
     model_cfg, params = load_converted(model_dir)
     tok = load_tokenizer(spec)

@@ -112,8 +112,8 @@ def register_convert(subparsers) -> None:
     )
     parser.add_argument(
         "--tokenizer", metavar="SPEC",
-        help="tokenizer for generate/eval on the result: 'byte' or a SentencePiece .model file (copied in); "
-        "default: the HF directory's tokenizer.model if it has one",
+        help="tokenizer for generate/eval/finetune on the result: 'byte', a SentencePiece .model or a Hugging Face "
+        "tokenizer.json (hf:PATH), copied in; default: the HF directory's tokenizer.model, else its tokenizer.json",
     )
     parser.set_defaults(handler=_convert_handler)
 

@@ -39,9 +39,10 @@ def write_model_dir(out_dir: str | Path, model_cfg, flat: dict, *, tokenizer: st
 
 def absolute_tokenizer(spec: str | None, base_dir: Path) -> str | None:
     """A tokenizer spec that still resolves from another directory (spm paths made absolute)."""
-    if spec is None or not spec.startswith("spm:"):
+    if spec is None or not spec.startswith(("spm:", "hf:")):
         return spec
-    path = Path(spec[4:])
-    if not path.is_absolute() and (base_dir / path).is_file():
+    prefix, path = spec.split(":", 1)
+    path = Path(path)
+    if not path.is_absolute() and (base_dir / path).exists():
         path = base_dir / path
-    return f"spm:{path.absolute()}"
+    return f"{prefix}:{path.absolute()}"

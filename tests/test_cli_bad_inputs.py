@@ -65,6 +65,7 @@ READERS = [
     ("predict", ["predict", "FILE.json", "--flops", "1e20"]),
     ("optimal --hparams-law", ["optimal", "--flops", "1e20", "--hparams-law", "FILE.json"]),
     ("plot --fit", ["plot", "frontier", "--fit", "FILE.json", "--out", "DIR/plots"]),
+    ("data info --tokenizer (a tokenizer.json)", ["data", "info", "stdlib", "--tokenizer", "FILE.json"]),
     # CSV tables
     ("fit", ["fit", "FILE.csv"]),
     ("fit-hparams", ["fit-hparams", "FILE.csv"]),

@@ -33,7 +33,7 @@ from flax import nnx, traverse_util
 from chinchax import jsonio
 from chinchax.configlib import load_config
 from chinchax.errors import UserError
-from chinchax.fileio import new_dir_atomic
+from chinchax.fileio import new_dir_atomic, read_user_json
 from chinchax.model.config import ModelConfig
 from chinchax.model.convert import rules as rules_lib
 from chinchax.model.convert.hf_families import FAMILIES, Family
@@ -42,6 +42,8 @@ from chinchax.model.parametrization import multipliers
 from chinchax.model.transformer import Transformer
 
 TOKENIZER_FILE = "tokenizer.model"  # a SentencePiece model, as T5 and LLaMA HF directories hold it
+HF_TOKENIZER_FILE = "tokenizer.json"  # a Hugging Face tokenizers file (GPT-2, BLOOM, LLaMA-3, ...)
+HF_TOKENIZER_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json")  # name its eos/bos/pad (copied along)
 
 
 def family(model_type: str) -> Family:
@@ -236,14 +238,16 @@ def convert_hf_checkpoint(
     """HF directory -> `out_dir` with model.yaml, params/ (orbax) and conversion.json, written to a
     temporary sibling first and renamed into place, so a failed conversion leaves nothing behind.
 
-    The tokenizer (for `chinchax generate`/`eval` on the result): `tokenizer` ('byte' or a SentencePiece
-    .model path, copied in), else the HF directory's own SentencePiece `tokenizer.model` (T5, LLaMA) if it has
-    one; recorded in conversion.json (GPT-2's BPE and BERT's WordPiece are not read by chinchax)."""
+    The tokenizer (for `chinchax generate`/`eval`/`finetune` on the result): `tokenizer` ('byte', a SentencePiece
+    .model or a Hugging Face tokenizer.json, copied in), else the HF directory's own SentencePiece `tokenizer.model`
+    (T5, LLaMA) or, without one, its `tokenizer.json` (GPT-2, BLOOM, LLaMA-3) with the tokenizer_config.json that
+    names its special tokens; recorded in conversion.json (None when there is neither)."""
     with new_dir_atomic(out_dir) as tmp:  # a failed conversion leaves nothing behind
         # Config first: an unsupported model or a bad override fails before gigabytes of weights are read.
         hf_config = read_hf_config(hf_dir)
         base = dataclasses.asdict(config_from_hf(hf_config))
         cfg = load_config(ModelConfig, base, list(overrides)) if overrides else ModelConfig(**base).validate()
+        tokenizer_record = _copy_tokenizer(hf_dir, tmp, tokenizer)  # a bad tokenizer file fails before the weights
         params, unused = params_from_hf(cfg, hf_config.model_type, read_hf_weights(hf_dir), source=str(hf_dir))
         (tmp / "model.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         checkpointer = ocp.StandardCheckpointer()
@@ -252,22 +256,40 @@ def convert_hf_checkpoint(
         n_params = int(sum(np.size(v) for v in flatten(params).values()))
         info = {"source": str(Path(hf_dir).absolute()), "model_type": hf_config.model_type,
                 "architectures": getattr(hf_config, "architectures", None), "n_params": n_params,
-                "unused_hf_keys": unused, "tokenizer": _copy_tokenizer(hf_dir, tmp, tokenizer)}  # fmt: skip
+                "unused_hf_keys": unused, "tokenizer": tokenizer_record}  # fmt: skip
         (tmp / "conversion.json").write_text(jsonio.dumps(info, indent=2) + "\n")
     return cfg
 
 
 def _copy_tokenizer(hf_dir: str | os.PathLike, out_dir: Path, spec: str | None) -> str | None:
-    """The tokenizer spec to record: 'byte', or TOKENIZER_FILE (a SentencePiece model copied into out_dir)."""
+    """The tokenizer to record: 'byte', TOKENIZER_FILE or HF_TOKENIZER_FILE (copied into out_dir), or None.
+    A spec is read as load_tokenizer reads it: 'spm:PATH'; 'hf:PATH', PATH.json or a directory (Hugging Face)."""
     if spec in ("byte", "bytes"):
         return "byte"
-    source = Path(spec[len("spm:"):] if spec.startswith("spm:") else spec) if spec else Path(hf_dir) / TOKENIZER_FILE
-    if not source.is_file():
-        if spec:
-            raise UserError(f"--tokenizer {spec!r}: no such file; pass 'byte' or a SentencePiece .model file")
-        return None
-    shutil.copyfile(source, out_dir / TOKENIZER_FILE)
-    return TOKENIZER_FILE
+    if spec is None:
+        found = [Path(hf_dir) / f for f in (TOKENIZER_FILE, HF_TOKENIZER_FILE) if (Path(hf_dir) / f).is_file()]
+        if not found:
+            return None
+        source = found[0]  # a SentencePiece model first: T5 and LLaMA directories may hold both
+    else:
+        source = Path(spec.split(":", 1)[1] if spec.startswith(("spm:", "hf:")) else spec).expanduser()
+        if source.is_dir() and not spec.startswith("spm:"):
+            source = source / HF_TOKENIZER_FILE
+        if not source.is_file():
+            raise UserError(f"--tokenizer {spec!r}: no such file; pass 'byte', a SentencePiece .model file or a "
+                            f"Hugging Face tokenizer.json (hf:PATH, or a directory holding one)")
+    hf = spec.startswith("hf:") if spec and spec.startswith(("spm:", "hf:")) else source.suffix == ".json"
+    if not hf:
+        shutil.copyfile(source, out_dir / TOKENIZER_FILE)
+        return TOKENIZER_FILE
+    # Checked as JSON here (a damaged file fails the conversion, not a later eval); chinchax.data reads it.
+    read_user_json(source, what="tokenizer file", fix="pass another with --tokenizer hf:PATH, or 'byte'")
+    shutil.copyfile(source, out_dir / HF_TOKENIZER_FILE)
+    if source.name == HF_TOKENIZER_FILE:  # its roles (eos, pad, ...) live in transformers' config beside it
+        for name in HF_TOKENIZER_CONFIGS:
+            if (source.parent / name).is_file():
+                shutil.copyfile(source.parent / name, out_dir / name)
+    return HF_TOKENIZER_FILE
 
 
 def converted_tokenizer(out_dir: str | os.PathLike) -> str | None:
@@ -276,6 +298,8 @@ def converted_tokenizer(out_dir: str | os.PathLike) -> str | None:
     recorded = json.loads(record.read_text()).get("tokenizer") if record.is_file() else None
     if recorded == TOKENIZER_FILE:
         return f"spm:{Path(out_dir).absolute() / TOKENIZER_FILE}"
+    if recorded == HF_TOKENIZER_FILE:
+        return f"hf:{Path(out_dir).absolute() / HF_TOKENIZER_FILE}"
     return recorded
 
 
