@@ -74,8 +74,14 @@ def run(cfg: dict, out: Path) -> dict:
     seed, comp = cfg["seed"], cfg["completion"]
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
+    from chinchax.train.config import wandb_overrides
+
+    # W&B (a `wandb_project:` key in the study YAML): the policy's pretraining run, in the study's group.
+    # Reward models, PPO and DPO train in their own loops, which log to metrics.jsonl only.
+    project = cfg.get("wandb_project")
+    wandb = wandb_overrides(project, group=out.name, job_type="policy-pretrain") if project else []
     pretrain_policy(out / "policy", _policy_texts(cfg["policy"]["corpus_docs"]), steps=cfg["policy"]["steps"],
-                    overrides=cfg["policy"]["overrides"])
+                    overrides=[*cfg["policy"]["overrides"], *wandb])
     base, ref = policy.load_policy(out / "policy"), policy.load_policy(out / "policy")
     tok = base.tokenizer
     timings["policy_s"] = time.perf_counter() - t0

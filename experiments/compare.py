@@ -58,13 +58,18 @@ def register(subparsers) -> None:
     p.add_argument("--reference", default=None, help="family the multipliers are against (default: the first)")
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 1000; 200 --quick)")
     p.add_argument("--max-retries", type=int, default=1)
+    from chinchax.scaling.wandb_report import add_wandb_arguments
+
+    add_wandb_arguments(p, "every training run in one group, then one analysis run with the results table, "
+                        "each family's law and multiplier with intervals, and the plots")
     p.set_defaults(handler=_handle)
 
 
 def _handle(args) -> int:
     result = run_compare(Path(args.sweep), Path(args.out), quick=args.quick, executor=args.executor,
                          parallel=args.parallel, reference=args.reference, overrides=args.overrides,
-                         n_bootstrap=args.bootstrap or (200 if args.quick else 1000), max_retries=args.max_retries)
+                         n_bootstrap=args.bootstrap or (200 if args.quick else 1000), max_retries=args.max_retries,
+                         wandb_project=args.wandb_project, wandb_group=args.wandb_group, wandb_mode=args.wandb_mode)
     print(result["table"])
     print(f"\nreport: {Path(args.out) / 'report.md'}  ({result['summary']['wall_time_s']:.0f} s)")
     return 0
@@ -75,9 +80,11 @@ def _say(message: str) -> None:
 
 
 def run_compare(sweep_path: Path, out: Path, *, quick: bool = False, executor: str = "worker", parallel: int = 2,
-                reference: str | None = None, overrides=(), n_bootstrap: int = 1000, max_retries: int = 1) -> dict:
-    """The whole comparison as a function (the CLI and the tests call this); returns its summary."""
-    from chinchax.scaling.plan import load_sweep, plan_sweep
+                reference: str | None = None, overrides=(), n_bootstrap: int = 1000, max_retries: int = 1,
+                wandb_project: str | None = None, wandb_group: str | None = None, wandb_mode: str = "auto") -> dict:
+    """The whole comparison as a function (the CLI and the tests call this); returns its summary. With a W&B
+    project every run logs to one group (default: the sweep's name), then one analysis run."""
+    from chinchax.scaling.plan import WandbSettings, load_sweep, plan_sweep
     from chinchax.scaling.results import SweepDir, collect
 
     t0 = time.time()
@@ -94,6 +101,8 @@ def run_compare(sweep_path: Path, out: Path, *, quick: bool = False, executor: s
     if len(cfg.families) < 2:
         raise UserError(f"{sweep_path} has {len(cfg.families)} famil(ies); a comparison needs `families:` with "
                         "at least two entries")
+    group = wandb_group or cfg.name
+    cfg = dataclasses.replace(cfg, wandb=WandbSettings(wandb_project, wandb_mode, group, "train")).validate()
     reference = reference or next(iter(cfg.families))
     if reference not in cfg.families:
         raise UserError(f"--reference={reference!r} is not a family of the sweep ({', '.join(cfg.families)})")
@@ -104,7 +113,7 @@ def run_compare(sweep_path: Path, out: Path, *, quick: bool = False, executor: s
     sweep.write_plan(plan)
     _say(f"plan ({len(plan.runs)} runs, {plan.flops_independent:.3g} FLOPs by 6ND):\n{plan.table()}")
     t_train = time.time()
-    outcomes = _execute(plan, sweep, cfg, executor, parallel, max_retries, out)
+    outcomes = _execute(plan, sweep, cfg, executor, parallel, max_retries, out, wandb_on=bool(wandb_project))
     train_wall = time.time() - t_train
     failed = [o.run_id for o in outcomes if o.status == "failed"]
     if failed:
@@ -131,8 +140,27 @@ def run_compare(sweep_path: Path, out: Path, *, quick: bool = False, executor: s
     wall = time.time() - t0
     timing = {"wall_time_s": wall, "train_wall_s": train_wall, "measure_wall_s": measure_wall,
               "runs_trained": sum(o.status == "done" for o in outcomes)}
-    return compare_report.write(out, quick=quick, plan=plan, table=table, comparison=comparison, mset=mset,
-                                corpus=corpus, timing=timing, failed=failed, executor=executor)
+    result = compare_report.write(out, quick=quick, plan=plan, table=table, comparison=comparison, mset=mset,
+                                  corpus=corpus, timing=timing, failed=failed, executor=executor)
+    _log_analysis(out, result["summary"], table, wandb_project, group, wandb_mode)
+    return result
+
+
+def _log_analysis(out: Path, summary: dict, table, project: str | None, group: str, mode: str) -> None:
+    """The W&B analysis run: the results table, each family's law and compute multiplier with their intervals
+    (summary.json's families and comparison, flattened), and every plot."""
+    from chinchax.scaling import wandb_report
+
+    numbers = {"wall_time_s": summary["wall_time_s"], "runs_measured": summary["runs_measured"],
+               **wandb_report.flat_numbers(summary["families"], "families/"),
+               **wandb_report.flat_numbers(summary["comparison"], "comparison/")}
+    where = wandb_report.log_analysis(
+        project, group=group, name=f"{group}-analysis", kind="compare", dir=out, mode=mode,
+        config={"quick": summary["quick"], "measure": summary["measure"], "executor": summary["executor"]},
+        tables={"results": table}, summary=numbers,
+        images=wandb_report.pngs(*(out / p for paths in summary["plots"].values() for p in paths)))
+    if where is not None:
+        _say(f"W&B: group {group} of project {project}; analysis run in {where}")
 
 
 def _check_families(plan) -> None:
@@ -144,14 +172,14 @@ def _check_families(plan) -> None:
                 "encoder-decoders; drop it from `families:` and evaluate it with `chinchax eval`")
 
 
-def _execute(plan, sweep, cfg, executor: str, parallel: int, max_retries: int, out: Path):
+def _execute(plan, sweep, cfg, executor: str, parallel: int, max_retries: int, out: Path, wandb_on: bool = False):
     from chinchax.scaling import executors
 
     env = {
         # Only the first process compiles a shape; later workers (and re-runs) load it from disk.
         "JAX_COMPILATION_CACHE_DIR": str((out / "jax_cache").resolve()),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "WANDB_MODE": "disabled",
+        **({} if wandb_on else {"WANDB_MODE": "disabled"}),  # W&B only when asked for
     }
     if executor == "ray":
         return executors.run_ray(plan, sweep, cfg.ray, max_retries=max_retries, env=env)

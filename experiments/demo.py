@@ -56,6 +56,10 @@ def register(subparsers) -> None:
     p.add_argument("--parallel", type=int, default=2, help="worker processes training at a time (default 2)")
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 200; 30 with --quick)")
     p.add_argument("--max-retries", type=int, default=1)
+    from chinchax.scaling.wandb_report import add_wandb_arguments
+
+    add_wandb_arguments(p, "every training run in one group with its job type (lr-sweep, train, held-out), "
+                        "then one analysis run with the tables, fits and plots")
     p.set_defaults(handler=_handle)
 
 
@@ -64,7 +68,8 @@ def _handle(args) -> int:
         raise UserError("--quick is the CPU study at toy size; drop --scale, or drop --quick")
     out = Path(args.out or default_out(args.quick, args.scale))
     report = run_demo(out, quick=args.quick, parallel=args.parallel, scale=args.scale,
-                      n_bootstrap=args.bootstrap or (30 if args.quick else 200), max_retries=args.max_retries)
+                      n_bootstrap=args.bootstrap or (30 if args.quick else 200), max_retries=args.max_retries,
+                      wandb=Wandb(args.wandb_project, args.wandb_group, args.wandb_mode))
     print(report["optimal_table"])
     print(f"\nsweep efficiency {report['summary']['throughput']['efficiency']:.1%} of jnp.dot; "
           f"report: {out / 'report.md'}  ({report['wall_time_s']:.0f} s)")
@@ -101,8 +106,17 @@ class Phases:
                 self.runs_trained += 1
 
 
+@dataclasses.dataclass(frozen=True)
+class Wandb:
+    """Where the demo's runs show on W&B: no project, no W&B (the workers run with WANDB_MODE=disabled)."""
+
+    project: str | None = None
+    group: str | None = None  # default: the sweep's name (demo, demo_quick, demo_gpu)
+    mode: str = "auto"
+
+
 def run_demo(out: Path, *, quick: bool = False, parallel: int = 2, n_bootstrap: int = 200,
-             max_retries: int = 1, train_command=None, scale: str = "cpu") -> dict:
+             max_retries: int = 1, train_command=None, scale: str = "cpu", wandb: Wandb = Wandb()) -> dict:
     """The demo as a function (the CLI and the tests call this); returns the report's numbers.
     `train_command` (tests) replaces the worker processes with that subprocess command."""
     from chinchax.scaling.worker import WorkerPool
@@ -112,14 +126,15 @@ def run_demo(out: Path, *, quick: bool = False, parallel: int = 2, n_bootstrap: 
     with contextlib.ExitStack() as stack:
         # One pool of workers for every training phase: the sweep reuses the lr sweep's processes and compiled
         # programs (same shapes) instead of starting and compiling again.
-        pool = None if train_command is not None else stack.enter_context(WorkerPool(parallel, _worker_env(out)))
+        env = _worker_env(out, wandb.project)
+        pool = None if train_command is not None else stack.enter_context(WorkerPool(parallel, env))
         return _run_demo(out, quick=quick, parallel=parallel, n_bootstrap=n_bootstrap, max_retries=max_retries,
-                         train_command=train_command, scale=scale, pool=pool)
+                         train_command=train_command, scale=scale, pool=pool, wandb=wandb)
 
 
-def _run_demo(out: Path, *, quick, parallel, n_bootstrap, max_retries, train_command, scale, pool) -> dict:
+def _run_demo(out: Path, *, quick, parallel, n_bootstrap, max_retries, train_command, scale, pool, wandb) -> dict:
     from chinchax.experiments import demo_lr, demo_seeds
-    from chinchax.scaling.plan import load_sweep, plan_sweep
+    from chinchax.scaling.plan import WandbSettings, load_sweep, plan_sweep
     from chinchax.scaling.results import SweepDir
 
     t0 = time.time()
@@ -133,14 +148,16 @@ def _run_demo(out: Path, *, quick, parallel, n_bootstrap, max_retries, train_com
     cfg, base_dir = load_sweep(sweep_yaml, list(QUICK_OVERRIDES) if quick else [])
     if quick:
         cfg = dataclasses.replace(cfg, overrides=[*cfg.overrides, *QUICK_RUN_OVERRIDES]).validate()
+    group = wandb.group or cfg.name  # every phase's runs in one W&B group, told apart by job type
+    cfg = dataclasses.replace(cfg, wandb=WandbSettings(wandb.project, wandb.mode, group, "train")).validate()
     suffix = "_quick" if quick else ""  # both can live in one --out
     phases = Phases()
-    run = _runner(out, parallel, max_retries, train_command, phases, pool)
+    run = _runner(out, parallel, max_retries, train_command, phases, pool, wandb.project)
 
     # 1. the learning-rate rule, measured at the smallest budget
     multipliers = list(demo_lr.MULTIPLIERS)
     for _ in range(1 if quick else demo_lr.MAX_ROUNDS):  # widen the range until every best rate is inside it
-        lr_plan = demo_lr.plan_lr_sweep(cfg, base_dir, multipliers)
+        lr_plan = demo_lr.plan_lr_sweep(_job(cfg, "lr-sweep"), base_dir, multipliers)
         _say(f"learning-rate sweep ({len(lr_plan.runs)} runs at {min(cfg.budgets):.3g} FLOPs, "
              f"x{', x'.join(f'{m:.3g}' for m in sorted(multipliers))} the planned rate)")
         lr_rows = run(lr_plan, SweepDir(out / f"sweep_lr{suffix}"))
@@ -197,19 +214,46 @@ def _run_demo(out: Path, *, quick, parallel, n_bootstrap, max_retries, train_com
 
     write_text_atomic(out / "report.md", text)
     write_text_atomic(out / "summary.json", jsonio.dumps(summary, indent=1))  # NaN -> null: strict JSON
+    _log_analysis(out, wandb, group, summary, fits, lr_rows)
     return {"wall_time_s": wall, "optimal_table": optimal_table, "fits": fits, "rows": rows, "summary": summary}
 
 
-def _worker_env(out: Path) -> dict:
+def _worker_env(out: Path, wandb_project: str | None = None) -> dict:
     return {
         # Only the first process compiles a shape; later workers (and re-runs) load it from disk.
         "JAX_COMPILATION_CACHE_DIR": str((out / "jax_cache").resolve()),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "WANDB_MODE": "disabled",
+        # no W&B unless asked for (a project in the base experiment must not switch it on behind the demo)
+        **({} if wandb_project else {"WANDB_MODE": "disabled"}),
     }
 
 
-def _runner(out: Path, parallel: int, max_retries: int, train_command, phases: Phases, pool):
+def _job(cfg, job_type: str):
+    """The sweep config with its runs' W&B job type set (the group stays the demo's)."""
+    return dataclasses.replace(cfg, wandb=dataclasses.replace(cfg.wandb, job_type=job_type))
+
+
+def _log_analysis(out: Path, wandb: Wandb, group: str, summary: dict, fits: dict, lr_rows: list) -> None:
+    """The demo's W&B analysis run: its tables, every fit's parameters and intervals, the held-out prediction,
+    the sweep's efficiency, and every plot of the report."""
+    from chinchax.scaling import wandb_report
+
+    numbers = {"wall_time_s": summary["wall_time_s"], "runs": summary["runs"], "grid_points": summary["grid_points"]}
+    for name, result in fits["results"].items():
+        numbers.update(wandb_report.fit_summary(result, prefix=f"{name}/"))
+    for key in ("prediction", "throughput", "learning_rate", "scale"):
+        numbers.update(wandb_report.flat_numbers(summary.get(key), prefix=f"{key}/"))
+    tables = {"results": out / "results.csv", "results_seeds": out / "results_seeds.csv",
+              "optimal": fits["optimal"], "lr_sweep": lr_rows}
+    where = wandb_report.log_analysis(
+        wandb.project, group=group, name=f"{group}-analysis", kind="demo", dir=out, mode=wandb.mode,
+        config={"quick": summary["quick"], "n_bootstrap": fits["n_bootstrap"]}, tables=tables, summary=numbers,
+        images=wandb_report.pngs(*(out / name for _, name in fits["plots"])))
+    if where is not None:
+        _say(f"W&B: group {group} of project {wandb.project}; analysis run in {where}")
+
+
+def _runner(out: Path, parallel: int, max_retries: int, train_command, phases: Phases, pool, wandb_project=None):
     """run(plan, sweep, results_to=None) -> results rows: one training phase, timed and counted."""
     from chinchax.experiments import demo_seeds
     from chinchax.fileio import write_text_atomic
@@ -221,7 +265,7 @@ def _runner(out: Path, parallel: int, max_retries: int, train_command, phases: P
         sweep.write_plan(plan)
         t = time.time()
         outcomes = executors.run_local(
-            plan, sweep, parallel=parallel, max_retries=max_retries, env=_worker_env(out), pool=pool,
+            plan, sweep, parallel=parallel, max_retries=max_retries, env=_worker_env(out, wandb_project), pool=pool,
             train_command=train_command or executors.DEFAULT_TRAIN_COMMAND,
         )
         phases.add(time.time() - t, sweep, outcomes)
@@ -250,7 +294,7 @@ def holdout(cfg, base_dir, fit, run, out: Path, suffix: str, alternative=None) -
     budget = HOLDOUT_FACTOR * max(cfg.budgets)
     frontier = fit.frontier(budget)
     sizes = SizeRule(mode="explicit", n_params=[frontier["n_opt"]], min_steps=1)
-    held_cfg = dataclasses.replace(cfg, name=f"{cfg.name}_holdout", budgets=[budget], sizes=sizes,
+    held_cfg = dataclasses.replace(_job(cfg, "held-out"), name=f"{cfg.name}_holdout", budgets=[budget], sizes=sizes,
                                    families={"holdout": []}).validate()
     plan = plan_sweep(held_cfg, base_dir)
     planned = plan.runs[0]

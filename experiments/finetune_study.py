@@ -88,6 +88,9 @@ class StudyConfig:
     mixture: MixtureSection = field(default_factory=MixtureSection)
     held_out: HeldOutSection = field(default_factory=HeldOutSection)
     bootstrap: int = 50
+    # W&B: every base and fine-tune logs to this project in one group (the study's name), job types
+    # "pretrain" and "fine-tune"; null = none (offline unless a W&B key is configured).
+    wandb_project: str | None = None
 
 
 def base_config(cfg: StudyConfig, d_model: int, run_dir: Path):
@@ -101,7 +104,8 @@ def base_config(cfg: StudyConfig, d_model: int, run_dir: Path):
         "model.position=rope", "data.source=stdlib", f"data.seq_len={b.seq_len}", "data.eval_batches=4",
         f"trainer.steps={b.steps}", f"trainer.batch_size={b.batch_size}", f"optimizer.learning_rate={b.learning_rate}",
         f"optimizer.warmup_steps={max(1, b.steps // 10)}", "trainer.checkpoint_every=0", "trainer.progress_bar=false",
-        f"trainer.log_every={max(1, b.steps // 10)}", f"trainer.run_dir={run_dir}"])
+        f"trainer.log_every={max(1, b.steps // 10)}", f"trainer.run_dir={run_dir}",
+        *_wandb(cfg, "pretrain", {"family": "base"})])
 
 
 def pretrain_bases(cfg: StudyConfig, out: Path) -> dict[int, Path]:
@@ -203,8 +207,18 @@ def _finetune(cfg: StudyConfig, base_dir: Path, method: str, source: str, run_di
         f"trainer.batch_size={f.batch_size}", f"optimizer.learning_rate={f.learning_rates[method]}",
         "optimizer.schedule=constant", "optimizer.warmup_steps=0", "optimizer.weight_decay=0.0",
         "trainer.checkpoint_every=0", "trainer.progress_bar=false", f"trainer.log_every={min(f.eval_at)}",
-        f"trainer.eval_every={math.gcd(*f.eval_at)}", f"trainer.run_dir={run_dir}"])
+        f"trainer.eval_every={math.gcd(*f.eval_at)}", f"trainer.run_dir={run_dir}",
+        *_wandb(cfg, "fine-tune", {"family": method, "method": method, "base": base_dir.name})])
     return finetune(base_dir, ft)
+
+
+def _wandb(cfg: StudyConfig, job_type: str, extra: dict) -> list[str]:
+    """The W&B overrides of one of the study's runs (none without wandb_project)."""
+    from chinchax.train.config import wandb_overrides
+
+    if not cfg.wandb_project:
+        return []
+    return wandb_overrides(cfg.wandb_project, group=cfg.name, job_type=job_type, extra={"study": cfg.name, **extra})
 
 
 def score_held_out(cfg: StudyConfig, tasks: list, model_dir: Path) -> dict:

@@ -34,6 +34,7 @@ class QuantStudyConfig:
     base: BaseSection = field(default_factory=lambda: BaseSection(d_models=[32, 64, 96, 128, 192]))
     formats: list[str] = field(default_factory=lambda: ["bf16", "int8", "int4", "nf4", "int3"])
     group_size: int = 32
+    wandb_project: str | None = None  # W&B for the bases it pretrains (group: the study's name, job type pretrain)
 
 
 def run_study(out: Path, cfg: QuantStudyConfig, bases_dir: Path | None = None) -> dict:
@@ -44,7 +45,7 @@ def run_study(out: Path, cfg: QuantStudyConfig, bases_dir: Path | None = None) -
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     # bases_dir: the study dir of a finetune_study run (its bases/ are reused; missing sizes are trained there)
-    bases = pretrain_bases(StudyConfig(name=cfg.name, base=cfg.base), bases_dir or out)
+    bases = pretrain_bases(StudyConfig(name=cfg.name, base=cfg.base, wandb_project=cfg.wandb_project), bases_dir or out)
     rows = []
     for d, base_dir in bases.items():
         for fmt in cfg.formats:

@@ -40,6 +40,11 @@ def register(subparsers) -> None:
     fit.add_argument("--flops", type=float, action="append", default=[],
                      help="also print N_opt, D_opt with intervals at this budget (repeatable)")
     fit.add_argument("--out", "-o", help="write the fit as JSON here (read by `chinchax optimal --law`)")
+    fit.add_argument("--plots", metavar="DIR", help="draw the isoFLOP, frontier, allocation (and approach 3's "
+                     "contour) plots into DIR")
+    from chinchax.scaling.wandb_report import add_wandb_arguments
+
+    add_wandb_arguments(fit, "one analysis run with the table, the fitted parameters and intervals, the plots")
     fit.set_defaults(handler=_fit)
 
     hp = subparsers.add_parser(
@@ -233,7 +238,55 @@ def _fit(args) -> int:
         _print_holdout(result.holdout)
     if args.out:
         print(f"wrote {result.to_json(args.out)}")
+    _fit_outputs(args, result)
     return 0
+
+
+def _fit_outputs(args, result) -> None:
+    """--plots and the W&B analysis run: both draw the plots (into a scratch folder when only W&B wants them)."""
+    import tempfile
+    from pathlib import Path
+
+    if not (args.plots or args.wandb_project):
+        return
+    from chinchax.scaling import wandb_report
+    from chinchax.scaling.table import load_table
+
+    table = load_table(args.table)
+    with tempfile.TemporaryDirectory(prefix="chinchax-fit-plots-") as scratch:
+        drawn = _fit_plots(table, result, Path(args.plots or scratch))
+        if args.plots:
+            for path in drawn:
+                print(f"wrote {path}")
+        group = args.wandb_group or wandb_report.sweep_group(args.table)
+        summary = {**wandb_report.fit_summary(result)}
+        for flops in args.flops:
+            (n, n_lo, n_hi), (d, d_lo, d_hi) = result.n_opt(flops), result.d_opt(flops)
+            summary.update({f"n_opt@{flops:.3g}": n, f"n_opt@{flops:.3g}_lo": n_lo, f"n_opt@{flops:.3g}_hi": n_hi,
+                            f"d_opt@{flops:.3g}": d, f"d_opt@{flops:.3g}_lo": d_lo, f"d_opt@{flops:.3g}_hi": d_hi})
+        params = [{"parameter": k, "value": v, "lo": (result.intervals.get(k) or [None, None])[0],
+                   "hi": (result.intervals.get(k) or [None, None])[1]} for k, v in result.params.items()]
+        where = wandb_report.log_analysis(
+            args.wandb_project, group=group, name=f"{group}-fit-{result.law}", kind="fit", mode=args.wandb_mode,
+            dir=Path(args.out).resolve().parent if args.out else Path.cwd(),
+            config={"table": str(args.table), "law": result.law, "bootstrap": result.n_bootstrap, "seed": result.seed,
+                    "holdout": args.holdout},
+            tables={"results": table, "parameters": params}, summary=summary, images=wandb_report.pngs(*drawn))
+        if where is not None:
+            print(f"W&B analysis run (group {group}): {where}")
+
+
+def _fit_plots(table, result, out) -> list:
+    """The plots of a fit and its table: isoFLOP profiles, the frontier, N_opt/D_opt against compute, and
+    approach 3's loss contours."""
+    from chinchax.scaling import plots
+    from chinchax.scaling.fitresult import PARAMETRIC_LAWS
+
+    drawn = plots.plot_isoflop(table, out / "isoflop") + plots.plot_frontier(table, out / "frontier")
+    drawn += plots.plot_allocation(result, out / f"allocation_{result.law}", table=table)
+    if result.law in PARAMETRIC_LAWS:
+        drawn += plots.plot_contours(result.parametric_law(), out / "contours", title=f"your {result.law} fit")
+    return drawn
 
 
 def _print_holdout(holdout: dict) -> None:

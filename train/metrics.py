@@ -190,8 +190,9 @@ def wandb_mode(mode: str) -> str:
 
 
 def start_wandb(project: str | None, mode: str, run_dir: Path, run_name: str, config: dict, *,
-                group: str | None = None, job_type: str | None = None, tags=()):
-    """A wandb run, or None. Nothing touches the network unless a key is configured (`wandb_mode`)."""
+                group: str | None = None, job_type: str | None = None, tags=(), fresh_id: bool = False):
+    """A wandb run, or None. Nothing touches the network unless a key is configured (`wandb_mode`). The run's
+    id is its name (a resumed training run continues its W&B run), or with `fresh_id` a new one per call."""
     if not project or mode == "disabled":
         return None
     mode = wandb_mode(mode)
@@ -202,8 +203,8 @@ def start_wandb(project: str | None, mode: str, run_dir: Path, run_name: str, co
     return wandb.init(
         project=project,
         name=run_name,
-        id=run_name,
-        resume="allow",
+        id=None if fresh_id else run_name,
+        resume=None if fresh_id else "allow",
         mode=mode,
         dir=None if is_remote(run_dir) else str(run_dir),  # wandb writes locally; on gs:// into ./wandb
         config=config,
