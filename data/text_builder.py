@@ -53,6 +53,7 @@ from pathlib import Path
 
 from chinchax import jsonio
 from chinchax.data.parquet_files import is_parquet, parquet_documents
+from chinchax.data.tfds_buckets import local_buckets
 from chinchax.errors import UserError
 from chinchax.fileio import sha256_file, write_text_atomic
 
@@ -483,4 +484,5 @@ def _build_tfds(spec: CorpusSpec, scan_result: ScanResult, manifest: dict, out_d
             yield from iter_documents(spec, scan_result, split)
 
     builder = ChinchaxText(data_dir=str(out_dir), file_format="array_record")
-    builder.download_and_prepare()
+    with local_buckets():  # past 1 GB tfds spills to buckets through tf.io.gfile, which needs TensorFlow
+        builder.download_and_prepare()

@@ -197,6 +197,24 @@ def test_a_shard_damaged_during_the_build_leaves_nothing_half_built(shards, tmp_
     assert built_dirs(data_dir) == []
 
 
+def test_a_corpus_past_tfds_memory_buffer_spills_without_tensorflow_and_keeps_its_order(shards, tmp_path,
+                                                                                         monkeypatch):
+    """Past MAX_MEM_BUFFER_SIZE (1 GB; 100 bytes here) tfds spills examples to bucket files through
+    tf.io.gfile, which needed TensorFlow; text_builder's buckets are plain files, and the documents come out
+    in the same order as from memory."""
+    import importlib.util as iu
+
+    from tensorflow_datasets.core import shuffle
+
+    assert iu.find_spec("tensorflow") is None  # chinchax does not install it: the real failure case
+    in_memory = both_splits(f"parquet:{shards}", tmp_path / "memory")
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 100)
+    spilled = both_splits(f"parquet:{shards}", tmp_path / "spilled")
+    assert [list(s) for s in spilled] == [list(s) for s in in_memory]
+    assert shuffle._Bucket.__module__ == shuffle.__name__  # tfds's own again after the build
+    assert not list((tmp_path / "spilled").rglob("bucket_*"))  # the buckets went with the build folder
+
+
 def test_parquet_source_forms_and_no_shards(tmp_path, shards):
     with pytest.raises(UserError, match=r"parquet:.*: no \.parquet files found.*'parquet:~/fineweb/\*\*/\*\.parquet'"):
         open_source(f"parquet:{tmp_path}/*.md", "train", tmp_path / "data")
