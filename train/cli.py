@@ -37,6 +37,7 @@ def _handle(args) -> int:
 def _train(args) -> int:
     from chinchax.configlib import load_config
     from chinchax.train.config import ExperimentConfig
+    from chinchax.train.diskspace import DISK_FULL_EXIT_CODE, DiskFull
     from chinchax.train.preemption import PREEMPTED_EXIT_CODE
     from chinchax.train.trainer import TrainingDiverged, TrainingPreempted, train
 
@@ -46,6 +47,9 @@ def _train(args) -> int:
     except TrainingDiverged as e:
         print(f"chinchax train: {e}", file=sys.stderr)
         return 3
+    except DiskFull as e:  # the checkpoints already saved are kept: free space and run again to resume
+        print(f"chinchax train: error: {e}", file=sys.stderr)
+        return DISK_FULL_EXIT_CODE
     except TrainingPreempted as e:  # SIGTERM / SIGINT: saved at e.step, see train/preemption.py
         print(f"chinchax train: {e} (exit code {PREEMPTED_EXIT_CODE})", file=sys.stderr)
         return PREEMPTED_EXIT_CODE

@@ -32,6 +32,7 @@ from pathlib import Path
 from chinchax import jsonio
 from chinchax.errors import UserError
 from chinchax.fileio import is_remote
+from chinchax.train import diskspace
 
 LOCK_NAME = ".lock"
 # A `probe` holds the lock for microseconds; a trainer starting at that moment retries for this long
@@ -54,9 +55,13 @@ def hold(run_dir: str | Path, enabled: bool = True) -> Iterator[None]:
         yield
         return
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        _raise_if_disk_full(e, path)
+        raise
     try:
         deadline = time.monotonic() + _ACQUIRE_PATIENCE_S
         while True:
@@ -73,14 +78,25 @@ def hold(run_dir: str | Path, enabled: bool = True) -> Iterator[None]:
                         "stop it, or use another trainer.run_dir"
                     ) from None
                 time.sleep(0.02)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, jsonio.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, jsonio.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+        except OSError as e:  # closing the file below releases the lock
+            _raise_if_disk_full(e, path)
+            raise
         try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _raise_if_disk_full(error: OSError, path: Path) -> None:
+    if diskspace.is_disk_full(error):
+        raise diskspace.DiskFull(diskspace.line(
+            f"could not write the run lock {path.name}", path.parent, cause=error.strerror or str(error),
+            kept="nothing was trained or changed")) from error
 
 
 def probe(run_dir: str | Path) -> dict | None:

@@ -16,6 +16,7 @@ metrics of step t are fetched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -31,6 +32,7 @@ from chinchax import configlib
 from chinchax.errors import UserError
 from chinchax.fileio import run_path
 from chinchax.train.config import RESUME_SAFE_KEYS, RESUME_SAFE_PREFIXES, ExperimentConfig
+from chinchax.train.diskspace import DiskFull, from_os_error, is_disk_full
 from chinchax.train.metrics import MetricsLogger, Progress, atomic_write_text, start_run_wandb, write_json
 from chinchax.train.preemption import Preemption, TrainingPreempted
 
@@ -144,32 +146,46 @@ def train(
     # One trainer per run dir (the primary host holds the lock; the others share its run): released when
     # this call returns or raises, so a sweep worker can train one run after another in one process.
     # SIGTERM/SIGINT stop it at a call boundary, after a checkpoint there (Preemption, handlers restored after).
-    with runlock.hold(run_path(cfg.trainer.run_dir), enabled=jax.process_index() == 0), Preemption() as stop:
-        return _train(cfg, data, programs, stop)
+    try:
+        with runlock.hold(run_path(cfg.trainer.run_dir), enabled=jax.process_index() == 0), Preemption() as stop:
+            return _train(cfg, data, programs, stop)
+    except Exception as e:  # a full disk under any write (config.yaml, metrics, run.json): one line, not a traceback
+        if is_disk_full(e) and not isinstance(e, DiskFull):
+            raise from_os_error(e) from e
+        raise
 
 
 def _train(cfg: ExperimentConfig, data, programs, preemption: Preemption | None = None) -> dict:
     """Setup (mesh, programs, data, restore), the loop, and the summary: see _Run, _loop and _summary."""
     run = _Run.setup(cfg, data, programs)
     status, stopped = "running", None  # "done" only once the loop has finished: a crash never writes run.json
+    result, full = {}, contextlib.nullcontext()
     try:
         _loop(run, preemption)
         status = "done"
     except TrainingPreempted as e:
         stopped = e
         raise
+    except Exception as e:
+        if is_disk_full(e):  # closing writes too, and would fail again: its error must stay the one reported
+            full = contextlib.suppress(OSError, DiskFull)
+        raise
     finally:
-        run.ckpt.close()  # waits for async saves, writes their manifests
-        run.progress.close()
-        result = _summary(run) if run.primary and status == "done" else {}
-        if result:
-            if run.evaluator.rows:  # before run.json: a finished run always has its rows
-                write_json(run.run_dir / EVAL_ROWS, {k: [float(x) for x in v] for k, v in run.evaluator.rows.items()})
-            write_json(run.run_dir / "run.json", result)
-        if run.primary and stopped is not None:  # after close: its checkpoint has committed
-            write_json(run.run_dir / INTERRUPTED, {"status": "interrupted", "step": stopped.step,
-                                                   "signal": stopped.signal_name, "at": time.time()})
-        run.logger.close(summary=result)  # a finished run's numbers become its wandb summary
+        try:
+            with full:
+                run.ckpt.close()  # waits for async saves, writes their manifests
+            run.progress.close()
+            result = _summary(run) if run.primary and status == "done" else {}
+            if result:
+                if run.evaluator.rows:  # before run.json: a finished run always has its rows
+                    write_json(run.run_dir / EVAL_ROWS, {k: [float(x) for x in v] for k, v in run.evaluator.rows.items()})
+                write_json(run.run_dir / "run.json", result)
+            if run.primary and stopped is not None:  # after close: its checkpoint has committed
+                write_json(run.run_dir / INTERRUPTED, {"status": "interrupted", "step": stopped.step,
+                                                       "signal": stopped.signal_name, "at": time.time()})
+        finally:
+            with full:
+                run.logger.close(summary=result)  # a finished run's numbers become its wandb summary
     return result
 
 
@@ -246,12 +262,14 @@ class _Run:
                 print(f"[chinchax train] resuming {run_dir} from step {start_step}", flush=True)
         else:
             start_step, state = 0, programs.init_state(cfg)
-        if old_steps is not None:
-            try:
+        try:
+            if old_steps is not None:
                 check_extension(run_dir, cfg, old_steps, start_step, lr_by_step)
-            except UserError:
-                ckpt.close()
-                raise
+            if start_step < total_steps:  # a full disk stops the run now, not after training to a save it cannot make
+                ckpt.check_room(state)
+        except UserError:
+            ckpt.close()
+            raise
         if primary:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", configlib.dump_yaml(cfg))
