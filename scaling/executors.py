@@ -7,8 +7,13 @@ That makes every executor idempotent in the same way (see `run_with_retries`):
 - an interrupted run is simply launched again: the trainer resumes from its checkpoints in the same dir;
 - a trainer stopped by a signal (exit code 75: it saved a checkpoint first, train/preemption.py) is not a
   failure and is not retried at once: its run stays interrupted, and the next `sweep run` resumes it;
-- a failing run is retried up to `max_retries` times; if it still fails, a failure marker with its exit
-  code and the tail of its log is written, and the sweep goes on with the next run.
+- a failing run is retried up to `max_retries` times (not a full disk, exit code 74: a retry would meet
+  the same disk); if it still fails, a failure marker with its exit code and the tail of its log is
+  written, and the sweep goes on with the next run;
+- a trainer does not outlive the process that launched it (Linux: the kernel sends it SIGTERM when that
+  process dies, however it dies, so it saves and stops as on any SIGTERM); a trainer that outlived a dead
+  driver anyway (started by hand, or by a driver before this) is waited for, and its run then resumed,
+  by the next `sweep run`: only a live driver makes a `sweep run` refuse.
 The train command is a parameter so tests can inject a fake trainer.
 """
 
@@ -22,7 +27,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,11 +48,14 @@ from chinchax.scaling.results import (
     LOCK_MARKER,
     TRAIN_LOG,
     SweepDir,
+    driver_marker,
     read_json,
+    trainer_holding,
     write_atomic,
 )
 from chinchax.scaling.sweep_config import RaySettings, TpuSettings
 from chinchax.scaling.worker import WorkerPool
+from chinchax.train.diskspace import DISK_FULL_EXIT_CODE
 from chinchax.train.preemption import PREEMPTED_EXIT_CODE
 
 DEFAULT_TRAIN_COMMAND = (sys.executable, "-m", "chinchax.cli", "train")
@@ -104,8 +111,10 @@ def run_with_retries(
         return Outcome(run_id, "skipped")
     d.mkdir(parents=True, exist_ok=True)
     (d / FAILED_MARKER).unlink(missing_ok=True)
-    lock = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
-    write_atomic(d / LOCK_MARKER, jsonio.dumps(lock))
+    write_atomic(d / LOCK_MARKER, jsonio.dumps({**driver_marker(), "started": _now()}))
+    if _wait_for_leftover_trainer(run_id, d) and done():  # it finished the run itself
+        (d / LOCK_MARKER).unlink(missing_ok=True)
+        return Outcome(run_id, "skipped")
     command = [*train_command, str(config_path)] if launch is None else ["chinchax", "train", str(config_path)]
     where = "" if launch is None else " (in a long-lived worker)"
     error, returncode = "", None
@@ -116,7 +125,7 @@ def run_with_retries(
                 log.flush()
                 if launch is None:
                     returncode = subprocess.run(
-                        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        stop_with_parent(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                         env={**os.environ, **(env or {})},
                     ).returncode
             if launch is not None:
@@ -130,12 +139,57 @@ def run_with_retries(
                 error += f"\n({exit_description(returncode)})"
             if returncode == 0:
                 error += "\n(the train command exited 0 but wrote no run.json with status done)"
-        failure = {"status": "failed", "attempts": max_retries + 1, "returncode": returncode,
+            if returncode == DISK_FULL_EXIT_CODE:  # its checkpoints are kept; the next `sweep run` resumes it
+                break
+        failure = {"status": "failed", "attempts": attempt, "returncode": returncode,
                    "signal": signal_name(returncode), "error": error, "command": command, "at": _now()}
         write_atomic(d / FAILED_MARKER, jsonio.dumps(failure, indent=1))
-        return Outcome(run_id, "failed", max_retries + 1, error)
+        return Outcome(run_id, "failed", attempt, error)
     finally:
         (d / LOCK_MARKER).unlink(missing_ok=True)
+
+
+def _wait_for_leftover_trainer(run_id: str, run_dir: Path, poll_s: float = 0.2) -> bool:
+    """Wait while a trainer that no live executor launched holds the run (one whose driver was killed: it
+    stops on the SIGTERM the kernel sent it, after its checkpoint, or trains on if it was started without
+    that); True if there was one. Never two trainers on one run dir: the second would refuse, and fail."""
+    holder = trainer_holding(run_dir)
+    if holder is None:
+        return False
+    print(f"[sweep] {run_id}: a trainer no running `sweep run` started (pid {holder.get('pid')}: its driver was "
+          "killed, or it was started by hand) still holds the run; waiting for it to stop, then resuming the run "
+          "from its checkpoints", file=sys.stderr, flush=True)
+    while trainer_holding(run_dir) is not None:
+        time.sleep(poll_s)
+    return True
+
+
+# Runs a command as the same process (exec) after asking the kernel to send it SIGTERM when the thread that
+# started it dies (PR_SET_PDEATHSIG; kept across exec). A launcher rather than a preexec_fn: the driver has JAX's
+# threads, and a fork that runs Python in the child before exec could deadlock (JAX warns of it on every fork).
+_STOP_WITH_PARENT = """
+import os, sys
+try:
+    import ctypes, signal
+    ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+except Exception:  # no prctl: the command runs as it would without this launcher
+    pass
+if os.getppid() != int(sys.argv[1]):  # the driver died before the prctl: nobody would send the signal
+    sys.exit(75)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as e:
+    sys.exit(f"cannot run the train command {sys.argv[2]!r}: {e.strerror}")
+"""
+
+
+def stop_with_parent(command: Sequence[str]) -> list[str]:
+    """`command`, sent SIGTERM by the kernel when the thread that starts it ends: when the driver dies, however
+    it dies (a driver thread waits for its trainer, so it ends no sooner). A trainer then saves a checkpoint
+    and exits 75, as on any SIGTERM. Linux only (elsewhere the command as it is)."""
+    if not sys.platform.startswith("linux"):
+        return list(command)
+    return [sys.executable, "-I", "-S", "-c", _STOP_WITH_PARENT, str(os.getpid()), *command]
 
 
 def signal_name(returncode: int | None) -> str | None:
@@ -167,12 +221,14 @@ def runs_to_launch(plan: Plan, sweep: SweepDir, skip_failed: bool = False) -> li
         state = sweep.state(run.run_id)
         if state == "done" or (skip_failed and state == "failed"):
             continue
-        if state == "running":
+        driver = sweep.driver(run.run_id) if state == "running" else None
+        if driver is not None:  # another `sweep run` is running this sweep: two would launch the same runs
             raise UserError(
-                f"run {run.run_id} is running in another process ({sweep.run_dir(run.run_id) / LOCK_MARKER}); "
-                "wait for it, or delete that lock file if the process is gone"
+                f"run {run.run_id} is running in another process (the `sweep run` of pid {driver.get('pid')} on "
+                f"{driver.get('host')}, {sweep.run_dir(run.run_id) / LOCK_MARKER}); wait for it to finish, or stop "
+                "that process; its runs resume from their checkpoints in the next `sweep run`"
             )
-        todo.append(run)
+        todo.append(run)  # "running" with no live driver: a trainer it left behind, waited for at launch
     return sorted(todo, key=lambda r: bool(r.branch_of))
 
 
@@ -231,8 +287,10 @@ def _run_local(plan, sweep, parallel, max_retries, train_command, skip_failed, e
                                 train_command, max_retries, env, launch)
 
     for phase in phases:
+        # runs still held by a trainer a dead driver left behind go last: the others need not wait for them
+        order = sorted(launch_order(phase), key=lambda r: trainer_holding(sweep.run_dir(r.run_id)) is not None)
         with ThreadPoolExecutor(max_workers=parallel) as pool:
-            futures = [pool.submit(train_one, r) for r in launch_order(phase)]
+            futures = [pool.submit(train_one, r) for r in order]
             for future in as_completed(futures):
                 outcome = future.result()
                 outcomes.append(outcome)

@@ -9,7 +9,8 @@
 
 A run's state comes only from its files, so any process (or a re-run after a crash) sees the same thing:
 done = run.json with status "done"; running = a trainer holds the run dir's lock (<run>/.lock, flock:
-the kernel frees it when the trainer dies, however it dies), or the executor that launched it is alive;
+the kernel frees it when the trainer dies, however it dies), or the executor that launched it is alive (its
+pid in sweep_running.json, with the pid's start time, so that a recycled pid is not taken for it);
 failed = the executor's failure marker; interrupted = a run directory with none of these (a re-run resumes
 it from its checkpoints);
 planned = nothing on disk yet.
@@ -63,6 +64,47 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the process name (state first), or None (no /proc, no process)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # the name may hold spaces
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, Linux /proc), or None where that cannot be read:
+    with the pid it names one process, not whichever process is later given the same pid."""
+    fields = _proc_stat(pid)
+    try:
+        return int(fields[19]) if fields else None  # field 22 of the whole line
+    except (ValueError, IndexError):
+        return None
+
+
+def driver_marker() -> dict:
+    """What `sweep_running.json` says of the process running a sweep's run (the executor: a driver, a Ray task)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "pid_start": process_start(os.getpid())}
+
+
+def driver_alive(marker: dict) -> bool:
+    """Whether the process a `sweep_running.json` names still runs. Another host's cannot be checked from
+    here: trusted. A pid given since to another process (its start time differs) is not the driver."""
+    if marker.get("host") != socket.gethostname():
+        return True
+    try:
+        pid = int(marker.get("pid", -1))
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0 or not _pid_alive(pid):
+        return False
+    fields = _proc_stat(pid)
+    if fields and fields[0] == "Z":  # killed, not yet reaped by its parent
+        return False
+    started = marker.get("pid_start")
+    return started is None or process_start(pid) in (None, started)
+
+
 def trainer_holding(run_dir: Path) -> dict | None:
     """The trainer ({"pid", "host"}) holding the run directory's lock, or None: the run's own answer to
     "is it running", which no dead executor's pid file can fake (chinchax.train.runlock)."""
@@ -110,14 +152,16 @@ class SweepDir:
             return "done"
         if trainer_holding(d) is not None:
             return "running"  # a trainer holds the run dir's lock, whoever started it (even a dead driver)
-        lock = read_json(d / LOCK_MARKER)
-        if lock is not None and lock.get("host") == socket.gethostname() and _pid_alive(int(lock.get("pid", -1))):
-            return "running"  # the executor is alive between attempts (its trainer not started yet)
-        if lock is not None and lock.get("host") != socket.gethostname():
-            return "running"  # launched from another machine: trust its lock
+        if self.driver(run_id) is not None:
+            return "running"  # the executor is alive between attempts (its trainer not started yet), or elsewhere
         if (d / FAILED_MARKER).exists():
             return "failed"
         return "interrupted" if any(p.name not in (TRAIN_LOG,) for p in d.iterdir()) else "planned"
+
+    def driver(self, run_id: str) -> dict | None:
+        """The `sweep_running.json` of the run if the executor it names lives (or runs on another host)."""
+        marker = read_json(self.run_dir(run_id) / LOCK_MARKER)
+        return marker if marker is not None and driver_alive(marker) else None
 
     def failure(self, run_id: str) -> dict | None:
         return read_json(self.run_dir(run_id) / FAILED_MARKER)

@@ -1,7 +1,7 @@
 """One trainer per run directory, with real processes: a second trainer refuses at once naming the holder;
-kill -9 frees the lock; a sweep's status tells a run whose driver died but whose trainer lives (running)
-from one whose trainer died too (interrupted); the lock is released when train() raises, so a
-long-lived worker goes on to its next run; sweep_failed.json names the signal that killed a run."""
+a sweep driver killed with -9 takes its trainer down with it (SIGTERM: it saves, stops, and frees the lock;
+the run reads interrupted); the lock is released when train() raises, so a long-lived worker goes on to its
+next run; sweep_failed.json names the signal that killed a run."""
 
 from __future__ import annotations
 
@@ -57,7 +57,10 @@ def _pid_gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    return False
+    try:  # exited but not reaped yet (an orphan waits for init to reap it): gone too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def test_hold_refuses_a_second_holder_and_probe_sees_it(tmp_path):
@@ -73,9 +76,11 @@ def test_hold_refuses_a_second_holder_and_probe_sees_it(tmp_path):
 
 
 def test_two_trainers_kill_9_and_sweep_status(tmp_path):
-    """A sweep driver launches a trainer and dies (kill -9); the trainer goes on. Status: running (its
-    lock), though the driver's sweep_running.json names a dead pid. A second trainer refuses. Then the
-    trainer is killed too: its lock is free at once and the status is interrupted."""
+    """A sweep driver launches a trainer: status running; a second trainer refuses, naming the first. The
+    driver is killed with -9: the kernel sends its trainer SIGTERM, which saves a checkpoint and stops (exit
+    75, interrupted.json); its lock is free at once and the status is interrupted, though the dead driver's
+    sweep_running.json is still there (a trainer started without its driver's death signal, and so left
+    running, is tests/test_scaling_killed_driver.py's)."""
     sweep = SweepDir(tmp_path / "sweep")
     run_dir = sweep.run_dir("r1")
     config = tmp_path / "r1.yaml"
@@ -97,12 +102,6 @@ def test_two_trainers_kill_9_and_sweep_status(tmp_path):
         _wait_for(lambda: (run_dir / "metrics.jsonl").is_file(), what="the first metrics")
         assert sweep.state("r1") == "running"
 
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-        marker = json.loads((run_dir / LOCK_MARKER).read_text())  # the dead driver's marker is left behind
-        assert marker["pid"] == driver.pid and _pid_gone(driver.pid)
-        assert sweep.state("r1") == "running"  # the orphaned trainer still trains; a re-run must not start
-
         second = subprocess.run(
             [sys.executable, "-m", "chinchax.cli", "train", str(config)],
             env=_env(), capture_output=True, text=True, timeout=300,
@@ -111,9 +110,14 @@ def test_two_trainers_kill_9_and_sweep_status(tmp_path):
         assert f"{run_dir} is being trained by another process (pid {trainer_pid}" in second.stderr
         assert not _pid_gone(trainer_pid)  # the first trainer was not disturbed
 
-        os.kill(trainer_pid, signal.SIGKILL)
-        _wait_for(lambda: _pid_gone(trainer_pid), timeout=30, what="the trainer to die")
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        _wait_for(lambda: _pid_gone(trainer_pid), timeout=60, what="the trainer to save and stop")
         trainer_pid = None
+        marker = json.loads((run_dir / LOCK_MARKER).read_text())  # the dead driver's marker is left behind
+        assert marker["pid"] == driver.pid and _pid_gone(driver.pid)
+        stopped = json.loads((run_dir / "interrupted.json").read_text())
+        assert stopped["signal"] == "SIGTERM" and (run_dir / "checkpoints" / str(stopped["step"])).is_dir()
         assert probe(run_dir) is None  # the kernel dropped the lock with the process
         assert sweep.state("r1") == "interrupted"
     finally:
