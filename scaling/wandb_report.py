@@ -74,13 +74,15 @@ def fit_summary(result, prefix: str = "") -> dict:
 
 
 def flat_numbers(data, prefix: str = "") -> dict:
-    """Every number and string leaf of nested dicts as 'a/b/c' keys; a pair of numbers (an interval) as
-    'a/b_lo' and 'a/b_hi'. Other lists are left out (a table holds those)."""
+    """Every number and string leaf of nested dicts as 'a/b/c' keys; a pair of numbers under a name with
+    "interval" in it as 'a/interval_lo' and 'a/interval_hi'. Other lists are left out (a table holds those;
+    a pair of budgets or seeds is no interval)."""
     out = {}
     for key, value in (data or {}).items():
         if isinstance(value, Mapping):
             out.update(flat_numbers(value, f"{prefix}{key}/"))
-        elif isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_number, value)):
+        elif (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_number, value))
+              and "interval" in f"{prefix}{key}"):
             out.update({f"{prefix}{key}_lo": value[0], f"{prefix}{key}_hi": value[1]})
         elif _loggable(value):
             out[f"{prefix}{key}"] = value

@@ -258,7 +258,7 @@ def test_the_demo_and_compare_analysis_runs_hold_every_fit_interval_and_plot(tmp
     table = pd.DataFrame({"run": ["a", "b"], "family": ["x", "y"], "flops": [1e10, 2e10],
                                             "conditional_bpb": [1.2, np.nan], "mixed": [1, "two"]})
     summary = {"wall_time_s": 3.0, "runs_measured": 2, "quick": True, "measure": "conditional_bpb", "executor": "worker",
-               "families": {"x": {"alpha": 0.1}}, "plots": {"loss": [str(p.relative_to(out)) for p in drawn]},
+               "families": {"x": {"alpha": 0.1, "budgets": [1e10, 2e10]}}, "plots": {"loss": [str(p.relative_to(out)) for p in drawn]},
                "comparison": {"multipliers": {"y": {"value": 2.0, "interval": [1.5, 2.5]}}}}
     compare._log_analysis(out, summary, table, "chinchax-test", "cmp", "auto")
     logged = read_run(only_run(out))
@@ -267,4 +267,5 @@ def test_the_demo_and_compare_analysis_runs_hold_every_fit_interval_and_plot(tmp
     assert (s["comparison/multipliers/y/value"], s["comparison/multipliers/y/interval_lo"],
             s["comparison/multipliers/y/interval_hi"]) == (2.0, 1.5, 2.5)
     assert s["families/x/alpha"] == 0.1 and s["tables/results/nrows"] == 2
+    assert not [k for k in s if k.startswith("families/x/budgets")]  # two budgets are no interval
     assert [m for m in logged["media"] if m.startswith("images/plots/loss_vs_compute_")]
