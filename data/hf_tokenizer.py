@@ -10,8 +10,8 @@ normalizer and pre-tokenizer of the file apply, and text that spells one of the 
 "<|endoftext|>") becomes that token, as in transformers (SentencePiece and byte tokenizers read such text as
 ordinary characters). Truncation and padding saved in the file are turned off: documents are never cut here.
 
-Ids keep the file's own numbering. The roles come from `tokenizer_config.json` (or `special_tokens_map.json`)
-beside a file named tokenizer.json (`eos_token`, `bos_token`, `pad_token`, `unk_token`, `mask_token`, as
+Ids keep the file's own numbering. The roles come from `tokenizer_config.json` and `special_tokens_map.json` (which
+wins, as in transformers) beside a file named tokenizer.json (`eos_token`, `bos_token`, `pad_token`, `unk_token`, `mask_token`, as
 transformers reads them), else from the file's special tokens by name:
 
     eos   </s> <|endoftext|> <|end_of_text|> <eos> <|eos|> [SEP]        required: a UserError without one
@@ -61,7 +61,7 @@ from chinchax.errors import UserError
 from chinchax.fileio import read_user_json, write_text_atomic
 
 TOKENIZER_JSON = "tokenizer.json"
-ROLE_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # transformers' names, first found wins
+ROLE_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # transformers' files; the second wins, as there
 ROLE_NAMES = {
     "eos": ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|eos|>", "[SEP]"),
     "bos": ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>", "[CLS]"),
@@ -86,31 +86,28 @@ def resolve_path(spec_path: str) -> Path:
     return path.resolve()
 
 
-def _role_config(path: Path) -> tuple[str, bytes] | None:
-    """(name, bytes) of the transformers config beside a file named tokenizer.json, checked to be JSON."""
+def _role_configs(path: Path) -> tuple[tuple[str, bytes], ...]:
+    """(name, bytes) of the transformers configs beside a file named tokenizer.json, checked to be JSON."""
     if path.name != TOKENIZER_JSON:
-        return None
-    for name in ROLE_FILES:
-        if (path.parent / name).is_file():
-            read_user_json(path.parent / name, what="tokenizer config", fix=f"fix or remove it (it names the special "
-                           f"tokens of {path})")
-            return name, (path.parent / name).read_bytes()
-    return None
+        return ()
+    found = [path.parent / name for name in ROLE_FILES if (path.parent / name).is_file()]
+    for f in found:
+        read_user_json(f, what="tokenizer config", fix=f"fix or remove it (it names the special tokens of {path})")
+    return tuple((f.name, f.read_bytes()) for f in found)
 
 
-def _roles(config: tuple[str, bytes] | None, where: Path) -> dict[str, str]:
-    """{role: token text} from that config: `eos_token` etc., strings or (older files) AddedToken dicts."""
-    if config is None:
-        return {}
-    cfg = json.loads(config[1])
-    if not isinstance(cfg, dict):
-        raise UserError(f"tokenizer config {where / config[0]} is not a JSON object; fix or remove it")
+def _roles(configs: tuple[tuple[str, bytes], ...], where: Path) -> dict[str, str]:
+    """{role: token text} from those configs: `eos_token` etc., strings or (older files) AddedToken dicts."""
     roles = {}
-    for role in ROLE_NAMES:
-        value = cfg.get(f"{role}_token")
-        value = value.get("content") if isinstance(value, dict) else value
-        if isinstance(value, str) and value:
-            roles[role] = value
+    for name, data in configs:
+        cfg = json.loads(data)
+        if not isinstance(cfg, dict):
+            raise UserError(f"tokenizer config {where / name} is not a JSON object; fix or remove it")
+        for role in ROLE_NAMES:
+            value = cfg.get(f"{role}_token")
+            value = value.get("content") if isinstance(value, dict) else value
+            if isinstance(value, str) and value:
+                roles[role] = value
     return roles
 
 
@@ -119,12 +116,12 @@ class HFTokenizer(_SpecialsMixin):
 
     kind = "hf"
 
-    def __init__(self, data: bytes, *, path: str, config: tuple[str, bytes] | None = None):
-        """`data`: the tokenizer.json; `config`: (file name, bytes) of the transformers config beside it."""
+    def __init__(self, data: bytes, *, path: str, configs: tuple[tuple[str, bytes], ...] = ()):
+        """`data`: the tokenizer.json; `configs`: (file name, bytes) of the transformers configs beside it."""
         from tokenizers import Tokenizer
 
-        self._data, self.path, self._config = bytes(data), path, config
-        self._roles = _roles(config, Path(path).parent)
+        self._data, self.path, self._configs = bytes(data), path, tuple(configs)
+        self._roles = _roles(self._configs, Path(path).parent)
         try:
             tok = Tokenizer.from_str(self._data.decode("utf-8"))
         except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for a JSON of another shape
@@ -136,13 +133,13 @@ class HFTokenizer(_SpecialsMixin):
         self.vocab_size = max(tok.get_vocab_size(with_added_tokens=True), max(added, default=-1) + 1)
         self._special_added = {t.content: i for i, t in added.items() if t.special}
         self._setup_roles()
-        self.hash = hashlib.sha256(self._data + b"\0" + (config[1] if config else b"")).hexdigest()
+        self.hash = hashlib.sha256(b"\0".join([self._data, *(c for _, c in self._configs)])).hexdigest()
 
     @classmethod
     def from_path(cls, spec_path: str | os.PathLike) -> HFTokenizer:
         path = resolve_path(str(spec_path))
         read_user_json(path, what="tokenizer file", fix=FIX)  # not UTF-8 / cut short: one line with the place
-        return cls(path.read_bytes(), path=str(path), config=_role_config(path))
+        return cls(path.read_bytes(), path=str(path), configs=_role_configs(path))
 
     def _setup_roles(self) -> None:
         ids: dict[str, int | None] = {}
@@ -221,13 +218,13 @@ class HFTokenizer(_SpecialsMixin):
 
     def files(self) -> dict[str, bytes]:
         """The files this tokenizer was read from, by name (what `chinchax model convert` copies)."""
-        return {TOKENIZER_JSON: self._data, **({self._config[0]: self._config[1]} if self._config else {})}
+        return {TOKENIZER_JSON: self._data, **dict(self._configs)}
 
     def __getstate__(self):  # picklable for grain worker processes
-        return {"data": self._data, "path": self.path, "config": self._config}
+        return {"data": self._data, "path": self.path, "configs": self._configs}
 
     def __setstate__(self, state):
-        self.__init__(state["data"], path=state["path"], config=state["config"])
+        self.__init__(state["data"], path=state["path"], configs=state["configs"])
 
     def __repr__(self) -> str:
         return f"HFTokenizer({self.path!r}, vocab_size={self.vocab_size})"

@@ -138,6 +138,12 @@ def test_roles_from_tokenizer_config_and_errors(tokenizers_dir, tmp_path):
     pickled = pickle.loads(pickle.dumps(tok))
     assert (pickled.hash, pickled.pad_id, pickled.encode(TEXTS[0])) == (tok.hash, tok.pad_id, tok.encode(TEXTS[0]))
 
+    # special_tokens_map.json wins over tokenizer_config.json, in transformers and here
+    (d / "special_tokens_map.json").write_text(json.dumps({"pad_token": "Ġa"}))
+    fast = transformers.PreTrainedTokenizerFast.from_pretrained(str(d))
+    assert load_tokenizer(f"hf:{d}").pad_id == fast.pad_token_id == fast.convert_tokens_to_ids("Ġa") != tok.pad_id
+    (d / "special_tokens_map.json").unlink()
+
     (d / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
     with pytest.raises(UserError, match=r"names eos_token '<\|im_end\|>', which is not in"):
         load_tokenizer(f"hf:{d}")

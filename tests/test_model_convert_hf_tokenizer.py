@@ -109,14 +109,12 @@ def test_greedy_generation_equals_transformers_ids_and_text(converted, capsys):
         assert line["completion"] == fast.decode([i for i in new if i not in dropped]) == tok.decode(new)
 
 
+@pytest.mark.parametrize("converted", ["gpt2_like"], indirect=True)  # pad = eos, no mask: the odd one; once is enough
 def test_eval_and_finetune_run_on_it(converted, tmp_path, capsys):
-    """On the GPT-2-like tokenizer only (pad = eos, no mask): the same code paths, half the time."""
     from chinchax.data.pipeline import register_memory_source
     from chinchax.evaluation.run_loading import load_run
 
     cx = converted["cx"]
-    if converted["root"].name.startswith("ours"):
-        pytest.skip("run once, on the GPT-2-like tokenizer")
     task = tmp_path / "yesno.jsonl"
     task.write_text("".join(json.dumps({"context": f"Is {i} even?", "choices": [" yes", " no"], "label": i % 2})
                             + "\n" for i in range(4)))
