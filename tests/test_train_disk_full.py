@@ -283,3 +283,20 @@ def test_a_real_full_disk_gives_one_line_keeps_checkpoints_and_resumes_exactly(r
     for step in (4, 8, STEPS):
         _same_params(out / "run", reference, step)
     assert not list((out / "run" / "checkpoints").glob(f"*{ORBAX_TMP}*"))
+
+
+def test_a_sweep_records_a_full_disk_as_failed_at_once_without_retrying(tmp_path):
+    """A retry would meet the same full disk: one attempt, and the failure marker holds the trainer's line (the
+    next `sweep run` retries the run, which resumes from its checkpoints)."""
+    from chinchax.scaling.executors import run_with_retries
+    from chinchax.scaling.results import FAILED_MARKER, SweepDir
+
+    sweep = SweepDir(tmp_path / "sweep")
+    run_dir = sweep.run_dir("r0")
+    line = "chinchax train: error: disk full: could not write checkpoint step 12 in /x (No space left on device)"
+    full = [sys.executable, "-c", f"import sys; print({line!r}, file=sys.stderr); sys.exit({DISK_FULL_EXIT_CODE})"]
+    outcome = run_with_retries("r0", str(tmp_path / "unused.yaml"), str(run_dir), train_command=full, max_retries=2)
+    assert (outcome.status, outcome.attempts) == ("failed", 1)
+    failure = json.loads((run_dir / FAILED_MARKER).read_text())
+    assert failure["returncode"] == DISK_FULL_EXIT_CODE and failure["error"].endswith(line)
+    assert sweep.state("r0") == "failed"
