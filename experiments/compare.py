@@ -148,12 +148,14 @@ def run_compare(sweep_path: Path, out: Path, *, quick: bool = False, executor: s
 
 def _log_analysis(out: Path, summary: dict, table, project: str | None, group: str, mode: str) -> None:
     """The W&B analysis run: the results table, each family's law and compute multiplier with their intervals
-    (summary.json's families and comparison, flattened), and every plot."""
+    (summary.json's families, by name, flattened: families/<name>/alpha_interval_lo, ...), and every plot."""
     from chinchax.scaling import wandb_report
 
+    families = {f["family"]: f for f in summary["families"]}
+    comparison = {k: summary["comparison"][k] for k in ("reference", "top_flops", "n_bootstrap")}
     numbers = {"wall_time_s": summary["wall_time_s"], "runs_measured": summary["runs_measured"],
-               **wandb_report.flat_numbers(summary["families"], "families/"),
-               **wandb_report.flat_numbers(summary["comparison"], "comparison/")}
+               **wandb_report.flat_numbers(families, "families/"),
+               **wandb_report.flat_numbers(comparison, "comparison/")}
     where = wandb_report.log_analysis(
         project, group=group, name=f"{group}-analysis", kind="compare", dir=out, mode=mode,
         config={"quick": summary["quick"], "measure": summary["measure"], "executor": summary["executor"]},

@@ -223,7 +223,8 @@ def test_fit_logs_one_analysis_run_with_the_table_parameters_intervals_and_plots
 
 def test_the_demo_and_compare_analysis_runs_hold_every_fit_interval_and_plot(tmp_path, offline):
     """What the demo and compare hand to their analysis run, on a real fit of a synthetic table and summaries
-    shaped as theirs (the demo itself is too slow for this file: see docs/sweeps.md for a real group)."""
+    shaped as theirs (summary.json of each; the studies themselves are too slow for this file: docs/sweeps.md
+    lists the group a real quick demo left)."""
     import numpy as np
     import pandas as pd
 
@@ -258,14 +259,19 @@ def test_the_demo_and_compare_analysis_runs_hold_every_fit_interval_and_plot(tmp
     table = pd.DataFrame({"run": ["a", "b"], "family": ["x", "y"], "flops": [1e10, 2e10],
                                             "conditional_bpb": [1.2, np.nan], "mixed": [1, "two"]})
     summary = {"wall_time_s": 3.0, "runs_measured": 2, "quick": True, "measure": "conditional_bpb", "executor": "worker",
-               "families": {"x": {"alpha": 0.1, "budgets": [1e10, 2e10]}}, "plots": {"loss": [str(p.relative_to(out)) for p in drawn]},
-               "comparison": {"multipliers": {"y": {"value": 2.0, "interval": [1.5, 2.5]}}}}
+               "families": [{"family": "x", "law": {"A": 20.0, "alpha": 0.1}, "alpha_interval": [0.05, 0.15],
+                             "multiplier": 2.0, "multiplier_interval": [1.5, 2.5],
+                             "multiplier_leave_one_budget_out": [1.8, 2.2]}],
+               "plots": {"loss": [str(p.relative_to(out)) for p in drawn]},
+               "comparison": {"reference": "x", "top_flops": 4e10, "n_bootstrap": 200, "laws": {}}}
     compare._log_analysis(out, summary, table, "chinchax-test", "cmp", "auto")
     logged = read_run(only_run(out))
     assert (logged["run"].run_group, logged["run"].job_type) == ("cmp", "analysis")
     s = logged["summary"]
-    assert (s["comparison/multipliers/y/value"], s["comparison/multipliers/y/interval_lo"],
-            s["comparison/multipliers/y/interval_hi"]) == (2.0, 1.5, 2.5)
-    assert s["families/x/alpha"] == 0.1 and s["tables/results/nrows"] == 2
-    assert not [k for k in s if k.startswith("families/x/budgets")]  # two budgets are no interval
+    assert (s["families/x/multiplier"], s["families/x/multiplier_interval_lo"],
+            s["families/x/multiplier_interval_hi"]) == (2.0, 1.5, 2.5)
+    assert (s["families/x/law/alpha"], s["families/x/alpha_interval_lo"], s["families/x/alpha_interval_hi"]) == (
+        0.1, 0.05, 0.15)
+    assert s["comparison/reference"] == "x" and s["tables/results/nrows"] == 2
+    assert not [k for k in s if "leave_one" in k]  # a pair that is no interval stays in summary.json only
     assert [m for m in logged["media"] if m.startswith("images/plots/loss_vs_compute_")]
