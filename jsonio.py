@@ -12,7 +12,10 @@ import json
 import math
 from pathlib import Path
 
-from chinchax.fileio import run_path
+from chinchax.fileio import run_path, write_text_atomic
+
+# Rows logged before non-finite numbers were written as null held the strings str(float) gives them.
+OLD_NONFINITE = frozenset({"nan", "inf", "-inf"})
 
 
 def strict(x):
@@ -38,9 +41,20 @@ def dump(x, f, **kwargs) -> None:
     json.dump(strict(x), f, allow_nan=False, **kwargs)
 
 
+def write_json(path, data) -> None:
+    """The one way a whole JSON file is written (run.json, eval.json, ...): strict, indented, atomic."""
+    write_text_atomic(path, dumps(data, indent=2) + "\n")
+
+
+def nonfinite_as_null(record: dict) -> dict:
+    """`record` with the old spellings of a non-finite number ("nan", "inf", "-inf") read as null, today's."""
+    return {k: None if isinstance(v, str) and v in OLD_NONFINITE else v for k, v in record.items()}
+
+
 def read_jsonl(path) -> list[dict]:
     """The rows of a JSON-lines file (metrics.jsonl), local or gs://; [] when it does not exist. Stops at
-    a line cut short by a kill: everything after it is redone by the resumed run anyway."""
+    a line cut short by a kill: everything after it is redone by the resumed run anyway. Old rows' "nan"
+    strings come back as None (`nonfinite_as_null`)."""
     path = run_path(path)
     if not path.is_file():
         return []
@@ -49,7 +63,7 @@ def read_jsonl(path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append(nonfinite_as_null(json.loads(line)))
         except ValueError:
             break
     return rows

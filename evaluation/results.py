@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from chinchax.train.metrics import write_json
+from chinchax.jsonio import write_json
 
 EVAL_FILE = "eval.json"
 

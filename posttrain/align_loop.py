@@ -190,7 +190,7 @@ def restore_params(run_dir: Path, params, tx) -> tuple[int, Any]:
 
 
 def write_run_json(run_dir: Path, data: dict) -> None:
-    from chinchax.train.metrics import write_json
+    from chinchax.jsonio import write_json
 
     write_json(run_dir / "run.json", data)
 

@@ -73,4 +73,4 @@ def test_metrics_file_drops_rows_after_the_restored_step(tmp_path):
     logger.log({"step": 3, "loss": float("nan")})
     logger.close()
     got = read_jsonl(tmp_path / "metrics.jsonl")
-    assert [r["step"] for r in got] == [1, 2, 3] and got[2]["loss"] == "nan"
+    assert [r["step"] for r in got] == [1, 2, 3] and got[2]["loss"] is None  # null: JSON has no NaN

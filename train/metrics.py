@@ -21,10 +21,6 @@ from chinchax.jsonio import read_jsonl  # noqa: F401 (train.metrics.read_jsonl, 
 TIMING_FIELDS = ("step_time_s", "tokens_per_s", "mfu")
 
 
-def write_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, jsonio.dumps(data, indent=2) + "\n")
-
-
 def _jsonable(x):
     if hasattr(x, "item"):
         return x.item()
@@ -34,7 +30,7 @@ def _jsonable(x):
 def _clean(value):
     value = _jsonable(value) if hasattr(value, "item") else value
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf
+        return None  # JSON has no NaN/inf: null, as jsonio writes it (and wandb is not sent it)
     return value
 
 

@@ -31,9 +31,10 @@ from flax import traverse_util
 from chinchax import configlib
 from chinchax.errors import UserError
 from chinchax.fileio import run_path
+from chinchax.jsonio import write_json
 from chinchax.train.config import RESUME_SAFE_KEYS, RESUME_SAFE_PREFIXES, ExperimentConfig
 from chinchax.train.diskspace import DiskFull, from_os_error, is_disk_full
-from chinchax.train.metrics import MetricsLogger, Progress, atomic_write_text, start_run_wandb, write_json
+from chinchax.train.metrics import MetricsLogger, Progress, atomic_write_text, start_run_wandb
 from chinchax.train.preemption import Preemption, TrainingPreempted
 
 # Every eval row's loss sum and weight at the end of the run (rows are the same for every run of one data
