@@ -308,8 +308,8 @@ class Checkpointer:
         if started:
             kept += f"; the partial step {step} was removed"
         what = f"could not write checkpoint step {step}" if started else f"not enough room for checkpoint step {step}"
-        return DiskFull(diskspace.line(what, self.directory, need=need or self._need or None, free=free, cause=diskspace.short_cause(cause),
-                                       kept=kept, resume=_resume(good)))
+        return DiskFull(diskspace.line(what, self.directory, need=need or self._need or None, free=free,
+                                       cause=diskspace.short_cause(cause), kept=kept, resume=_resume(good)))
 
     def _remove_partial(self) -> None:
         """The temporary folders of failed saves (orbax would remove them only when a run starts again)."""

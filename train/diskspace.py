@@ -67,9 +67,10 @@ def free_bytes(path) -> int | None:
     while not p.exists() and p != p.parent:
         p = p.parent
     try:
-        return shutil.disk_usage(p).free
+        usage = shutil.disk_usage(p)
     except OSError:
         return None
+    return usage.free if usage.total else None  # some FUSE filesystems report 0 of 0: no answer
 
 
 FIX = "Free space on that disk (or set trainer.run_dir on another), then run the same command again"
@@ -129,7 +130,10 @@ class _DropDiskFull(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        text = record.getMessage()
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed record: let logging report it as it would
+            return True
         if is_disk_full(error) or any(m in text for m in _MARKERS):
             SEEN.note(str(error) if error is not None else text)
             return False
