@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -73,15 +74,18 @@ def _can_train(config: str) -> bool:
     return cpu_threads.compatible(threads if isinstance(threads, int) else None)
 
 
-def _exit_with_parent(poll_s: float = 1.0) -> None:
+def _exit_with_parent(poll_s: float = 1.0, grace_s: float = 120.0) -> None:
     """End this worker when its driver dies (a killed sweep must leave no trainer behind: the run resumes
     from its checkpoints next time). Between runs the closed stdin says so; during one, a watcher thread
-    sees the worker re-parented."""
+    sees the worker re-parented and sends the worker SIGTERM, so the run saves at its next step and stops
+    as a preempted one would (exit 75); a run that has not stopped after `grace_s` is ended there."""
     parent = os.getppid()
 
     def watch():
         while os.getppid() == parent:
             time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()

@@ -207,3 +207,28 @@ def test_a_live_driver_still_refuses_a_second_sweep_run(sweep):
     (d / LOCK_MARKER).write_text(json.dumps(driver_marker()))
     with pytest.raises(UserError, match=f"run r1 is running in another process .the `sweep run` of pid {os.getpid()}"):
         executors.run_local(plan, s, train_command=train, progress=False)
+
+
+def test_a_worker_whose_driver_dies_gets_sigterm_so_its_run_saves(tmp_path):
+    """The worker executor's trainers run inside long-lived workers: when the driver dies, the worker's
+    watchdog sends the worker SIGTERM (on which the trainer in it saves and exits 75), not a bare exit."""
+    worker = ("import os, signal, sys, time\n"
+              "from chinchax.scaling.worker import _exit_with_parent\n"
+              f"out = {str(tmp_path / 'stopped_by')!r}\n"
+              "def stop(signum, frame):\n"
+              "    open(out, 'w').write(signal.Signals(signum).name); os._exit(75)\n"
+              "signal.signal(signal.SIGTERM, stop)\n"
+              "_exit_with_parent(poll_s=0.05)\n"
+              f"open({str(tmp_path / 'pid')!r}, 'w').write(str(os.getpid()))\n"
+              "time.sleep(60)\n")
+    driver = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time\n"
+                               f"subprocess.Popen([sys.executable, '-c', {worker!r}]); time.sleep(60)"])
+    try:
+        pid = int(_wait_for(lambda: (tmp_path / "pid").is_file() and (tmp_path / "pid").read_text(), 30, "the worker"))
+        driver.kill()
+        driver.wait(10)
+        assert _wait_for(lambda: (tmp_path / "stopped_by").is_file(), 10, "the worker's SIGTERM")
+        assert (tmp_path / "stopped_by").read_text() == "SIGTERM"
+        _wait_for(lambda: not _alive(pid), 10, "the worker to exit")
+    finally:
+        driver.kill()
