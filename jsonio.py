@@ -51,6 +51,29 @@ def nonfinite_as_null(record: dict) -> dict:
     return {k: None if isinstance(v, str) and v in OLD_NONFINITE else v for k, v in record.items()}
 
 
+def read_object(path, *, what: str = "JSON file", fix: str = "") -> dict:
+    """A JSON object that must be there: missing, not UTF-8, cut short or not an object is a UserError
+    naming the file, the place and, when given, `fix` (fileio.read_user_json)."""
+    from chinchax.errors import UserError
+    from chinchax.fileio import read_user_json
+
+    record = read_user_json(path, what=what, fix=fix)
+    if not isinstance(record, dict):
+        raise UserError(f"{what} {path} holds a JSON {type(record).__name__}, not an object{'; ' + fix if fix else ''}")
+    return record
+
+
+def read_object_or_none(path) -> dict | None:
+    """A JSON object chinchax wrote (local or gs://), or None when the file is absent, damaged or not an
+    object: for state checks (a sweep's plan and markers, a run's run.json), where that means "not there"."""
+    path = path if hasattr(path, "read_text") else Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def read_jsonl(path) -> list[dict]:
     """The rows of a JSON-lines file (metrics.jsonl), local or gs://; [] when it does not exist. Stops at
     a line cut short by a kill: everything after it is redone by the resumed run anyway. Old rows' "nan"

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 
-from chinchax import jsonio
+from chinchax import jsonio, rundir
 from chinchax.errors import UserError
 from chinchax.fileio import write_text_atomic
 
@@ -27,7 +26,7 @@ COLUMNS = ("run", "n_params", "flops", "n_tokens", "task", "kind", "shots", "met
 
 
 def _is_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file() or (path / "model.yaml").is_file()
+    return rundir.kind_of(path) not in (None, rundir.REWARD)
 
 
 def expand_run_dirs(paths: list[str]) -> tuple[list[Path], Path | None]:
@@ -57,11 +56,9 @@ def default_out(run_dirs: list[Path], sweep: Path | None) -> Path:
 
 def run_scale(run_dir: Path, model_cfg) -> dict:
     """N, compute and tokens of a run: from run.json when the run finished, else N from the model config."""
-    path = Path(run_dir) / "run.json"
-    if path.is_file():
-        info = json.loads(path.read_text())
-        if info.get("n_params"):
-            return {"n_params": info["n_params"], "flops": info.get("flops_6nd"), "n_tokens": info.get("n_tokens")}
+    info = rundir.run_json_or_none(run_dir) or {}
+    if info.get("n_params"):
+        return {"n_params": info["n_params"], "flops": info.get("flops_6nd"), "n_tokens": info.get("n_tokens")}
     from chinchax.model.counting import count_params
 
     return {"n_params": count_params(model_cfg).total, "flops": None, "n_tokens": None}

@@ -1,7 +1,7 @@
 """Instruction tasks (chinchax.data.instruction_tasks) scored by their own metric, zero-shot.
 
-    model, tokenizer = load_finetuned(run_dir / "merged")
-    result = score_task(model, tokenizer, task, limit=64, max_new_tokens=32)
+    run = load_run(run_dir / "merged", soft_prompt=True)  # evaluation.run_loading
+    result = score_task(run.model, run.tokenizer, task, limit=64, max_new_tokens=32)
     result["score"], result["stderr"]       # mean over examples and its standard error, in [0, 1]
 
 Metrics (`Task.metric`), each per example, then mean and standard error over examples:
@@ -25,7 +25,6 @@ decoders only. At the study's sizes (rows of ~200 tokens, 2 layers) that costs l
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +33,7 @@ from flax import nnx
 
 from chinchax.errors import UserError
 from chinchax.evaluation.metrics import mean_and_stderr
+from chinchax.model.soft_prompt import SoftPrompted
 
 METRICS = ("exact_match", "rouge", "accuracy")
 STOP = "\n"  # a training document is prompt + " " + target + "\n" (data.mixtures.register_mixture)
@@ -72,33 +72,6 @@ def per_example(metric: str, predictions: list[str], targets: list[str]) -> list
 
 
 # --- models -----------------------------------------------------------------------------------------------
-
-
-class SoftPrompted(nnx.Module):
-    """A model with a prompt-tuned soft prompt, as an nnx module (so the scorer can split and jit it)."""
-
-    def __init__(self, model, prompt_PD):
-        self.model = model
-        self.cfg = model.cfg
-        self.prompt_PD = nnx.Variable(jnp.asarray(prompt_PD))
-
-    def __call__(self, inputs, **kwargs):
-        from chinchax.posttrain.prompt_tuning import PromptedModel
-
-        return PromptedModel(self.model, self.prompt_PD[...])(inputs, **kwargs)
-
-
-def load_finetuned(model_dir: str | Path):
-    """(model, tokenizer) of a model dir a fine-tune exported (`merged/`, or a study's `at/stepN/`): the plain
-    model, or the base with its soft prompt when the dir holds `prompt_PD.npy`."""
-    from chinchax.evaluation.run_loading import load_run
-
-    model_dir = Path(model_dir)
-    run = load_run(model_dir)
-    prompt = model_dir / "prompt_PD.npy"
-    if prompt.is_file():
-        return SoftPrompted(run.model, np.load(prompt)), run.tokenizer
-    return run.model, run.tokenizer
 
 
 @partial(jax.jit, static_argnames=("graphdef",))

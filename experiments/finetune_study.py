@@ -21,13 +21,12 @@ Finished runs are reused on a re-run.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from chinchax import jsonio
+from chinchax import jsonio, rundir
 from chinchax.fileio import write_text_atomic
 
 QUICK = ["base.d_models=[32,64]", "base.steps=60", "finetune.steps=12", "finetune.eval_at=[3,6,12]",
@@ -172,7 +171,7 @@ def finetune_run(cfg: StudyConfig, base_dir: Path, method: str, source: str, run
     if _steps_done(run_dir) < cfg.finetune.steps or not (run_dir / "merged" / "model.yaml").is_file():
         _finetune(cfg, base_dir, method, source, run_dir, cfg.finetune.steps)
     models[cfg.finetune.steps] = run_dir / "merged"
-    return json.loads((run_dir / "run.json").read_text()), models
+    return rundir.read_run_json(run_dir), models
 
 
 def _check_reused(run_dir: Path, loss_on: str) -> None:
@@ -190,8 +189,8 @@ def _check_reused(run_dir: Path, loss_on: str) -> None:
 
 
 def _steps_done(run_dir: Path) -> int:
-    path = run_dir / "run.json"
-    return int(json.loads(path.read_text())["steps"]) if path.is_file() else 0
+    run = rundir.run_json_or_none(run_dir)
+    return int(run["steps"]) if run is not None else 0
 
 
 def _finetune(cfg: StudyConfig, base_dir: Path, method: str, source: str, run_dir: Path, steps: int) -> dict:
@@ -223,22 +222,23 @@ def _wandb(cfg: StudyConfig, job_type: str, extra: dict) -> list[str]:
 
 def score_held_out(cfg: StudyConfig, tasks: list, model_dir: Path) -> dict:
     """{task: {metric, score, stderr, examples}} of the model in `model_dir`, zero-shot on the held-out tasks."""
-    from chinchax.evaluation.task_metrics import load_finetuned, score_task
+    from chinchax.evaluation.run_loading import load_run
+    from chinchax.evaluation.task_metrics import score_task
 
     h = cfg.held_out
     if not tasks or h.examples <= 0:
         return {}
-    model, tokenizer = load_finetuned(model_dir)
+    run = load_run(model_dir, soft_prompt=True)  # a prompt-tuned model with its prompt
     out = {}
     for task in tasks:
-        r = score_task(model, tokenizer, task, limit=h.examples, max_new_tokens=h.max_new_tokens,
+        r = score_task(run.model, run.tokenizer, task, limit=h.examples, max_new_tokens=h.max_new_tokens,
                        batch_size=h.batch_size)
         out[task.name] = {k: r[k] for k in ("metric", "score", "stderr", "examples", "samples")}
     return out
 
 
 def collect(run_dir: Path, eval_at, batch_size: int) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = jsonio.read_jsonl(run_dir / "metrics.jsonl")
     evals = {r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r}
     return [{"step": s, "d_f": s * batch_size, "loss": evals[s]} for s in eval_at if s in evals]
 
@@ -249,7 +249,7 @@ def run_study(out: Path, cfg: StudyConfig) -> dict:
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     bases = pretrain_bases(cfg, out)
-    base_runs = {d: json.loads((p / "run.json").read_text()) for d, p in bases.items()}
+    base_runs = {d: rundir.read_run_json(p) for d, p in bases.items()}
     source, mix_info, held_out_tasks = mixture_source(cfg)
     rows, scoring_s = [], 0.0
     for d, base_dir in bases.items():

@@ -85,14 +85,10 @@ def run_all(study: Study, out: Path) -> list[dict]:
 
 
 def _finished(run_dir: Path) -> dict | None:
-    import json
+    from chinchax import rundir
 
-    path = run_dir / "run.json"
-    if path.is_file():
-        data = json.loads(path.read_text())
-        if data.get("status") == "done":
-            return data
-    return None
+    data = rundir.run_json_or_none(run_dir)
+    return data if data is not None and data.get("status") == "done" else None
 
 
 def optima(rows: list[dict], parametrization: str, widths) -> dict:

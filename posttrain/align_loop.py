@@ -28,12 +28,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from chinchax import configlib, jsonio
+from chinchax import configlib, jsonio, rundir
 from chinchax.errors import UserError
 from chinchax.fileio import write_text_atomic
 from chinchax.sharding import LOGICAL_AXIS_RULES
-
-CONFIG_NAME = "align_config.yaml"
 
 
 def config_hash(config: dict) -> str:
@@ -42,7 +40,7 @@ def config_hash(config: dict) -> str:
 
 def check_or_write_config(run_dir: Path, config: dict, resume_safe: frozenset[str] = frozenset()) -> None:
     """Refuse to resume a run dir holding another experiment (as the pretraining trainer does)."""
-    path = run_dir / CONFIG_NAME
+    path = run_dir / rundir.ALIGN_CONFIG
     if path.is_file():
         configlib.refuse_changed_config(run_dir, configlib.read_yaml(path), config, ignored=resume_safe,
                                         what="an alignment run")
@@ -187,10 +185,4 @@ def restore_params(run_dir: Path, params, tx) -> tuple[int, Any]:
     if restored is None:
         raise UserError(f"{run_dir} has no verified checkpoint; train it first")
     return int(restored[0]), restored[1]["params"]
-
-
-def write_run_json(run_dir: Path, data: dict) -> None:
-    from chinchax.jsonio import write_json
-
-    write_json(run_dir / "run.json", data)
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from chinchax import rundir
 from chinchax.data.config import DataConfig
 from chinchax.errors import UserError
+from chinchax.evaluation.run_loading import RunWeights, load_weights
 from chinchax.posttrain import adapters as lora_lib
 from chinchax.posttrain.adapters import LoraConfig
 from chinchax.train.config import ExperimentConfig, OptimizerConfig, TrainerConfig
@@ -87,51 +87,10 @@ class FinetuneConfig:
         return self
 
 
-# --- the base model ------------------------------------------------------------------------------------
+# --- the base model (evaluation.run_loading.load_weights) ----------------------------------------------
 
 
-@dataclass
-class Base:
-    model: Any  # ModelConfig
-    flat: dict  # dotted path -> float32 numpy
-    tokenizer: str | None  # the data.tokenizer it was trained with (None: a converted checkpoint without one)
-    source: str
-
-
-def load_base(base: str | Path) -> Base:
-    """A `chinchax train` run dir (config.yaml + checkpoints/) or a converted HF checkpoint (model.yaml + params/)."""
-    from chinchax.model.convert.hf import flatten
-
-    path = Path(base)
-    if (path / "model.yaml").is_file() and (path / "params").is_dir():
-        from chinchax.evaluation.run_loading import check_conversion_record
-        from chinchax.model.convert.hf import load_converted
-
-        check_conversion_record(path)  # damaged conversion.json: one line, not a traceback
-        cfg, params = load_converted(path)
-        try:  # the tokenizer recorded at conversion (newer converters record one)
-            from chinchax.model.convert.hf import converted_tokenizer
-
-            tokenizer = converted_tokenizer(path)
-        except ImportError:
-            tokenizer = None
-        return Base(cfg, {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}, tokenizer, str(path))
-    if (path / "config.yaml").is_file():
-        from flax import nnx
-
-        from chinchax.evaluation.run_loading import load_run
-
-        run = load_run(path)
-        params = nnx.to_pure_dict(nnx.state(run.model, nnx.Param))
-        flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
-        return Base(run.config.model, flat, run.config.data.tokenizer, str(path))
-    raise UserError(
-        f"BASE {base} is neither a run directory of `chinchax train` (config.yaml + checkpoints/) nor a converted "
-        "checkpoint of `chinchax model convert` (model.yaml + params/)"
-    )
-
-
-def check_vocabulary(base: Base, data: DataConfig) -> None:
+def check_vocabulary(base: RunWeights, data: DataConfig) -> None:
     from chinchax.data.tokenizers import load_tokenizer
 
     if base.tokenizer is not None and base.tokenizer != data.tokenizer:
@@ -254,14 +213,14 @@ def make_method(spec: FinetuneSection, model, shapes: dict) -> Method:
 # --- the run --------------------------------------------------------------------------------------------
 
 
-def experiment(base: Base, cfg: FinetuneConfig) -> ExperimentConfig:
+def experiment(base: RunWeights, cfg: FinetuneConfig) -> ExperimentConfig:
     return ExperimentConfig(model=base.model, data=cfg.data, optimizer=cfg.optimizer, trainer=cfg.trainer)
 
 
 def _check_same_method(run_dir: Path, cfg: FinetuneConfig) -> None:
     from chinchax import configlib
 
-    path = run_dir / "finetune.yaml"
+    path = run_dir / rundir.FINETUNE_YAML
     if path.is_file():
         old = configlib.read_yaml(path)
         new = configlib.to_dict(cfg.finetune)
@@ -275,13 +234,14 @@ def _check_same_method(run_dir: Path, cfg: FinetuneConfig) -> None:
 def finetune(base_dir: str | Path, cfg: FinetuneConfig, *, data=None) -> dict:
     """Fine-tune `base_dir` (run dir or converted checkpoint); returns run.json (with a `finetune` entry).
     `data` as in `train.trainer.train` (tests pass in-memory streams)."""
-    from chinchax import configlib, jsonio
+    from chinchax import configlib
     from chinchax.fileio import write_text_atomic
+    from chinchax.jsonio import write_json
     from chinchax.posttrain.finetune_programs import FinetunePrograms
     from chinchax.train.trainer import train
 
     cfg = cfg.validate()
-    base = load_base(base_dir)
+    base = load_weights(base_dir)
     if data is None:
         check_vocabulary(base, cfg.data)
     method = make_method(cfg.finetune, base.model, {k: v.shape for k, v in base.flat.items()})
@@ -293,7 +253,7 @@ def finetune(base_dir: str | Path, cfg: FinetuneConfig, *, data=None) -> dict:
     primary = jax.process_index() == 0
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "finetune.yaml", configlib.dump_yaml(cfg.finetune))
+        write_text_atomic(run_dir / rundir.FINETUNE_YAML, configlib.dump_yaml(cfg.finetune))
     made: dict = {}
 
     def make(exp_cfg, mesh):
@@ -315,7 +275,7 @@ def finetune(base_dir: str | Path, cfg: FinetuneConfig, *, data=None) -> dict:
     }
     from chinchax.posttrain.model_dir import absolute_tokenizer
 
-    programs.export_merged(run_dir / "merged", tokenizer=absolute_tokenizer(cfg.data.tokenizer, Path.cwd()),
+    programs.export_merged(run_dir / rundir.MERGED, tokenizer=absolute_tokenizer(cfg.data.tokenizer, Path.cwd()),
                            info={"source": str(run_dir.absolute()), "finetune": cfg.finetune.method})
     model_type = _converted_model_type(Path(base_dir))
     if model_type and cfg.finetune.method in ("lora", "qlora"):  # adapters also in peft's format
@@ -327,20 +287,13 @@ def finetune(base_dir: str | Path, cfg: FinetuneConfig, *, data=None) -> dict:
                     base_model=_converted_source(Path(base_dir)))
         info["peft_adapter"] = str((run_dir / "adapter").absolute())
     result = {**result, "finetune": info}
-    write_text_atomic(run_dir / "run.json", jsonio.dumps(result, indent=2) + "\n")
+    write_json(run_dir / rundir.RUN_JSON, result)
     return result
 
 
-def _conversion(base_dir: Path) -> dict:
-    import json
-
-    path = base_dir / "conversion.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _converted_model_type(base_dir: Path) -> str | None:
-    return _conversion(base_dir).get("model_type")
+    return rundir.conversion_record(base_dir).get("model_type")
 
 
 def _converted_source(base_dir: Path) -> str | None:
-    return _conversion(base_dir).get("source")
+    return rundir.conversion_record(base_dir).get("source")

@@ -48,7 +48,7 @@ class _Bound:
 def _wrap_prompt(method, model, trainable):
     if method.spec.method != "prompt_tuning":
         return model
-    from chinchax.posttrain.prompt_tuning import PromptedModel
+    from chinchax.model.soft_prompt import PromptedModel
 
     return PromptedModel(model, trainable["prompt_PD"])
 

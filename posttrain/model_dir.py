@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chinchax import jsonio
+from chinchax import jsonio, rundir
 
 
 def write_model_dir(out_dir: str | Path, model_cfg, flat: dict, *, tokenizer: str | None, info: dict) -> Path:
@@ -25,12 +25,12 @@ def write_model_dir(out_dir: str | Path, model_cfg, flat: dict, *, tokenizer: st
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "model.yaml").write_text(yaml.safe_dump(dataclasses.asdict(model_cfg), sort_keys=False))
+    (tmp / rundir.MODEL_YAML).write_text(yaml.safe_dump(dataclasses.asdict(model_cfg), sort_keys=False))
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(tmp / "params", unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()}))
+    checkpointer.save(tmp / rundir.PARAMS, unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()}))
     checkpointer.wait_until_finished()
     record = {**info, "tokenizer": tokenizer, "n_params": int(sum(np.size(v) for v in flat.values()))}
-    (tmp / "conversion.json").write_text(jsonio.dumps(record, indent=2) + "\n")
+    jsonio.write_json(tmp / rundir.CONVERSION_JSON, record)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)

@@ -147,11 +147,10 @@ def policy_run_config(init_cfg, *, run_dir, steps: int, optimizer_cfg, seed: int
 def write_policy_config(run_dir, exp_cfg) -> None:
     from pathlib import Path
 
-    from chinchax import configlib
-    from chinchax.fileio import write_text_atomic
+    from chinchax import rundir
 
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(Path(run_dir) / "config.yaml", configlib.dump_yaml(exp_cfg))
+    rundir.write_run_config(run_dir, exp_cfg)
 
 
 def decay_mask(model_cfg, mesh, seed: int):

@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chinchax import rundir
 from chinchax.errors import UserError
+from chinchax.jsonio import write_json
 from chinchax.posttrain import align_loop, align_losses, policy, preference
 from chinchax.train.config import OptimizerConfig, TrainerConfig
 
@@ -140,5 +142,5 @@ def train_dpo(cfg: DPORunConfig, *, evaluate: Callable[[int, object], dict] | No
         "final": train_rows[-1] if train_rows else None,
         "evals": [r for r in rows if r.get("eval")],
     }
-    align_loop.write_run_json(run_dir, result)
+    write_json(run_dir / rundir.RUN_JSON, result)
     return result

@@ -30,7 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from chinchax import rundir
 from chinchax.errors import UserError
+from chinchax.jsonio import write_json
 from chinchax.model.layers import param
 from chinchax.posttrain import align_loop, align_losses, policy
 from chinchax.train.config import OptimizerConfig, TrainerConfig
@@ -271,7 +273,7 @@ def train_ppo(
         "final": train_rows[-1] if train_rows else None, "evals": [r for r in rows if r.get("eval")],
         "kl_coef_final": float(state["kl_coef"]),
     }
-    align_loop.write_run_json(run_dir, result)
+    write_json(run_dir / rundir.RUN_JSON, result)
     return result
 
 

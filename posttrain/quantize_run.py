@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from chinchax import jsonio
+from chinchax import jsonio, rundir
 from chinchax.errors import UserError
-from chinchax.fileio import write_text_atomic
 from chinchax.posttrain.quantize import QuantSpec, dequantize_flat, model_bits, quantize_flat, stored_bytes
 
 
@@ -56,7 +55,7 @@ def check_format(model_cfg, flat: dict, spec: QuantSpec) -> None:
 
 
 def quantize_run(base_dir: str | Path, out_dir: str | Path, spec: QuantSpec, *, measure_loss: bool = True) -> dict:
-    from chinchax.posttrain.finetune import load_base
+    from chinchax.evaluation.run_loading import load_weights
     from chinchax.posttrain.model_dir import absolute_tokenizer, write_model_dir
 
     spec = spec.validate()
@@ -64,7 +63,7 @@ def quantize_run(base_dir: str | Path, out_dir: str | Path, spec: QuantSpec, *, 
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"--out {out_dir} exists and is not empty; choose a new directory")
     t0 = time.time()
-    base = load_base(base_dir)
+    base = load_weights(base_dir)
     check_format(base.model, base.flat, spec)
     stored = quantize_flat(base.flat, spec)
     deq = {k: np.asarray(v) for k, v in dequantize_flat(stored, {k: v.shape for k, v in base.flat.items()}, spec).items()}
@@ -83,11 +82,10 @@ def quantize_run(base_dir: str | Path, out_dir: str | Path, spec: QuantSpec, *, 
         "n_params": int(sum(np.size(v) for v in base.flat.values())),
         "max_abs_error": float(max(np.abs(deq[p] - base.flat[p]).max() for p in stored)),
     }
-    if measure_loss and base.tokenizer is not None and (base_dir / "config.yaml").is_file():
-        from chinchax.configlib import load_config
+    if measure_loss and base.tokenizer is not None and (base_dir / rundir.CONFIG_YAML).is_file():
         from chinchax.train.config import ExperimentConfig
 
-        run_cfg = load_config(ExperimentConfig, base_dir / "config.yaml")
+        run_cfg = rundir.read_run_config(base_dir, ExperimentConfig)
         batch = run_cfg.trainer.batch_size
         info["loss_before"] = _validation_loss(base.model, base.flat, run_cfg.data, batch)
         info["loss_after"] = _validation_loss(base.model, flat, run_cfg.data, batch)
@@ -99,5 +97,5 @@ def quantize_run(base_dir: str | Path, out_dir: str | Path, spec: QuantSpec, *, 
     with open(tmp, "wb") as f:
         np.savez(f, **{f"{p}/{k}": v for p, s in stored.items() for k, v in s.items()})
     tmp.replace(out_dir / "quantized.npz")
-    write_text_atomic(out_dir / "quantization.json", jsonio.dumps(info, indent=2) + "\n")
+    jsonio.write_json(out_dir / rundir.QUANTIZATION_JSON, info)
     return info

@@ -26,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from chinchax import rundir
 from chinchax.errors import UserError
+from chinchax.jsonio import write_json
 from chinchax.model.config import ModelConfig
 from chinchax.model.layers import param
 from chinchax.model.transformer import Transformer
@@ -226,7 +228,7 @@ def train_reward(cfg: RewardRunConfig) -> dict:
         "final_train_loss": rows[-1]["loss"] if rows else None,
         "eval": evaluate_pairs(trained, tokenizer, eval_pairs, max_len=settings.max_len),
     }
-    align_loop.write_run_json(run_dir, result)
+    write_json(run_dir / rundir.RUN_JSON, result)
     return result
 
 
@@ -241,18 +243,11 @@ class LoadedReward:
 def load_reward(run_dir: str | Path) -> LoadedReward:
     """A trained reward model from its run dir (newest verified checkpoint)."""
     from chinchax.data.tokenizers import load_tokenizer
-    from chinchax.fileio import read_user_json
 
-    run_dir = Path(run_dir)
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a finished reward-model run ({path} is missing); train it first")
+    run_dir = rundir.recognise(run_dir, accept=(rundir.REWARD,)).path
     fix = "train it again with `chinchax reward train` (same run dir: it resumes)"
-    run = read_user_json(path, what="reward-model record", fix=fix)
-    if not isinstance(run, dict) or run.get("kind") != "reward_model":
-        kind = run.get("kind") if isinstance(run, dict) else type(run).__name__
-        raise UserError(f"{run_dir} is not a reward-model run ({path}: kind={kind!r}); pass a run dir written by "
-                        "`chinchax reward train`")
+    run = rundir.read_run_json(run_dir, fix=fix)
+    path = run_dir / rundir.RUN_JSON
     try:
         model_cfg = ModelConfig(**run["model"])
         tok_desc = run["tokenizer"]

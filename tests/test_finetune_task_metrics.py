@@ -109,13 +109,15 @@ def test_soft_prompt_decoder_equals_kv_cache_decoder_and_accuracy_equals_mc_scor
 
     from chinchax.data.mixtures import format_example
     from chinchax.evaluation.multiple_choice import evaluate_multiple_choice
+    from chinchax.evaluation.run_loading import load_run
     from chinchax.evaluation.scoring import Scorer
     from chinchax.evaluation.tasks import MultipleChoice
     from chinchax.evaluation.tasks import Task as EvalTask
     from chinchax.model import Transformer
 
     out, _ = study
-    model, tok = task_metrics.load_finetuned(out / "finetunes" / "d32-full" / "merged")
+    full = load_run(out / "finetunes" / "d32-full" / "merged", soft_prompt=True)
+    model, tok = full.model, full.tokenizer
     assert not isinstance(model, task_metrics.SoftPrompted)
     # a random model of the same shape: the toy fine-tunes emit only spaces, which would make this vacuous
     random_model = Transformer(model.cfg, rngs=nnx.Rngs(params=3, dropout=1))
@@ -127,7 +129,7 @@ def test_soft_prompt_decoder_equals_kv_cache_decoder_and_accuracy_equals_mc_scor
     assert any(c.strip() for c in cached), cached
     assert uncached == cached
 
-    prompted, _ = task_metrics.load_finetuned(out / "finetunes" / "d32-prompt_tuning" / "merged")
+    prompted = load_run(out / "finetunes" / "d32-prompt_tuning" / "merged", soft_prompt=True).model
     assert isinstance(prompted, task_metrics.SoftPrompted) and prompted.prompt_PD[...].shape[0] > 0
 
     names = ["read_file", "parse_header", "open_socket", "close_all"]

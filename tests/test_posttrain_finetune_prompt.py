@@ -11,7 +11,7 @@ from flax import nnx
 
 from chinchax.model import Transformer
 from chinchax.model.config import load_model_config
-from chinchax.posttrain.prompt_tuning import PromptedModel
+from chinchax.model.soft_prompt import PromptedModel
 
 P, B, L, S = 3, 2, 6, 5
 
