@@ -95,12 +95,12 @@ class Phases:
     runs_trained: int = 0
 
     def add(self, wall: float, sweep, outcomes) -> None:
-        from chinchax.scaling.results import read_json
+        from chinchax.rundir import run_json_or_none
 
         self.wall_s += wall
         for o in outcomes:
             if o.status == "done":
-                run = read_json(sweep.run_dir(o.run_id) / "run.json") or {}
+                run = run_json_or_none(sweep.run_dir(o.run_id)) or {}
                 self.flops_detailed += float(run.get("flops_detailed") or 0)
                 self.flops_6nd += float(run.get("flops_6nd") or 0)
                 self.runs_trained += 1

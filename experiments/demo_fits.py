@@ -168,12 +168,12 @@ def noise_table(sweep, plan) -> dict:
     """Paired loss differences between neighbouring sizes at each budget (same eval rows for every run; a grid
     point's seeds averaged row by row)."""
     from chinchax.experiments.demo_seeds import mean_eval_rows
+    from chinchax.jsonio import read_object_or_none
     from chinchax.scaling.paired import neighbour_differences
-    from chinchax.scaling.results import read_json
 
     seeds_of: dict[tuple, list] = {}  # grid point -> (run id, eval rows) of each seed that has them
     for r in sorted(plan.runs, key=lambda r: r.seed):
-        rows = read_json(sweep.run_dir(r.run_id) / "eval_rows.json")
+        rows = read_object_or_none(sweep.run_dir(r.run_id) / "eval_rows.json")
         if rows:
             seeds_of.setdefault((r.family, r.budget, r.d_model, r.n_layers), []).append((r, rows))
     runs = [{"run": members[0][0].run_id, "budget": members[0][0].budget, "n_params": members[0][0].n_params,

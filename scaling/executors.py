@@ -42,6 +42,7 @@ from chinchax import jsonio
 from chinchax.errors import UserError
 from chinchax.fileio import files_under, is_remote, new_dir_atomic, remove_tree
 from chinchax.jsonio import read_jsonl
+from chinchax.rundir import run_json_or_none
 from chinchax.scaling.planned import Plan, PlannedRun
 from chinchax.scaling.results import (
     FAILED_MARKER,
@@ -49,7 +50,6 @@ from chinchax.scaling.results import (
     TRAIN_LOG,
     SweepDir,
     driver_marker,
-    read_json,
     trainer_holding,
     write_atomic,
 )
@@ -106,7 +106,7 @@ def run_with_retries(
 
     Runs wherever it is called: in the sweep's process (local), or inside a Ray worker (ray)."""
     d = Path(run_dir)
-    done = lambda: (read_json(d / "run.json") or {}).get("status") == "done"  # noqa: E731
+    done = lambda: (run_json_or_none(d) or {}).get("status") == "done"  # noqa: E731
     if done():
         return Outcome(run_id, "skipped")
     d.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import os
 import socket
 from collections import Counter
@@ -33,7 +32,8 @@ from chinchax.errors import UserError
 from chinchax.evaluation.results import flat_metrics, read_results
 from chinchax.fileio import is_remote, run_path
 from chinchax.fileio import write_text_atomic as write_atomic
-from chinchax.jsonio import read_jsonl
+from chinchax.jsonio import read_jsonl, read_object_or_none
+from chinchax.rundir import run_json_or_none
 from chinchax.scaling.planned import Plan, PlannedRun
 from chinchax.scaling.run_rows import EXTRA_COLUMNS, RESULT_COLUMNS, flops_key, run_row
 from chinchax.train.runlock import probe
@@ -44,14 +44,6 @@ LOCK_MARKER = "sweep_running.json"
 TRAIN_LOG = "sweep_train.log"
 
 CURVE_COLUMNS = ("run", "step", "n_params", "n_params_non_embedding", "n_tokens", "flops", "loss", "budget")
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -137,7 +129,7 @@ class SweepDir:
         write_atomic(self.root / "plan.csv", csv_text([r.row() for r in plan.runs], list(plan.runs[0].row()) if plan.runs else []))
 
     def load_plan(self) -> Plan:
-        data = read_json(self.plan_path)
+        data = read_object_or_none(self.plan_path)
         if data is None:
             raise UserError(f"{self.plan_path} is missing or unreadable; run `chinchax sweep plan` first")
         return Plan.from_json(data)
@@ -147,7 +139,7 @@ class SweepDir:
         d = self.run_dir(run_id)
         if not d.exists():
             return "planned"
-        run_json = read_json(d / "run.json")
+        run_json = run_json_or_none(d)
         if run_json is not None and run_json.get("status") == "done":
             return "done"
         if trainer_holding(d) is not None:
@@ -160,11 +152,11 @@ class SweepDir:
 
     def driver(self, run_id: str) -> dict | None:
         """The `sweep_running.json` of the run if the executor it names lives (or runs on another host)."""
-        marker = read_json(self.run_dir(run_id) / LOCK_MARKER)
+        marker = read_object_or_none(self.run_dir(run_id) / LOCK_MARKER)
         return marker if marker is not None and driver_alive(marker) else None
 
     def failure(self, run_id: str) -> dict | None:
-        return read_json(self.run_dir(run_id) / FAILED_MARKER)
+        return read_object_or_none(self.run_dir(run_id) / FAILED_MARKER)
 
     def states(self, plan: Plan) -> dict[str, str]:
         return {r.run_id: self.state(r.run_id) for r in plan.runs}
@@ -210,7 +202,7 @@ def collect(sweep: SweepDir, plan: Plan | None = None) -> tuple[list[dict], list
     plan = plan or sweep.load_plan()
     rows, curves = [], []
     for run in plan.runs:
-        run_json = read_json(sweep.run_dir(run.run_id) / "run.json")
+        run_json = run_json_or_none(sweep.run_dir(run.run_id))
         if run_json is None or run_json.get("status") != "done":
             continue
         row = result_row(run, run_json, plan.n_convention)

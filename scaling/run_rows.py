@@ -8,17 +8,19 @@ the two inputs give the same fit.
 - budget: the planned budget (plan.json) when the run belongs to a sweep, else run.json's own `budget` if it
   has one; otherwise none, and the fit groups runs into budgets by their FLOPs (scaling/table.py).
 
-Pure: stdlib only (the fitting half of scaling/ reads sweeps without importing the sweep half).
+Pure: stdlib only (the fitting half of scaling/ reads sweeps without importing the sweep half); run.json is
+read by chinchax.rundir (a missing one is a run not finished; a damaged one, an error naming it).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from chinchax.errors import UserError
+from chinchax.jsonio import read_object
+from chinchax.rundir import RUN_JSON, read_run_json
 
 N_CONVENTIONS = ("total", "non_embedding")
 RESULT_COLUMNS = ("run", "n_params", "n_params_non_embedding", "n_tokens", "flops", "loss", "budget")
@@ -68,33 +70,21 @@ def run_row(run_json: Mapping, *, convention: str = "total", planned: Mapping | 
     return row
 
 
-def read_run_json(path: Path) -> dict | None:
-    """A run.json as a dict; None when it is absent. A damaged one is a UserError that names it."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); re-run or delete that run") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} holds {type(data).__name__}, not a run.json object; re-run or delete that run")
-    return data
-
-
 def sweep_dir_rows(root: Path) -> Iterator[tuple[dict, Path]]:
     """(row, run.json path) per finished run under `root`. A sweep directory (with plan.json) is read the
     way `chinchax sweep collect` reads it: its plan's runs, N convention and budgets. Any other directory:
     every run.json below it, N total, the budget only if run.json records one."""
-    plan = read_run_json(root / "plan.json")
-    if plan is not None:
+    fix = "re-run or delete that run"
+    if (root / "plan.json").is_file():
+        plan = read_object(root / "plan.json", what="sweep plan", fix="plan the sweep again with `chinchax sweep plan`")
         convention = plan.get("n_convention", "total")
         for planned in plan.get("runs", []):
-            path = root / "runs" / planned["run_id"] / "run.json"
-            run_json = read_run_json(path)
+            run_dir = root / "runs" / planned["run_id"]
+            run_json = read_run_json(run_dir, fix=fix) if (run_dir / RUN_JSON).is_file() else None
             if run_json is not None and run_json.get("status") == "done":
-                yield run_row(run_json, convention=convention, planned=planned), path
+                yield run_row(run_json, convention=convention, planned=planned), run_dir / RUN_JSON
         return
-    for path in sorted(root.rglob("run.json")):
-        run_json = read_run_json(path)
-        if run_json is not None and run_json.get("status", "done") == "done":
+    for path in sorted(root.rglob(RUN_JSON)):
+        run_json = read_run_json(path.parent, fix=fix)
+        if run_json.get("status", "done") == "done":
             yield run_row(run_json, run_id=run_json.get("run", path.parent.name)), path

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from chinchax.rundir import run_json_or_none
 from chinchax.scaling import executors
 from chinchax.scaling.plan import load_sweep, plan_sweep
-from chinchax.scaling.results import SweepDir, read_json
+from chinchax.scaling.results import SweepDir
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = {
@@ -33,7 +34,7 @@ ENV = {"WANDB_MODE": "disabled"}
 
 def losses(run_dir: Path) -> tuple[list, float, int]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    run = read_json(run_dir / "run.json")
+    run = run_json_or_none(run_dir)
     return [(r["step"], r["loss"]) for r in rows if "loss" in r], run["eval_loss"], run["cpu_cores"]
 
 

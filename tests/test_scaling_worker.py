@@ -7,10 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from chinchax.jsonio import read_object_or_none
+from chinchax.rundir import run_json_or_none
 from chinchax.scaling import executors
 from chinchax.scaling.paired import neighbour_differences, paired_difference
 from chinchax.scaling.plan import load_sweep, plan_sweep
-from chinchax.scaling.results import TRAIN_LOG, SweepDir, read_json
+from chinchax.scaling.results import TRAIN_LOG, SweepDir
 from chinchax.scaling.worker import Worker, WorkerPool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +44,7 @@ def test_worker_executor_trains_runs_like_the_local_one_and_skips_them_after(tmp
                                    env={"WANDB_MODE": "disabled"})
     assert [o.status for o in outcomes] == ["done"] * 4
     for r in plan.runs:
-        run = read_json(sweep.run_dir(r.run_id) / "run.json")
+        run = run_json_or_none(sweep.run_dir(r.run_id))
         assert run["status"] == "done" and run["steps"] == r.steps and run["n_params"] == r.n_params
         log = (sweep.run_dir(r.run_id) / TRAIN_LOG).read_text()
         assert "in a long-lived worker" in log and "done:" in log  # the CLI's own last line, in the run's log
@@ -50,7 +52,7 @@ def test_worker_executor_trains_runs_like_the_local_one_and_skips_them_after(tmp
         assert len(rows["loss_sum"]) == len(rows["weight"]) == 2 * 4  # eval_batches x batch rows
     # Every run was scored on the same rows: paired differences are defined between any two.
     runs = [{"run": r.run_id, "budget": r.budget, "n_params": r.n_params,
-             "rows": read_json(sweep.run_dir(r.run_id) / "eval_rows.json")} for r in plan.runs]
+             "rows": read_object_or_none(sweep.run_dir(r.run_id) / "eval_rows.json")} for r in plan.runs]
     assert len(neighbour_differences(runs)) == 2
     # One worker trained all four: the second run of a shape reuses the first's compiled programs, so its first
     # logged window (where the first run compiled) is much faster.
@@ -122,5 +124,5 @@ def test_a_pool_passed_to_several_sweeps_keeps_its_workers_and_their_compiled_pr
 
     run_id = plan.runs[0].run_id
     assert first_window_s(again, run_id) < first_window_s(first, run_id) / 3  # nothing compiled the second time
-    losses = [read_json(s.run_dir(plan.runs[0].run_id) / "run.json")["eval_loss"] for s in (first, again)]
+    losses = [run_json_or_none(s.run_dir(plan.runs[0].run_id))["eval_loss"] for s in (first, again)]
     assert losses[0] == losses[1]  # and the same run, bitwise
