@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "chinchax.experiments.coord_check",
     "chinchax.posttrain.finetune_cli",
     "chinchax.posttrain.align_cli",
+    "chinchax.experiments.alignment_study",  # `chinchax align study`: after align_cli, which it extends
 )
 
 

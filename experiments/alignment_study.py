@@ -185,6 +185,25 @@ def run(cfg: dict, out: Path) -> dict:
     return results
 
 
+def register(subparsers) -> None:
+    """`chinchax align study`, among the subcommands of `chinchax align` (posttrain/align_cli.py)."""
+    import argparse
+
+    from chinchax.posttrain.align_cli import align_subcommands
+
+    s = align_subcommands(subparsers).add_parser(
+        "study", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="reward-model overoptimization study (Gao et al. 2022)")
+    s.add_argument("--config", default=None, help="study YAML (default experiments/alignment_study.yaml)")
+    s.add_argument("--quick", action="store_true", help="the CI-sized version (minutes)")
+    s.add_argument("--out", default="runs/alignment_study")
+    s.set_defaults(handler=_study)
+
+
+def _study(args) -> int:
+    return main(config=args.config, quick=args.quick, out=args.out)
+
+
 def main(config=None, *, quick: bool = False, out="runs/alignment_study") -> int:
     from chinchax.experiments.alignment_report import write_report
 

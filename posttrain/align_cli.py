@@ -5,7 +5,9 @@
     chinchax align dpo CONFIG.yaml [key=value ...]        DPO / IPO (dpo.loss_type) from preference pairs
     chinchax align ppo CONFIG.yaml [key=value ...]        PPO with a KL penalty, or RLOO (ppo.algorithm)
     chinchax align bon --policy RUN --reward-model RUN --prompts FILE --n 1 4 16
-    chinchax align study [--quick] [--out DIR]            Gao et al.'s overoptimization study (experiments/)
+
+`chinchax align study` (Gao et al.'s overoptimization study) is an experiment: experiments/alignment_study.py
+adds it to these subcommands (`align_subcommands`), so nothing here imports experiments/.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def register(subparsers) -> None:
 
     al = subparsers.add_parser("align", help="policy optimisation: DPO/IPO, PPO/RLOO, best-of-n, the study")
     asub = al.add_subparsers(dest="align_command", metavar="SUBCOMMAND")
+    al.set_defaults(align_subcommands=asub)  # argparse has no public way back to it
     for name, what in (("dpo", "DPO or IPO from preference pairs (dpo.*)"),
                        ("ppo", "PPO with a per-token KL penalty, or RLOO (ppo.*)")):
         p = asub.add_parser(name, formatter_class=fmt, help=what, description=f"{what}; rerunning resumes.")
@@ -49,11 +52,11 @@ def register(subparsers) -> None:
     b.add_argument("--gold", choices=("python", "none"), default="python",
                    help="python: the programmatic gold score of function bodies (posttrain.gold)")
     b.set_defaults(handler=_bon)
-    s = asub.add_parser("study", formatter_class=fmt, help="reward-model overoptimization study (Gao et al. 2022)")
-    s.add_argument("--config", default=None, help="study YAML (default experiments/alignment_study.yaml)")
-    s.add_argument("--quick", action="store_true", help="the CI-sized version (minutes)")
-    s.add_argument("--out", default="runs/alignment_study")
-    s.set_defaults(handler=_study)
+
+
+def align_subcommands(subparsers):
+    """The subcommands of `chinchax align` (once `register` has run), for a study to add its own to."""
+    return subparsers.choices["align"].get_default("align_subcommands")
 
 
 def _config_and_overrides(args):
@@ -125,9 +128,3 @@ def _bon(args) -> int:
         print(json.dumps(row))
     return 0
 
-
-def _study(args) -> int:
-    # The study is an experiment (experiments/), reached from here so that `chinchax align` lists it.
-    from chinchax.experiments.alignment_study import main
-
-    return main(config=args.config, quick=args.quick, out=args.out)
