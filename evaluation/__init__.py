@@ -6,7 +6,7 @@ tasks.py             multiple-choice and generation tasks from JSONL or prepared
 fewshot.py           k-shot prompts, seeded per example
 multiple_choice.py   accuracy by log-likelihood (raw, per byte, per token) with standard errors
 generation_tasks.py  KV-cache generation scored with ROUGE and BLEU (metrics.py)
-run_loading.py       a run directory or converted checkpoint -> (config, model, tokenizer, step), read-only
+run_loading.py       any run directory (chinchax.rundir's kinds) -> (config, model, tokenizer, step), or its weights
 results.py           RUN_DIR/eval.json
 icl_curves.py        k-shot results of a sweep: table and plots vs N and compute, a line per k
 chain_of_thought.py  chain of thought, self-consistency and direct answering, compared across sizes
