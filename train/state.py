@@ -52,7 +52,12 @@ class ModelParts:
         return jax.tree.map(jax.random.wrap_key_data, self.rng_key_data)
 
     def merge(self, params, rng_keys=None) -> nnx.Module:
-        return nnx.merge(self.graphdef, params, self.rng_keys() if rng_keys is None else rng_keys, self.other)
+        # The counters as jax arrays: an RngStream draws with `count[...] += 1`, an in-place add on a numpy
+        # value, and `jax.device_get` gives read-only arrays ("output array is read-only" at the first draw
+        # outside an nnx.scan: the embedding dropout). Writable ones would be worse: each trace would bump
+        # the shared host counters, and a retraced step would draw other masks.
+        other = jax.tree.map(jnp.asarray, self.other)
+        return nnx.merge(self.graphdef, params, self.rng_keys() if rng_keys is None else rng_keys, other)
 
 
 def _new_model(cfg: ModelConfig, seed) -> nnx.Module:
