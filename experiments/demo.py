@@ -25,6 +25,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from chinchax.compute import training_flops
 from chinchax.errors import UserError
 from chinchax.experiments.demo_report import _bracketing, edge_winners, render  # noqa: F401 (re-exported)
 
@@ -355,7 +356,7 @@ def _summary(*, quick, wall, corpus, rule, plan, lr_plan, rows, seed_rows, fits,
     n_ne = [float(r["n_params_non_embedding"]) for r in rows]
     edges = edge_winners(rows)
     flops_total = plan.flops_independent + lr_plan.flops_independent + (
-        6.0 * prediction["n_params"] * prediction["n_tokens"] * len(prediction["measured_seeds"]) if prediction else 0.0)
+        training_flops(prediction["n_params"], prediction["n_tokens"]) * len(prediction["measured_seeds"]) if prediction else 0.0)
     return {
         "quick": quick, "wall_time_s": wall, "runs": len(seed_rows), "grid_points": len(rows),
         "seeds": sorted({int(r.get("seed") or 0) for r in seed_rows}), "corpus": corpus,

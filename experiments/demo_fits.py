@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chinchax.compute import training_flops
 from chinchax.errors import UserError
 
 MAX_INTERVAL_WIDTH = 0.25  # the bar for a usable exponent: a 95% interval of a at most this wide
@@ -225,7 +226,7 @@ def plot_prediction(out: Path, fit, rows: list[dict], prediction: dict) -> str:
     ax.plot(grid, [f["loss"] for f in front], color="C0", label="approach 3: loss at N_opt(C)")
     lo, hi = [f.get("loss_lo", np.nan) for f in front], [f.get("loss_hi", np.nan) for f in front]
     ax.fill_between(grid, lo, hi, color="C0", alpha=0.2, linewidth=0)
-    c = 6.0 * prediction["n_params"] * prediction["n_tokens"]
+    c = training_flops(prediction["n_params"], prediction["n_tokens"])
     ax.errorbar([c], [prediction["predicted"]], yerr=[[prediction["predicted"] - prediction["predicted_lo"]],
                 [prediction["predicted_hi"] - prediction["predicted"]]], fmt="o", color="C0", capsize=3,
                 label=f"predicted (held-out run, {prediction.get('law', 'chinchilla-3')})")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from flax import nnx
 
+from chinchax.compute import FLOPS_PER_PARAM_TOKEN
 from chinchax.model.config import ModelConfig
 from chinchax.model.transformer import EMBEDDING_PARAM_NAMES, Transformer
 
@@ -107,8 +108,8 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None, encoder_seq_le
     d_attn = cfg.n_heads * cfg.head_size
     n_layer = cfg.n_layers + cfg.encoder_layers
     return FlopCounts(
-        six_n=6.0 * counts.total,
-        six_n_non_embedding=6.0 * counts.non_embedding,
+        six_n=FLOPS_PER_PARAM_TOKEN * counts.total,
+        six_n_non_embedding=FLOPS_PER_PARAM_TOKEN * counts.non_embedding,
         kaplan_forward=2.0 * counts.non_embedding + 2.0 * n_layer * seq_len * d_attn,
         detailed=3.0 * forward / seq_len,
     )

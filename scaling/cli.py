@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from chinchax import jsonio
+from chinchax.compute import training_flops
 
 FIT_LAWS = ("chinchilla-1", "chinchilla-2", "chinchilla-3", "kaplan-3", "kaplan", "data-constrained")
 
@@ -312,7 +313,7 @@ def _predict(args) -> int:
     rows = []
     if args.n_params is not None:
         loss, lo, hi = fit.predict_loss(args.n_params, args.tokens)
-        rows.append({"n_params": args.n_params, "n_tokens": args.tokens, "flops": 6.0 * args.n_params * args.tokens,
+        rows.append({"n_params": args.n_params, "n_tokens": args.tokens, "flops": training_flops(args.n_params, args.tokens),
                      "loss": loss, "loss_lo": lo, "loss_hi": hi})
     rows += [{**fit.frontier(c), "compute_optimal": True} for c in args.flops]
     if args.json:

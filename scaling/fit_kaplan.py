@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from chinchax.compute import FLOPS_PER_PARAM_TOKEN, training_flops
 from chinchax.errors import UserError
 from chinchax.scaling.fit_chinchilla import envelope, power_law
 from chinchax.scaling.fit_parametric import loss_prediction_error
@@ -86,7 +87,7 @@ def _scale_constant(coef: float, alpha: float, name: str, notes: list[str] | Non
 
 
 def _frontier(curves: pd.DataFrame, n_col: str) -> pd.DataFrame:
-    df = curves.assign(n_params=curves[n_col], flops=6.0 * curves[n_col] * curves["n_tokens"])
+    df = curves.assign(n_params=curves[n_col], flops=training_flops(curves[n_col], curves["n_tokens"]))
     if "step" in df.columns and df.groupby("run").size().max() > 1:
         return envelope(df)
     # Final points only: the Pareto frontier (each point beats every cheaper one).
@@ -132,7 +133,7 @@ def fit_kaplan(table: pd.DataFrame, *, n_bootstrap: int = 200, seed: int = 0,
         law="kaplan", params=params, stderr=stderr, intervals=intervals,
         n_runs=int(final["run"].nunique()), n_rows=len(table), n_bootstrap=n_bootstrap, seed=seed,
         allocation={"n_coef": params["n_coef"], "n_exp": params["n_exp"]}, bootstrap_allocation=alloc,
-        extra={"n_column": n_col, "flops_convention": f"C = 6 * {n_col} * n_tokens",
+        extra={"n_column": n_col, "flops_convention": f"C = {FLOPS_PER_PARAM_TOKEN:g} * {n_col} * n_tokens",
                **({"warnings": notes} if notes else {})},
     )
     if held is not None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from chinchax.compute import FLOPS_PER_PARAM_TOKEN, training_flops
 from chinchax.errors import UserError
 from chinchax.scaling.fitresult import (
     THETA_NAMES,
@@ -170,7 +171,7 @@ def _derived(theta, form: str = "chinchilla") -> dict[str, float]:
     a, b = (beta / total, alpha / total) if total != 0 else (np.nan, np.nan)
     if alpha > 0 and beta > 0 and (gamma is None or gamma > 0):  # else no optimum along C = 6ND
         log_g = (np.log(alpha) + log_a - np.log(beta) - log_b) / total
-        g, n_coef = exp(log_g), exp(log_g - a * np.log(6.0))  # N_opt = G·(C/6)^a = G·6^-a·C^a
+        g, n_coef = exp(log_g), exp(log_g - a * np.log(FLOPS_PER_PARAM_TOKEN))  # N_opt = G·(C/6)^a = G·6^-a·C^a
     else:
         g = n_coef = np.nan
     return {**out, "a": a, "b": b, "G": g, "n_coef": n_coef, "n_exp": a}
@@ -289,7 +290,7 @@ def fit_approach3(
                "runs": {"n_params": fit_df["n_params"].astype(float).tolist(),
                         "n_tokens": fit_df["n_tokens"].astype(float).tolist(),
                         "flops": (fit_df["flops"] if "flops" in fit_df.columns
-                                  else 6.0 * fit_df["n_params"] * fit_df["n_tokens"]).astype(float).tolist()}},
+                                  else training_flops(fit_df["n_params"], fit_df["n_tokens"])).astype(float).tolist()}},
     )
     if held is not None:
         if data_constrained:

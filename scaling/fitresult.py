@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from chinchax import jsonio
+from chinchax.compute import FLOPS_PER_PARAM_TOKEN, tokens_for_budget
 from chinchax.errors import UserError
 from chinchax.fileio import read_user_json, write_text_atomic
-from chinchax.scaling.laws import FLOPS_PER_PARAM_TOKEN, Allocation, ParametricLaw
+from chinchax.scaling.laws import Allocation, ParametricLaw
 
 CONFIDENCE = 0.95
 # Per-draw parameters of a parametric (approach-3) fit, as fitted: the coefficients in log space; Kaplan's
@@ -74,7 +75,7 @@ class FitResult:
 
     def d_opt(self, flops: float) -> tuple[float, float, float]:
         n, lo, hi = self.n_opt(flops)
-        d = lambda x: float(flops) / (FLOPS_PER_PARAM_TOKEN * x)
+        d = lambda x: tokens_for_budget(float(flops), x)
         return d(n), d(hi), d(lo)  # more parameters means fewer tokens
 
     # ------------------------------------------------------------ approach-3 predictions

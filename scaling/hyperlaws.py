@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from chinchax import jsonio
+from chinchax.compute import FLOPS_PER_PARAM_TOKEN
 from chinchax.errors import UserError
 from chinchax.fileio import read_user_json, write_text_atomic
 from chinchax.scaling.fitresult import CONFIDENCE, ScalingFitWarning
@@ -51,7 +52,7 @@ def non_embedding_flops_per_token(n_non_embedding, n_layers, d_model, seq_len):
     """DeepSeek's M with the exact non-embedding parameter count: 6·N_non_embedding + 12·n_layer·d_model·l_seq.
     For their block (d_ff = 4·d_model, no biases or norms) 6·N_non_embedding is their 72·n_layer·d_model²;
     for gated MLPs, biases and norms it counts what the model really has."""
-    return 6.0 * n_non_embedding + 12.0 * n_layers * d_model * seq_len
+    return FLOPS_PER_PARAM_TOKEN * n_non_embedding + 12.0 * n_layers * d_model * seq_len
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from chinchax.compute import params_at_ratio
 from chinchax.errors import UserError
 from chinchax.model.counting import count_params
 from chinchax.scaling.sweep_config import ShapeRule, SizeRule
@@ -163,7 +164,7 @@ def sizes_for_budget(ladder: Sequence[Shape], budget: float, sizes: SizeRule, co
     if sizes.mode == "explicit":
         picked = {_nearest(ladder, n, convention) for n in sizes.n_params}
         return [ladder[i] for i in sorted(picked)]
-    n_star = math.sqrt(budget / (6.0 * sizes.tokens_per_param))
+    n_star = params_at_ratio(budget, sizes.tokens_per_param)
     k = min(sizes.per_budget, len(ladder))
     if k == 1:
         return [ladder[_nearest(ladder, n_star, convention)]]

@@ -1,7 +1,7 @@
 """Scaling-law formulas and the published parameter sets (numpy; works on any array-like).
 
-Conventions: N = parameters, D = training tokens, C = 6·N·D training FLOPs. Every allocation law
-here is a power law N_opt(C) = k·C^a, and D_opt(C) = C / (6·N_opt(C)).
+Conventions: N = parameters, D = training tokens, C = 6·N·D training FLOPs (chinchax/compute.py). Every
+allocation law here is a power law N_opt(C) = k·C^a, and D_opt(C) = C / (6·N_opt(C)).
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from chinchax.compute import FLOPS_PER_PARAM_TOKEN, tokens_for_budget
+
 PF_DAY = 8.64e19  # FLOPs in one petaflop/s-day (1e15 FLOP/s x 86,400 s), Kaplan et al. 2020
-FLOPS_PER_PARAM_TOKEN = 6.0
 
 # Chinchilla (Hoffmann et al. 2022), Table 3: approach-1 optimal (parameters, FLOPs, tokens).
 CHINCHILLA_TABLE3 = (
@@ -97,7 +98,7 @@ class ParametricLaw:
 
     def allocation(self, name: str = "parametric", source: str = "") -> Allocation:
         # Minimising L subject to C = 6ND gives N_opt = G·(C/6)^a, D_opt = G^-1·(C/6)^b.
-        return Allocation(name, self.G * 6.0 ** (-self.a), self.a, source)
+        return Allocation(name, self.G * FLOPS_PER_PARAM_TOKEN ** (-self.a), self.a, source)
 
 
 # Eq. 10 as printed (rounded exponents), and with the unrounded exponents. Both are loss laws for
@@ -120,7 +121,7 @@ class Allocation:
 
     def d_opt(self, flops):
         flops = np.asarray(flops, dtype=np.float64)
-        return flops / (FLOPS_PER_PARAM_TOKEN * self.n_opt(flops))
+        return tokens_for_budget(flops, self.n_opt(flops))
 
 
 def chinchilla_loss(n, d, E, A, B, alpha, beta):
@@ -196,7 +197,7 @@ class DataConstrainedLaw:
 
         def loss_at(log_n):
             n = 10.0**log_n
-            return float(self.loss(n, flops / (FLOPS_PER_PARAM_TOKEN * n), unique_tokens))
+            return float(self.loss(n, tokens_for_budget(flops, n), unique_tokens))
 
         centre = np.log10(self.base.allocation().n_opt(flops))
         grid = np.linspace(centre - 5.0, centre + 3.0, 4001)
@@ -204,7 +205,7 @@ class DataConstrainedLaw:
         lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, grid.size - 1)]
         log_n = minimize_scalar(loss_at, bounds=(lo, hi), method="bounded", options={"xatol": 1e-9}).x
         n = 10.0**log_n
-        return n, flops / (FLOPS_PER_PARAM_TOKEN * n)
+        return n, tokens_for_budget(flops, n)
 
 
 # Muennighoff et al. 2023, fitted on their C4 runs (sec. 4 / App.; constants as published in the paper's

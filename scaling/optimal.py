@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chinchax.compute import training_flops
 from chinchax.errors import UserError
 from chinchax.scaling.fitresult import CONFIDENCE, FitResult
 from chinchax.scaling.hyperlaws import PUBLISHED_HYPERPARAMETER_LAWS, load_hyperparameter_law
-from chinchax.scaling.laws import FLOPS_PER_PARAM_TOKEN, MUENNIGHOFF_2023, published_allocations
+from chinchax.scaling.laws import MUENNIGHOFF_2023, published_allocations
 
 # Dense bf16/fp16 tensor-core peak FLOP/s per chip (vendor datasheets; no sparsity).
 DEVICE_PEAK_FLOPS = {
@@ -51,7 +52,7 @@ def load_catalogue() -> pd.DataFrame:
     """Well-known models (name, n_params, n_tokens, source) with flops = 6·N·D."""
     with resources.files("chinchax.scaling").joinpath("catalogue.csv").open() as f:
         df = pd.read_csv(f)
-    return df.assign(flops=FLOPS_PER_PARAM_TOKEN * df["n_params"] * df["n_tokens"])
+    return df.assign(flops=training_flops(df["n_params"], df["n_tokens"]))
 
 
 DATA_CONSTRAINED = "data-constrained"

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chinchax.compute import params_at_ratio, tokens_for_budget, training_flops
 from chinchax.fileio import write_bytes_atomic
 from chinchax.scaling.fitresult import FitResult
-from chinchax.scaling.laws import CHINCHILLA_3, FLOPS_PER_PARAM_TOKEN, ParametricLaw, published_allocations
+from chinchax.scaling.laws import CHINCHILLA_3, ParametricLaw, published_allocations
 
 KINDS = ("isoflop", "frontier", "allocation", "contours", "bloomberg")
 # More budgets than this: a colour bar (log budget) instead of a legend entry per budget.
@@ -144,7 +145,7 @@ def plot_allocation(fit: FitResult, stem, flops_range: tuple[float, float] | Non
     extent = _data_flops_extent(points, runs)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, what in zip(axes, ("N", "D"), strict=True):
-        best = n_best if what == "N" else c / (FLOPS_PER_PARAM_TOKEN * n_best)
+        best = n_best if what == "N" else tokens_for_budget(c, n_best)
         if extent is None:
             ax.plot(c, best, color="C0", lw=2, label=f"{fit.law} fit")
         else:
@@ -153,14 +154,14 @@ def plot_allocation(fit: FitResult, stem, flops_range: tuple[float, float] | Non
             ax.plot(np.where(inside, np.nan, c), best, color="C0", lw=1.5, ls="--")
         if len(draws):
             n_draws = draws[:, :1] * c[None, :] ** draws[:, 1:2]
-            vals = n_draws if what == "N" else c[None, :] / (FLOPS_PER_PARAM_TOKEN * n_draws)
+            vals = n_draws if what == "N" else tokens_for_budget(c[None, :], n_draws)
             band = np.percentile(vals, [2.5, 97.5], axis=0)
             ax.fill_between(c, band[0], band[1], color="C0", alpha=0.25, linewidth=0, label="95% bootstrap band")
         if runs is not None:
             ax.scatter(runs["flops"], runs["n_params" if what == "N" else "n_tokens"], color="0.55", s=9,
                        zorder=4, label="runs")
         if points is not None:
-            y = points[1] if what == "N" else points[0] / (FLOPS_PER_PARAM_TOKEN * points[1])
+            y = points[1] if what == "N" else tokens_for_budget(points[0], points[1])
             ax.scatter(points[0], y, color="k", s=16, zorder=5, label="fitted optima")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -214,7 +215,7 @@ def plot_contours(law: ParametricLaw | FitResult | None, stem, n_range=None, d_r
     lines = ax.contour(nn, dd, loss, levels=8, colors="w", linewidths=0.6)
     ax.clabel(lines, fmt="%.2f", fontsize=7)
     alloc = law.allocation()
-    c_lo, c_hi = 6 * n_range[0] * d_range[0], 6 * n_range[1] * d_range[1]
+    c_lo, c_hi = training_flops(n_range[0], d_range[0]), training_flops(n_range[1], d_range[1])
     c = np.logspace(np.log10(c_lo), np.log10(c_hi), 200)
     frontier_label = f"efficient frontier (N ∝ C^{alloc.n_exp:.3f})"
     if runs is None:
@@ -224,8 +225,8 @@ def plot_contours(law: ParametricLaw | FitResult | None, stem, n_range=None, d_r
         ax.plot(alloc.n_opt(c[inside]), alloc.d_opt(c[inside]), color="C3", lw=2, label=frontier_label)
         ax.plot(alloc.n_opt(c), alloc.d_opt(c), color="C3", lw=1.5, ls="--")
     for flops in np.logspace(np.log10(c_lo) + 1, np.log10(c_hi) - 1, 4):
-        ax.plot(n, flops / (6 * n), color="k", lw=0.6, ls="--")
-        x = np.sqrt(flops / 6)  # label each isoFLOP line where N = D
+        ax.plot(n, tokens_for_budget(flops, n), color="k", lw=0.6, ls="--")
+        x = params_at_ratio(flops)  # label each isoFLOP line where N = D
         if n_range[0] < x < n_range[1] and d_range[0] < x < d_range[1]:
             ax.annotate(f"{flops:.0e}", (x, x), fontsize=7)
     ax.set_xscale("log")
@@ -303,7 +304,7 @@ def _runs(fit: FitResult | None, table: pd.DataFrame | None) -> pd.DataFrame | N
         return None
     df = df.copy()
     if "flops" not in df.columns:
-        df["flops"] = FLOPS_PER_PARAM_TOKEN * df["n_params"] * df["n_tokens"]
+        df["flops"] = training_flops(df["n_params"], df["n_tokens"])
     return df
 
 

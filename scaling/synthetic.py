@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from chinchax.compute import tokens_for_budget, training_flops
 from chinchax.scaling.laws import ParametricLaw
 
 
@@ -25,9 +26,9 @@ def isoflop_table(
         n_opt = alloc.n_opt(c)
         for n in n_opt * np.logspace(-spread, spread, sizes_per_budget):
             n = float(np.round(n))
-            d = float(c / (6.0 * n))
+            d = float(tokens_for_budget(c, n))
             loss = float(law.loss(n, d) * np.exp(noise * rng.standard_normal()))
-            rows.append({"run": f"C{c:.2e}_N{n:.3e}", "n_params": n, "n_tokens": d, "flops": 6 * n * d,
+            rows.append({"run": f"C{c:.2e}_N{n:.3e}", "n_params": n, "n_tokens": d, "flops": training_flops(n, d),
                          "budget": c, "loss": loss})
     return pd.DataFrame(rows)
 
@@ -45,9 +46,9 @@ def loss_curves(
     rng = np.random.default_rng(seed)
     rows = []
     for n in np.asarray(sizes, np.float64):
-        d_max = max_flops / (6.0 * n)
+        d_max = tokens_for_budget(max_flops, n)
         for step, d in enumerate(np.logspace(np.log10(d_max) - 2.5, np.log10(d_max), points_per_run)):
             loss = float(law.loss(n, d) * np.exp(noise * rng.standard_normal()))
             rows.append({"run": f"N{n:.3e}", "step": step, "n_params": n, "n_tokens": float(d),
-                         "flops": 6 * n * d, "loss": loss})
+                         "flops": training_flops(n, d), "loss": loss})
     return pd.DataFrame(rows)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chinchax.compute import training_flops
 from chinchax.errors import UserError
 from chinchax.scaling.run_rows import sweep_dir_rows
 
@@ -117,7 +118,7 @@ def validate_table(df: pd.DataFrame, name: str = "table", where: list[str] | Non
         df[col] = values
     _check_duplicates(df, name, where)
     if "flops" not in df.columns:
-        df["flops"] = 6.0 * df["n_params"] * df["n_tokens"]
+        df["flops"] = training_flops(df["n_params"], df["n_tokens"])
     if "run" not in df.columns:
         df["run"] = [f"row{i}" for i in range(len(df))]
     df["run"] = df["run"].astype(str)
