@@ -167,7 +167,7 @@ def _log_analysis(out: Path, summary: dict, table, project: str | None, group: s
 
 def _check_families(plan) -> None:
     for run in plan.runs:
-        if run.config["model"]["variant"] == "encoder_only":
+        if run.experiment.model.variant == "encoder_only":
             raise UserError(
                 f"family {run.family!r} is encoder-only: a masked LM defines no likelihood of a continuation "
                 "(only a pseudo-log-likelihood), so it cannot be scored on the same measures as decoders and "

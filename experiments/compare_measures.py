@@ -22,18 +22,15 @@ MAX_DOCUMENTS = 4000  # held-out documents read to build the items (a few MB of 
 def measure_set(plan, params: dict):
     """The MeasureSet every run of `plan` is scored on, from the (shared) held-out split; and a note on
     the corpus it came from."""
-    from chinchax.configlib import load_config
     from chinchax.data.pipeline import open_documents
     from chinchax.data.tokenizers import load_tokenizer
     from chinchax.evaluation.comparable import build_measure_set
-    from chinchax.train.config import ExperimentConfig
 
-    data = {(r.config["data"]["source"], r.config["data"]["tokenizer"], r.config["data"]["eval_split"])
-            for r in plan.runs}
+    data = {(r.experiment.data.source, r.experiment.data.tokenizer, r.experiment.data.eval_split) for r in plan.runs}
     if len(data) != 1:
         raise UserError(f"the families read different data or tokenizers ({sorted(data)}); a comparison needs one "
                         "corpus and one tokenizer for every family (set them in the sweep's `overrides:`)")
-    cfg = load_config(ExperimentConfig, plan.runs[0].config)
+    cfg = plan.runs[0].experiment
     docs = open_documents(cfg.data, cfg.data.eval_split)
     texts = [docs[i] for i in range(min(len(docs), MAX_DOCUMENTS))]
     tokenizer = load_tokenizer(cfg.data.tokenizer)
@@ -103,8 +100,8 @@ def results_table(rows: list[dict], measured: dict[str, dict], plan, sweep):
         run = planned[row["run"]]
         record = {
             "run": row["run"], "family": run.family, "budget": run.budget,
-            "variant": run.config["model"]["variant"], "attention": run.config["model"]["attention"],
-            "objective": run.config["data"]["objective"],
+            "variant": run.experiment.model.variant, "attention": run.experiment.model.attention,
+            "objective": run.experiment.data.objective,
             "d_model": run.d_model, "n_layers": run.n_layers, "n_params": row["n_params"],
             "n_params_non_embedding": row["n_params_non_embedding"], "n_tokens": row["n_tokens"],
             "flops": row["flops"], "flops_detailed": _number(row.get("flops_detailed")),

@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+from chinchax.scaling.sweep_config import HParamRule, learning_rate
+
 MULTIPLIERS = (1 / 3, 1.0, 3.0)
 PRIOR_EXPONENT = 1.0  # muP's 1/width for Adam, when the sweep cannot measure it
 EXPONENT_RANGE = (0.0, 2.0)  # a measured exponent outside this is not trusted: the prior is used
@@ -163,11 +165,12 @@ def rate_interval(rows: list[dict], rule: dict, d_model: int, n_resamples: int =
     held-out run trains at can be trusted; with one seed a point there is nothing to resample, and no
     interval."""
     base_d = rule["base_d_model"]
+    rate = lambda fit: learning_rate(as_hparams(fit), d_model)  # noqa: E731 (the sweep's own formula)
     by_point: dict[tuple, list[dict]] = {}
     for r in rows:
         by_point.setdefault((int(r["d_model"]), float(r["learning_rate"])), []).append(r)
     widths = sorted(int(d) for d in rule["best_by_width"])
-    out = {"d_model": int(d_model), "lr": rule["base_lr"] * (base_d / d_model) ** rule["width_exponent"],
+    out = {"d_model": int(d_model), "lr": rate(rule),
            "lo": None, "hi": None, "level": level, "resamples": 0, "tuned_widths": [widths[0], widths[-1]],
            "extrapolation": d_model / widths[-1], "loss_cost": None}
     n = min(len(p) for p in by_point.values())  # seeds a point
@@ -177,8 +180,7 @@ def rate_interval(rows: list[dict], rule: dict, d_model: int, n_resamples: int =
     rates = []
     for _ in range(n_resamples):
         sample = [p[i] for p in by_point.values() for i in rng.integers(0, len(p), len(p))]
-        fit = tune(sample, base_d, rule.get("fixed_exponent"))
-        rates.append(fit["base_lr"] * (base_d / d_model) ** fit["width_exponent"])
+        rates.append(rate(tune(sample, base_d, rule.get("fixed_exponent"))))
     # the refitted rates' spread (quantiles of log rate about their median) around the rule's own rate: with two
     # seeds a point the resampled fits scatter about a slightly shifted centre, and the question is how uncertain
     # the rate the run trained at is. Resampling n seeds understates their mean's variance by (n - 1) / n (by half
@@ -213,11 +215,16 @@ def exponent_for(cfg) -> float | None:
     return 0.0 if cfg.hparams.rule == "mup" else None
 
 
+def as_hparams(rule: dict, base: HParamRule = HParamRule()) -> HParamRule:
+    """The measured rule lr*(d) = base_lr * (base_d / d)^k as the sweep's hparams rule "inverse_width" (the
+    other settings of `base` kept), whose rates `learning_rate` (scaling/sweep_config.py) gives."""
+    return dataclasses.replace(base, rule="inverse_width", base_lr=rule["base_lr"], base_d_model=rule["base_d_model"],
+                               width_exponent=rule["width_exponent"])
+
+
 def with_rule(cfg, rule: dict):
     """The sweep config with the measured learning-rate rule (µP keeps its rule: one rate, every run µP)."""
     if cfg.hparams.rule == "mup":
         hp = dataclasses.replace(cfg.hparams, base_lr=rule["base_lr"])
         return dataclasses.replace(cfg, hparams=hp).validate()
-    hp = dataclasses.replace(cfg.hparams, rule="inverse_width", base_lr=rule["base_lr"],
-                             base_d_model=rule["base_d_model"], width_exponent=rule["width_exponent"])
-    return dataclasses.replace(cfg, hparams=hp).validate()
+    return dataclasses.replace(cfg, hparams=as_hparams(rule, cfg.hparams)).validate()

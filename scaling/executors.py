@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
 import os
 import shlex
@@ -71,8 +70,9 @@ class Outcome:
 
 
 def write_run_config(sweep: SweepDir, run: PlannedRun, run_dir: str | None = None) -> Path:
-    """The run's resolved config with its run_dir filled in, as the YAML `chinchax train` is given."""
-    config = json.loads(json.dumps(run.config))
+    """The run's resolved config with its run_dir filled in, as the YAML `chinchax train` is given: the one
+    place a planned config becomes a file, for the trainer's process."""
+    config = run.config  # plain data, a fresh copy (without trainer.run_dir)
     config["trainer"]["run_dir"] = run_dir or _dir_str(sweep.run_dir(run.run_id))
     path = sweep.config_path(run.run_id)
     write_atomic(path, yaml.safe_dump(config, sort_keys=False))

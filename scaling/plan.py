@@ -15,14 +15,21 @@ Planning is pure and deterministic: the same sweep YAML always gives the same ru
   explicit list of N is used at every budget (Chinchilla's own isoFLOP profiles did that).
 - Tokens. D follows from C = 6 * N * D with N by the sweep's convention (`total`, Chinchilla; or
   `non_embedding`, Kaplan); steps = round(D / (batch * seq_len)), so the realised C is within half a step.
-- Hyperparameters per size from a rule: lr = base_lr * base_d_model / d_model ("inverse_width", the muP
+- Hyperparameters per size from a rule (sweep_config.learning_rate, the one place its formula is written):
+  lr = base_lr * (base_d_model / d_model)^width_exponent ("inverse_width"; exponent 1 is the muP
   hidden-layer scaling of Adam's lr applied globally) or "constant"; or "mup": every run µP relative to
   hparams.base_d_model (and base_n_layers), all at base_lr (model/parametrization.py); or "law": lr = eta_opt(C) of a
   hyperparameter law (DeepSeek LLM 2024's, or one fitted with `chinchax fit-hparams`), and with
   `hparams.law_batch` the batch B_opt(C) too, at the run's compute in the law's convention, C = M * D:
   M = 6 * N_non_embedding + 12 * n_layers * d_model * seq_len (DeepSeek's non-embedding FLOPs per token,
   with the exact non-embedding count) and D the planned tokens budget / (6 * N) (the realised D is within
-  half a step of it, and the batch must be known before the steps are).
+  half a step of it, and the batch must be known before the steps are). The rate is rounded to 6 significant
+  digits: a short, stable number in the run's config and id.
+- Configs. Each run's ExperimentConfig is the base experiment with the sweep's dotted `overrides` (and its
+  family's) merged in once per family and budget, then the run's own values (shape, steps, batch, lr,
+  warmup, seed) set as typed values: no number is written into a string and parsed back on the way to the
+  executor, which writes the YAML file `chinchax train` reads. Each run also records the dotted overrides
+  that give the same config (plan.csv shows them).
 - WSD branching (Hagele et al. 2024). With a warmup-stable-decay schedule, every run of one shape shares
   its stable phase: the longest run is the trunk; each shorter run branches off the trunk's checkpoint
   where its own cooldown starts, and only pays for its cooldown. `Plan.wsd_savings` says how many FLOPs that
@@ -35,6 +42,7 @@ Planning is pure and deterministic: the same sweep YAML always gives the same ru
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -42,7 +50,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from chinchax.configlib import load_config, to_dict
+from chinchax.compute import FLOPS_PER_PARAM_TOKEN, params_at_ratio, tokens_for_budget, training_flops
+from chinchax.configlib import load_config, to_dict, validated
 from chinchax.errors import UserError
 from chinchax.scaling.hyperlaws import (
     PUBLISHED_HYPERPARAMETER_LAWS,
@@ -59,7 +68,7 @@ from chinchax.scaling.ladder import (  # noqa: F401 (the sweep's public names, i
     shape_ladder,
     sizes_for_budget,
 )
-from chinchax.scaling.planned import Plan, PlannedRun, _si, config_hash  # noqa: F401
+from chinchax.scaling.planned import Plan, PlannedRun, _si, config_hash, plain_config  # noqa: F401
 from chinchax.scaling.sweep_config import (  # noqa: F401
     LR_RULES,
     N_CONVENTIONS,
@@ -73,9 +82,10 @@ from chinchax.scaling.sweep_config import (  # noqa: F401
     WandbSettings,
     WsdRule,
     experiment_path,
+    learning_rate,
     load_sweep,
 )
-from chinchax.train.config import WANDB_KEYS, ExperimentConfig, wandb_overrides
+from chinchax.train.config import WANDB_KEYS, ExperimentConfig, TrainerConfig, wandb_overrides
 
 
 def wsd_cooldown_steps(steps: int, cooldown_fraction: float) -> int:
@@ -104,12 +114,12 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
         if cfg.sizes.mode == "explicit":
             n_max = max(cfg.sizes.n_params)
         else:
-            n_max = math.sqrt(max(cfg.budgets) / (6 * cfg.sizes.tokens_per_param) * cfg.sizes.span)
+            n_max = params_at_ratio(max(cfg.budgets), cfg.sizes.tokens_per_param) * math.sqrt(cfg.sizes.span)
         ladder = shape_ladder(base.model, cfg.shape, 2.0 * n_max, conv)
         grid: list[tuple[float, Shape, int, int]] = []  # (budget, shape, batch, steps)
         for budget in sorted(cfg.budgets):
             for shape in sizes_for_budget(ladder, budget, cfg.sizes, conv):
-                tokens = budget / (6.0 * shape.n(conv))
+                tokens = tokens_for_budget(budget, shape.n(conv))
                 if law is not None and cfg.hparams.law_batch:
                     law_tokens = law.batch_tokens(law_compute(shape, budget, conv, seq_len))
                     batch = max(cfg.min_batch_size, round(law_tokens / seq_len))
@@ -127,64 +137,93 @@ def plan_sweep(cfg: SweepConfig, base_dir: str | Path = ".") -> Plan:
         shortest: dict[tuple[Shape, int], int] = {}
         for _, shape, batch, steps in grid:  # a WSD trunk is shared by the runs of one shape and batch
             shortest[shape, batch] = min(steps, shortest.get((shape, batch), steps))
+        templates: dict[float, tuple[list[str], ExperimentConfig]] = {}  # per budget: (its overrides, its config)
         for (budget, shape, batch, steps), seed in itertools.product(grid, cfg.seeds):
+            if budget not in templates:
+                head = [
+                    *_wandb(cfg, family, budget),  # first: the sweep's own trainer.wandb_* overrides win
+                    *mup_overrides(cfg.hparams, cfg.shape),
+                    *shared,
+                ]
+                templates[budget] = head, _resolve(exp_path, [*head, "optimizer.warmup_steps=0"])
+            head, template = templates[budget]
             tokens_per_step = batch * seq_len
             basis = shortest[shape, batch] if cfg.wsd.enabled and cfg.wsd.branch else steps
             warmup = min(steps, max(cfg.hparams.min_warmup_steps, round(cfg.hparams.warmup_fraction * basis)))
-            lr = cfg.hparams.base_lr
-            if cfg.hparams.rule == "inverse_width":
-                ratio = cfg.hparams.base_d_model / shape.d_model
-                exponent = cfg.hparams.width_exponent
-                lr = cfg.hparams.base_lr * (ratio if exponent == 1.0 else ratio**exponent)
-            elif law is not None:
-                lr = law.lr(law_compute(shape, budget, conv, seq_len))
-            lr = float(f"{lr:.6g}")  # a short, stable number in YAML and in the run id
+            law_flops = law_compute(shape, budget, conv, seq_len) if law is not None else None
+            lr = float(f"{learning_rate(cfg.hparams, shape.d_model, law, law_flops):.6g}")
+            # the same evaluation rows at every batch (eval_batches x batch rows): runs stay paired
+            eval_batches = max(1, base.data.eval_batches * full_batch // batch)
             m = model_with_shape(base.model, cfg.shape, shape.d_model)
-            overrides = [
-                *_wandb(cfg, family, budget),  # first: the sweep's own trainer.wandb_* overrides win
-                *mup_overrides(cfg.hparams, cfg.shape),
-                *shared,
-                f"model.d_model={m.d_model}",
-                f"model.n_layers={m.n_layers}",
-                f"model.n_heads={m.n_heads}",
-                f"model.n_kv_heads={'null' if m.n_kv_heads is None else m.n_kv_heads}",
-                "model.head_dim=null",
-                f"model.d_ff={m.d_ff}",
-                f"trainer.steps={steps}",
-                "trainer.tokens=null",
-                f"trainer.batch_size={batch}",
-                # the same evaluation rows at every batch (eval_batches x batch rows): runs stay paired
-                f"data.eval_batches={max(1, base.data.eval_batches * full_batch // batch)}",
-                f"optimizer.learning_rate={lr}",
-                f"optimizer.warmup_steps={warmup}",
-            ]
-            if cfg.seeds != [0]:  # a one-seed sweep keeps the base's seeds (and its run ids)
-                overrides += [f"trainer.seed={seed}", f"data.seed={seed}"]
-            if m.variant == "encoder_decoder":
-                overrides.append("model.n_encoder_layers=null")
-            if cfg.wsd.enabled:
-                overrides += ["optimizer.schedule=wsd", f"optimizer.cooldown_fraction={cfg.wsd.cooldown_fraction}"]
-            config = to_dict(_resolve(exp_path, overrides))
-            config["trainer"].pop("run_dir", None)
+            changes = _run_values(cfg, m, steps, batch, eval_batches, lr, warmup, seed)
+            experiment = with_values(template, changes)
             runs.append(
                 PlannedRun(
-                    run_id=_run_id(family, budget, _tag(shape.d_model, shape.n_layers, seed), config),
+                    run_id=_run_id(family, budget, _tag(shape.d_model, shape.n_layers, seed), plain_config(experiment)),
                     family=family, budget=float(budget), d_model=shape.d_model, n_layers=shape.n_layers,
                     n_heads=shape.n_heads, d_ff=shape.d_ff, n_params=shape.n_total,
                     n_params_embedding=shape.n_embedding, n_params_non_embedding=shape.n_non_embedding,
                     n_tokens=steps * tokens_per_step, steps=steps, batch_size=batch, seq_len=seq_len,
-                    lr=lr, warmup_steps=warmup, flops=6.0 * shape.n(conv) * steps * tokens_per_step,
-                    overrides=tuple(overrides), config=config, seed=seed,
+                    lr=lr, warmup_steps=warmup, flops=training_flops(shape.n(conv), steps * tokens_per_step),
+                    overrides=(*head, *dotted(changes)), experiment=experiment, seed=seed,
                 )
             )
     runs = _add_branches(runs, cfg) if cfg.wsd.enabled and cfg.wsd.branch else runs
     independent = sum(r.flops for r in runs)
     with_branching = independent - sum(
-        6.0 * (r.n_params if conv == "total" else r.n_params_non_embedding) * r.branch_step * r.batch_size * r.seq_len
+        training_flops(r.n_params if conv == "total" else r.n_params_non_embedding, r.branch_step * r.batch_size * r.seq_len)
         for r in runs
         if r.branch_of
     )
     return Plan(cfg.name, conv, str(exp_path), tuple(runs), tuple(dropped), independent, with_branching)
+
+
+def _run_values(cfg: SweepConfig, m, steps: int, batch: int, eval_batches: int, lr: float, warmup: int,
+                seed: int) -> dict[str, object]:
+    """A run's own values, by dotted name: its shape (model `m`), length, batch, learning rate and warmup, and
+    its seed and WSD schedule where the sweep sets them."""
+    values = {
+        "model.d_model": m.d_model,
+        "model.n_layers": m.n_layers,
+        "model.n_heads": m.n_heads,
+        "model.n_kv_heads": m.n_kv_heads,
+        "model.head_dim": None,
+        "model.d_ff": m.d_ff,
+        "trainer.steps": steps,
+        "trainer.tokens": None,
+        "trainer.batch_size": batch,
+        "data.eval_batches": eval_batches,
+        "optimizer.learning_rate": lr,
+        "optimizer.warmup_steps": warmup,
+    }
+    if cfg.seeds != [0]:  # a one-seed sweep keeps the base's seeds (and its run ids)
+        values.update({"trainer.seed": seed, "data.seed": seed})
+    if m.variant == "encoder_decoder":
+        values["model.n_encoder_layers"] = None
+    if cfg.wsd.enabled:
+        values.update({"optimizer.schedule": "wsd", "optimizer.cooldown_fraction": cfg.wsd.cooldown_fraction})
+    return values
+
+
+def with_values(config: ExperimentConfig, changes: Mapping[str, object]) -> ExperimentConfig:
+    """`config` with the values of dotted `section.key` names replaced (typed values, no string parsed), and
+    trainer.run_dir at its default (the executor's to set), validated as `load_config` validates. A deep copy:
+    no two runs share a list or dict."""
+    sections: dict[str, dict] = {"trainer": {"run_dir": _RUN_DIR_UNSET}}
+    for key, value in changes.items():
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = value
+    config = copy.deepcopy(config)
+    replaced = {name: dataclasses.replace(getattr(config, name), **values) for name, values in sections.items()}
+    return validated(dataclasses.replace(config, **replaced))
+
+
+_RUN_DIR_UNSET = TrainerConfig().run_dir
+
+
+def dotted(changes: Mapping[str, object]) -> list[str]:
+    """The dotted overrides that set `changes` (what a planned run records, and plan.csv shows)."""
+    return [f"{key}={'null' if value is None else value}" for key, value in changes.items()]
 
 
 def _wandb(cfg: SweepConfig, family: str, budget: float) -> list[str]:
@@ -200,7 +239,7 @@ def law_compute(shape: Shape, budget: float, conv: str, seq_len: int) -> float:
     """A run's compute in DeepSeek's convention, C = M * D, for a hyperparameter law: M the non-embedding
     FLOPs per token (attention included, vocabulary not) and D the run's planned tokens, budget / (6 N)."""
     m = non_embedding_flops_per_token(shape.n_non_embedding, shape.n_layers, shape.d_model, seq_len)
-    return m * budget / (6.0 * shape.n(conv))
+    return m * budget / (FLOPS_PER_PARAM_TOKEN * shape.n(conv))  # M * D, D = budget / (6 N)
 
 
 def _hparams_law(rule: HParamRule, base_dir: Path) -> HyperparameterLaw:
@@ -243,6 +282,7 @@ def _tag(d_model: int, n_layers: int, seed: int) -> str:
 
 
 def _run_id(family: str, budget: float, tag: str, config: Mapping) -> str:
+    """A run's id from its config as plain data (`plain_config`, as plan.json holds it)."""
     return f"{family}-c{budget:.2g}-{tag}-{config_hash(_identity(config), budget)[:8]}".replace("+", "")
 
 
@@ -291,14 +331,14 @@ def _add_branches(runs: list[PlannedRun], cfg: SweepConfig) -> list[PlannedRun]:
         branch_steps = {k: (v // every) * every for k, v in starts.items()}
         branch_steps = {k: v for k, v in branch_steps.items() if v > 0}
         if branch_steps:
-            keep = trunk.steps // every + 2
-            config = json.loads(json.dumps(trunk.config))
-            config["trainer"].update(checkpoint_every=every, max_to_keep=keep)
+            changes = {"trainer.checkpoint_every": every, "trainer.max_to_keep": trunk.steps // every + 2}
+            experiment = with_values(trunk.experiment, changes)
             trunk = dataclasses.replace(
                 trunk,
-                run_id=_run_id(trunk.family, trunk.budget, _tag(trunk.d_model, trunk.n_layers, trunk.seed), config),
-                config=config,
-                overrides=(*trunk.overrides, f"trainer.checkpoint_every={every}", f"trainer.max_to_keep={keep}"),
+                run_id=_run_id(trunk.family, trunk.budget, _tag(trunk.d_model, trunk.n_layers, trunk.seed),
+                               plain_config(experiment)),
+                experiment=experiment,
+                overrides=(*trunk.overrides, *dotted(changes)),
             )
         for r in group:
             if r.run_id in branch_steps:

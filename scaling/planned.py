@@ -1,6 +1,7 @@
 """A sweep's plan: one PlannedRun per run (its shape, N, D, steps, learning rate, resolved config and, with WSD
-branching, the trunk it starts from), as plan.json holds it. Plain data: reading a plan (sweep status,
-collect, the executors) needs no model code."""
+branching, the trunk it starts from), as plan.json holds it. A run's config is typed (ExperimentConfig) from the
+planner to the executor, which writes it as the YAML file `chinchax train` reads; plan.json holds it as plain
+data. Reading a plan (sweep status, collect, the executors) imports no jax: the configs are plain dataclasses."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from chinchax.configlib import from_dict, to_dict
+from chinchax.train.config import ExperimentConfig
 
 
 @dataclass(frozen=True)
@@ -30,17 +34,49 @@ class PlannedRun:
     lr: float
     warmup_steps: int
     flops: float  # 6 * N * D with the sweep's N convention (realised, after rounding steps)
-    overrides: tuple[str, ...]  # dotted overrides that turn the base experiment into this run
-    config: dict  # the run's resolved ExperimentConfig (run_dir left for the executor to set)
+    # The dotted overrides that turn the base experiment into this run: what plan.csv shows. The planner builds
+    # `experiment` from typed values, and a test checks that these overrides give the same config.
+    overrides: tuple[str, ...]
+    # The run's resolved config (trainer.run_dir is the executor's to set: left at its default here, and out of
+    # plan.json, whose "config" is `config` below)
+    experiment: ExperimentConfig
     branch_of: str = ""  # WSD: the trunk run this run branches from ("" = trained from scratch)
     branch_step: int = 0  # WSD: the trunk step whose checkpoint this run starts from
     seed: int = 0  # trainer.seed and data.seed of this replicate of its grid point
 
+    @property
+    def config(self) -> dict:
+        """The resolved config as plain data, as plan.json holds it (no trainer.run_dir): a fresh copy."""
+        return plain_config(self.experiment)
+
     def row(self) -> dict:
-        d = dataclasses.asdict(self)
-        d.pop("config")
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "experiment"}
         d["overrides"] = " ".join(self.overrides)
         return d
+
+    def to_json(self) -> dict:
+        """The run as plan.json holds it: its fields in order, the config as plain data under "config"."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "experiment":
+                out["config"] = self.config
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> PlannedRun:
+        fields = {k: v for k, v in data.items() if k != "config"}
+        return cls(**{**fields, "overrides": tuple(data["overrides"])},
+                   experiment=from_dict(ExperimentConfig, data["config"]))
+
+
+def plain_config(experiment: ExperimentConfig) -> dict:
+    """A planned run's config as plain data, without trainer.run_dir (the executor's to set): what plan.json
+    holds and what names a run (plan.py's `_run_id`)."""
+    config = to_dict(experiment)
+    config["trainer"].pop("run_dir", None)
+    return config
 
 
 @dataclass(frozen=True)
@@ -69,12 +105,12 @@ class Plan:
             "flops_with_branching": self.flops_with_branching,
             "wsd_savings": self.wsd_savings,
             "dropped": list(self.dropped),
-            "runs": [dataclasses.asdict(r) for r in self.runs],
+            "runs": [r.to_json() for r in self.runs],
         }
 
     @classmethod
     def from_json(cls, data: Mapping) -> Plan:
-        runs = tuple(PlannedRun(**{**r, "overrides": tuple(r["overrides"])}) for r in data["runs"])
+        runs = tuple(PlannedRun.from_json(r) for r in data["runs"])
         return cls(
             data["name"], data["n_convention"], data["experiment"], runs, tuple(data["dropped"]),
             data["flops_independent"], data["flops_with_branching"],

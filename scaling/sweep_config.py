@@ -9,10 +9,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chinchax.configlib import load_config
 from chinchax.errors import UserError
 from chinchax.scaling.run_rows import N_CONVENTIONS
+
+if TYPE_CHECKING:
+    from chinchax.scaling.hyperlaws import HyperparameterLaw
 
 LR_RULES = ("inverse_width", "constant", "law", "mup")
 SIZE_MODES = ("around_optimum", "explicit")
@@ -81,10 +85,10 @@ class SizeRule:
 
 @dataclass(frozen=True)
 class HParamRule:
-    # lr = base_lr * (base_d_model / d_model)^width_exponent; or "constant"; or "law": lr = eta_opt(C) of a
-    # hyperparameter law at the run's compute C = M * D (scaling/hyperlaws.py; M the non-embedding FLOPs per token);
-    # or "mup": every run is µP relative to base_d_model (and base_n_layers, if set), all at base_lr: the rate
-    # tuned at the base shapes transfers (model/parametrization.py, docs/mup.md)
+    # Each run's peak learning rate, by `learning_rate` below: "inverse_width" scales base_lr with width; "constant";
+    # "law": eta_opt(C) of a hyperparameter law at the run's compute C = M * D (scaling/hyperlaws.py; M the
+    # non-embedding FLOPs per token); or "mup": every run is µP relative to base_d_model (and base_n_layers, if
+    # set), all at base_lr: the rate tuned at the base shapes transfers (model/parametrization.py, docs/mup.md)
     rule: str = "inverse_width"
     base_lr: float = 1e-3
     base_d_model: int = 256
@@ -110,6 +114,28 @@ class HParamRule:
         if not 0 <= self.warmup_fraction < 1:
             raise UserError(f"hparams.warmup_fraction={self.warmup_fraction} must be in [0, 1)")
         return self
+
+
+def learning_rate(hparams: HParamRule, d_model: int, law: HyperparameterLaw | None = None,
+                  law_flops: float | None = None) -> float:
+    """A run's peak learning rate by the sweep's rule, the one place its formula is written (plan_sweep rounds
+    it to 6 significant digits for the run's config and id):
+
+        inverse_width   base_lr * (base_d_model / d_model)^width_exponent  (exponent 1: muP's 1/width for
+                        Adam, applied to every layer; a learning-rate sweep can measure it, experiments/demo_lr.py)
+        constant, mup   base_lr at every width (µP's scaling with width is the model's: model/parametrization.py)
+        law             law.lr(law_flops): eta_opt at the run's compute in the law's convention, C = M * D
+                        (scaling/plan.py's `law_compute`)
+    """
+    if hparams.rule == "inverse_width":
+        ratio = hparams.base_d_model / d_model
+        exponent = hparams.width_exponent
+        return hparams.base_lr * (ratio if exponent == 1.0 else ratio**exponent)
+    if hparams.rule == "law":
+        if law is None or law_flops is None:
+            raise ValueError("hparams.rule=law: the law and the run's compute in its convention are needed")
+        return law.lr(law_flops)
+    return hparams.base_lr
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+from chinchax.configlib import from_dict
 from chinchax.scaling.plan import Plan, PlannedRun
+from chinchax.train.config import ExperimentConfig
 
 # Reads the YAML it is given like `chinchax train` does, then behaves as the env asks:
 #   FAKE_FAIL=id1,id2   always exit 1 for these runs;  FAKE_FLAKY=id3   fail the first attempt only
@@ -76,7 +78,7 @@ def fake_plan(n_runs: int = 4, name: str = "fake") -> Plan:
                 run_id=f"r{i}", family="base", budget=budget, d_model=d, n_layers=layers, n_heads=2, d_ff=4 * d,
                 n_params=n, n_params_embedding=300 * d, n_params_non_embedding=n - 300 * d,
                 n_tokens=steps * 32, steps=steps, batch_size=2, seq_len=16, lr=1e-3, warmup_steps=1,
-                flops=6.0 * n * steps * 32, overrides=(), config=config,
+                flops=6.0 * n * steps * 32, overrides=(), experiment=from_dict(ExperimentConfig, config),
             )
         )
     total = sum(r.flops for r in runs)
