@@ -7,39 +7,43 @@ import sys
 
 from chinchax import jsonio
 
-SOURCE_HELP = ("'stdlib' (the Python standard library of this interpreter), 'text:PATH_OR_GLOB' (.txt, .jsonl, "
-               "code), or 'tfds:NAME[/CONFIG][:VERSION]' (any TFDS catalog dataset)")
+SOURCE_HELP = ("'stdlib' (the Python standard library of this interpreter), 'site-packages' (the Python sources of "
+               "this environment), 'text:PATH_OR_GLOB' (.txt, .jsonl, .parquet, code), 'parquet:PATH_OR_GLOB' (only "
+               "the .parquet shards: FineWeb...), or 'tfds:NAME[/CONFIG][:VERSION]' (any TFDS catalog dataset)")
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help=SOURCE_HELP)
     p.add_argument("--data-dir", default=None,
                    help="where datasets live (default: $CHINCHAX_DATA_DIR or ~/.cache/chinchax/data; gs:// for tfds:)")
-    p.add_argument("--text-field", default="text", help="feature / JSONL key holding the text (default: text)")
-    p.add_argument("--max-files", type=int, default=None, help="stdlib/text: use only the first N files")
+    p.add_argument("--text-field", default="text",
+                   help="TFDS feature, JSONL key or Parquet column holding the text (default: text)")
+    p.add_argument("--max-files", type=int, default=None, help="stdlib/text/parquet: use only the first N files")
     p.add_argument("--skip-bad-files", action="store_true",
-                   help="text: skip empty, binary or non-UTF-8 files instead of failing (stdlib always skips)")
+                   help="text/parquet: skip empty, binary, non-UTF-8 or damaged files instead of failing "
+                        "(stdlib always skips)")
 
 
 def register(subparsers) -> None:
     data = subparsers.add_parser(
         "data", help="prepare data sources, train tokenizers, measure corpora",
-        description="Data sources (TFDS datasets, your own text, the embedded standard-library corpus) and "
-        "tokenizers (byte-level, SentencePiece, or Hugging Face tokenizer.json).",
+        description="Data sources (TFDS datasets, your own text and Parquet shards, the embedded standard-library "
+        "corpus) and tokenizers (byte-level, SentencePiece, or Hugging Face tokenizer.json).",
     )
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     raw = argparse.RawDescriptionHelpFormatter
 
     build = sub.add_parser(
         "build", help="prepare a source as ArrayRecord", formatter_class=raw,
-        description="Prepare a source so training can read it with random access: build text:/stdlib corpora "
+        description="Prepare a source so training can read it with random access: build text:/parquet:/stdlib corpora "
         "(a manifest of files, sizes and sha256; rebuilt only when it changes) or download and prepare a "
         "TFDS dataset as ArrayRecord.",
         epilog="examples:  chinchax data build stdlib\n           chinchax data build 'text:~/corpus/**/*.jsonl' "
-        "--text-field body\n           chinchax data build tfds:lm1b --data-dir gs://bucket/tfds",
+        "--text-field body\n           chinchax data build 'parquet:~/fineweb/sample/10BT/*.parquet'\n"
+        "           chinchax data build tfds:lm1b --data-dir gs://bucket/tfds",
     )
     _source_args(build)
-    build.add_argument("--force", action="store_true", help="text/stdlib: rebuild even if the manifest matches")
+    build.add_argument("--force", action="store_true", help="text/parquet/stdlib: rebuild even if the manifest matches")
     build.set_defaults(handler=_build)
 
     tok = sub.add_parser(

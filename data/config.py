@@ -22,14 +22,16 @@ LOSS_ON = ("all", "targets")
 
 @dataclass(frozen=True)
 class DataConfig:
-    # Where documents come from: "stdlib" (the embedded corpus), "tfds:NAME[/CONFIG][:VERSION]",
-    # "text:PATH_OR_GLOB", or "memory:NAME" (registered in-process with pipeline.register_memory_source).
+    # Where documents come from: "stdlib" (the embedded corpus), "site-packages", "tfds:NAME[/CONFIG][:VERSION]",
+    # "text:PATH_OR_GLOB" (.txt, .jsonl, .parquet, code), "parquet:PATH_OR_GLOB" (Parquet shards only:
+    # FineWeb...), or "memory:NAME" (registered in-process with pipeline.register_memory_source). A relative path
+    # is read from the working directory of the process that trains.
     source: str = "stdlib"
     data_dir: str | None = None  # None = CHINCHAX_DATA_DIR or ~/.cache/chinchax/data
-    text_field: str = "text"
+    text_field: str = "text"  # the TFDS feature, JSONL key or Parquet column that holds the text
     train_split: str = "train"
     eval_split: str = "validation"
-    tokenizer: str = "byte"  # "byte" or a spec chinchax.data.tokenizers.load_tokenizer accepts
+    tokenizer: str = "byte"  # "byte", "spm:PATH" / PATH.model, "hf:PATH" / PATH.json (a tokenizer.json), or its DIR
     objective: str = "causal_lm"
     seq_len: int = 256
     encoder_seq_len: int | None = None
@@ -81,9 +83,11 @@ class DataConfig:
                             f"{self.objective!r} chooses its own loss tokens. Set data.objective=causal_lm, or "
                             "data.loss_on=all")
         if not self.source:
-            raise UserError("data.source is empty; use 'stdlib', 'tfds:NAME', 'text:PATH' or 'memory:NAME'")
+            raise UserError("data.source is empty; use 'stdlib', 'tfds:NAME', 'text:PATH', 'parquet:PATH' or "
+                            "'memory:NAME'")
         if not self.tokenizer:
-            raise UserError("data.tokenizer is empty; use 'byte' or the path of a SentencePiece .model file")
+            raise UserError("data.tokenizer is empty; use 'byte', the path of a SentencePiece .model file or "
+                            "'hf:PATH' (a Hugging Face tokenizer.json)")
         if self.seq_len < 4:
             raise UserError(f"data.seq_len={self.seq_len} is too short; use at least 4 tokens")
         if self.encoder_seq_len is not None and self.encoder_seq_len < 4:
