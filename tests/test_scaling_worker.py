@@ -40,8 +40,9 @@ def test_worker_executor_trains_runs_like_the_local_one_and_skips_them_after(tmp
     assert len(plan.runs) == 4 and len({r.d_model for r in plan.runs}) == 2  # two runs per shape
     sweep = SweepDir(tmp_path / "sweep")
     sweep.write_plan(plan)
+    # An empty compilation cache of its own: a warm shared one would make the first run's compile fast too.
     outcomes = executors.run_local(plan, sweep, parallel=1, max_retries=0, workers=True, progress=False,
-                                   env={"WANDB_MODE": "disabled"})
+                                   env={"WANDB_MODE": "disabled", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla")})
     assert [o.status for o in outcomes] == ["done"] * 4
     for r in plan.runs:
         run = run_json_or_none(sweep.run_dir(r.run_id))
