@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from chinchax.configlib import from_dict, to_dict
+from chinchax.errors import UserError
 from chinchax.train.config import ExperimentConfig
 
 
@@ -66,9 +67,13 @@ class PlannedRun:
 
     @classmethod
     def from_json(cls, data: Mapping) -> PlannedRun:
+        try:
+            experiment = from_dict(ExperimentConfig, data["config"])
+        except UserError as e:
+            raise UserError(f"the config of planned run {data.get('run_id')!r}: {e} (a sweep planned by another "
+                            "version of chinchax? `chinchax sweep plan` it again)") from None
         fields = {k: v for k, v in data.items() if k != "config"}
-        return cls(**{**fields, "overrides": tuple(data["overrides"])},
-                   experiment=from_dict(ExperimentConfig, data["config"]))
+        return cls(**{**fields, "overrides": tuple(data["overrides"])}, experiment=experiment)
 
 
 def plain_config(experiment: ExperimentConfig) -> dict:

@@ -130,6 +130,12 @@ def test_a_plan_json_written_before_loads_into_typed_configs_and_writes_the_same
         config = json.loads(json.dumps(before["config"]))
         config["trainer"]["run_dir"] = str(sweep.run_dir(run.run_id).resolve())
         assert write_run_config(sweep, run).read_text() == yaml.safe_dump(config, sort_keys=False)
+    # a config this chinchax cannot read is named, with the run it belongs to
+    bad = json.loads(OLD_PLAN_JSON)
+    bad["runs"][1]["config"]["model"]["retired_key"] = 1
+    sweep.plan_path.write_text(json.dumps(bad))
+    with pytest.raises(UserError, match="planned run 'base-c1e11-d32l1-255c0546': unknown key 'model.retired_key'"):
+        sweep.load_plan()
     # ...and planning the same sweep now gives the same runs, ids and configs
     cfg, base_dir = load_sweep(sweep_files / "sweep.yaml")
     now = plan_sweep(cfg, base_dir).to_json()
