@@ -57,23 +57,38 @@ def _proxy_config(out: Path, name: str, arch: dict, cfg: dict, pairs_file: Path,
 
 
 def run(cfg: dict, out: Path) -> dict:
-    from chinchax.experiments.alignment_policy import pretrain_policy
-    from chinchax.posttrain import (
-        gold,
-        policy,
-        policy_bon,
-        policy_dpo,
-        policy_measure,
-        policy_ppo,
-        preference,
-        reward,
-    )
-    from chinchax.train.config import OptimizerConfig, TrainerConfig
+    """The study's stages in order (module docstring), each resuming from what an earlier run left in `out`."""
+    from chinchax.posttrain import preference
 
     t0 = time.perf_counter()
-    seed, comp = cfg["seed"], cfg["completion"]
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
+    base, ref = _pretrained_policy(cfg, out)
+    timings["policy_s"] = time.perf_counter() - t0
+    train_prompts, eval_prompts, max_len = _prompts(cfg, base.tokenizer)
+    pairs_file = _gold_pairs(cfg, out, base, train_prompts)
+    pairs = preference.read_preferences(pairs_file)
+    timings["pairs_s"] = time.perf_counter() - t0
+    proxies = _train_proxies(cfg, out, pairs_file, max_len)
+    timings["proxies_s"] = time.perf_counter() - t0
+    results: dict = {**_best_of_n(cfg, base, eval_prompts, proxies), "pairs": len(pairs)}
+    timings["bon_s"] = time.perf_counter() - t0
+    evaluator = _evaluator(cfg, ref, base.tokenizer, eval_prompts)
+    for px, res in zip(proxies, results["proxies"], strict=True):
+        res["ppo"] = _ppo_curve(cfg, out, px, train_prompts, evaluator(px["rm"]))
+    timings["ppo_s"] = time.perf_counter() - t0
+    for px, res in zip(proxies, results["proxies"], strict=True):
+        res["dpo"] = _dpo_curve(cfg, out, px, pairs, base.tokenizer, max_len, evaluator(px["rm"]))
+    timings["dpo_s"] = time.perf_counter() - t0
+    results["timings"] = timings
+    return results
+
+
+def _pretrained_policy(cfg: dict, out: Path):
+    """The policy pretrained (or resumed) under out/policy, loaded twice: the initial policy and the frozen
+    reference that KL is measured from."""
+    from chinchax.experiments.alignment_policy import pretrain_policy
+    from chinchax.posttrain import policy
     from chinchax.train.config import wandb_overrides
 
     # W&B (a `wandb_project:` key in the study YAML): the policy's pretraining run, in the study's group.
@@ -82,15 +97,26 @@ def run(cfg: dict, out: Path) -> dict:
     wandb = wandb_overrides(project, group=out.name, job_type="policy-pretrain") if project else []
     pretrain_policy(out / "policy", _policy_texts(cfg["policy"]["corpus_docs"]), steps=cfg["policy"]["steps"],
                     overrides=[*cfg["policy"]["overrides"], *wandb])
-    base, ref = policy.load_policy(out / "policy"), policy.load_policy(out / "policy")
-    tok = base.tokenizer
-    timings["policy_s"] = time.perf_counter() - t0
+    return policy.load_policy(out / "policy"), policy.load_policy(out / "policy")
+
+
+def _prompts(cfg: dict, tok) -> tuple[list[str], list[str], int]:
+    """(train prompts, eval prompts, the row length every stage encodes to)."""
+    from chinchax.posttrain import gold
+
+    seed, comp = cfg["seed"], cfg["completion"]
     train_prompts = gold.stdlib_prompts("train", cfg["prompts"]["train"], seed=seed)
     eval_prompts = gold.stdlib_prompts("validation", cfg["prompts"]["eval"], seed=seed)
-    # Rows hold bos + prompt + completion + eos; a decoded sample may re-encode longer (see the filter below).
+    # Rows hold bos + prompt + completion + eos; a decoded sample may re-encode longer (see _gold_pairs' filter).
     max_len = max(len(tok.encode(p)) for p in train_prompts + eval_prompts) + 2 * comp["max_new_tokens"] + 3
+    return train_prompts, eval_prompts, max_len
 
-    # Gold-labelled pairs of the initial policy's own samples.
+
+def _gold_pairs(cfg: dict, out: Path, base, train_prompts: list[str]) -> Path:
+    """Gold-labelled pairs of the initial policy's own samples, written once to out/gold_pairs.jsonl."""
+    from chinchax.posttrain import gold, policy, preference
+
+    seed, comp, tok = cfg["seed"], cfg["completion"], base.tokenizer
     pairs_file = out / "gold_pairs.jsonl"
     if not pairs_file.is_file():
         pairs = []
@@ -105,8 +131,12 @@ def run(cfg: dict, out: Path) -> dict:
         fits = lambda text: len(tok.encode(text)) <= 2 * comp["max_new_tokens"]  # noqa: E731
         pairs = [pr for pr in pairs if fits(pr.chosen) and fits(pr.rejected)]
         preference.write_preferences(pairs_file, pairs)
-    pairs = preference.read_preferences(pairs_file)
-    timings["pairs_s"] = time.perf_counter() - t0
+    return pairs_file
+
+
+def _train_proxies(cfg: dict, out: Path, pairs_file: Path, max_len: int) -> list[dict]:
+    """One proxy reward model per architecture in cfg["proxies"], trained on the gold-labelled pairs."""
+    from chinchax.posttrain import reward
 
     proxies = []
     for i, arch in enumerate(cfg["proxies"]):
@@ -114,26 +144,40 @@ def run(cfg: dict, out: Path) -> dict:
         result = reward.train_reward(_proxy_config(out, name, arch, cfg, pairs_file, max_len))
         proxies.append({"name": name, "index": i, "n_params": result["n_params"], "eval": result["eval"],
                         "rm": reward.load_reward(out / name)})
-    timings["proxies_s"] = time.perf_counter() - t0
+    return proxies
 
-    # Best-of-n: one pool of N samples per eval prompt, scored by gold once and by every proxy.
+
+def _best_of_n(cfg: dict, base, eval_prompts: list[str], proxies: list[dict]) -> dict:
+    """Best-of-n: one pool of N samples per eval prompt, scored by gold once and by every proxy."""
+    from chinchax.posttrain import gold, policy, policy_bon, reward
+
+    seed, comp = cfg["seed"], cfg["completion"]
     N = max(cfg["bon_n"])
     gold_NP, scored = [], []
     for k in range(N):
-        texts, _, rows = policy.generate_rows(base.model, tok, eval_prompts, max_new_tokens=comp["max_new_tokens"],
+        texts, _, rows = policy.generate_rows(base.model, base.tokenizer, eval_prompts,
+                                              max_new_tokens=comp["max_new_tokens"],
                                               temperature=comp["temperature"], seed=seed * 7777 + k)
         gold_NP.append(gold.gold_scores(eval_prompts, texts))
         scored.append(rows)
     gold_PN = np.asarray(gold_NP).T
     gold0 = float(gold_PN.mean())
-    results: dict = {"gold_initial": gold0, "proxies": [], "pairs": len(pairs)}
+    results: dict = {"gold_initial": gold0, "proxies": []}
     for px in proxies:
         proxy_PN = np.asarray([reward.score_encoded(px["rm"].model, r, batch_size=len(eval_prompts))
                                for r in scored]).T
         bon = policy_bon.best_of_n_curve(proxy_PN, gold_PN, cfg["bon_n"])
         results["proxies"].append({"name": px["name"], "n_params": px["n_params"], "rm_eval": px["eval"],
                                    "proxy_initial": float(proxy_PN.mean()), "bon": bon})
-    timings["bon_s"] = time.perf_counter() - t0
+    return results
+
+
+def _evaluator(cfg: dict, ref, tok, eval_prompts: list[str]):
+    """proxy reward model -> the evaluate(step, model) hook PPO and DPO call: gold, proxy and KL on the eval
+    prompts, against the reference policy."""
+    from chinchax.posttrain import gold, policy_measure
+
+    seed, comp = cfg["seed"], cfg["completion"]
 
     def evaluator(rm):
         def evaluate(step, model):
@@ -142,47 +186,55 @@ def run(cfg: dict, out: Path) -> dict:
                                           seed=seed + 12345)
         return evaluate
 
-    for px, res in zip(proxies, results["proxies"], strict=True):
-        p = cfg["ppo"]
-        ppo_cfg = policy_ppo.PPORunConfig(
-            optimizer=OptimizerConfig(learning_rate=p["learning_rate"], warmup_steps=0, weight_decay=0.0,
-                                      schedule="constant"),
-            trainer=TrainerConfig(run_dir=str(out / f"ppo_{px['name']}"), steps=p["steps"], batch_size=p["batch_size"],
-                                  log_every=1, checkpoint_every=p["eval_every"], progress_bar=False, seed=seed),
-            ppo=policy_ppo.PPOSettings(policy=str(out / "policy"), reward_model=str(out / px["name"]),
-                                       max_new_tokens=comp["max_new_tokens"], temperature=comp["temperature"],
-                                       kl_coef=p["kl_coef"], ppo_epochs=p["ppo_epochs"], minibatches=p["minibatches"],
-                                       eval_every=p["eval_every"]),
-        )
-        res["ppo"] = policy_ppo.train_ppo(ppo_cfg, prompts=train_prompts, evaluate=evaluator(px["rm"]))["evals"]
-    timings["ppo_s"] = time.perf_counter() - t0
+    return evaluator
 
-    for px, res in zip(proxies, results["proxies"], strict=True):
-        d = cfg["dpo"]
-        # DPO optimises the proxy: the same sampled pairs, labelled by the proxy's preference.
-        proxy_pairs_file = out / f"proxy_pairs_{px['name']}.jsonl"
-        if not proxy_pairs_file.is_file():
-            enc = preference.encode_pairs(tok, pairs, variant="decoder_only", max_len=max_len)
-            s = reward.score_encoded(px["rm"].model, {k: v for k, v in enc.items() if k != "margin"})
-            n = len(pairs)
-            relabelled = [pr if s[i] >= s[n + i] else preference.Pair(pr.prompt, pr.rejected, pr.chosen)
-                          for i, pr in enumerate(pairs)]
-            preference.write_preferences(proxy_pairs_file, relabelled)
-        steps_per_epoch = max(1, len(pairs) // d["batch_size"])
-        every = max(1, steps_per_epoch // d["evals_per_epoch"])
-        dpo_cfg = policy_dpo.DPORunConfig(
-            optimizer=OptimizerConfig(learning_rate=d["learning_rate"], warmup_steps=0, weight_decay=0.0,
-                                      schedule="constant"),
-            trainer=TrainerConfig(run_dir=str(out / f"dpo_{px['name']}"), steps=steps_per_epoch * d["epochs"],
-                                  batch_size=d["batch_size"], log_every=every, checkpoint_every=every,
-                                  progress_bar=False, seed=seed),
-            dpo=policy_dpo.DPOSettings(policy=str(out / "policy"), train_file=str(proxy_pairs_file), beta=d["beta"],
-                                       max_len=max_len, eval_every=every),
-        )
-        res["dpo"] = policy_dpo.train_dpo(dpo_cfg, evaluate=evaluator(px["rm"]))["evals"]
-    timings["dpo_s"] = time.perf_counter() - t0
-    results["timings"] = timings
-    return results
+
+def _ppo_curve(cfg: dict, out: Path, px: dict, train_prompts: list[str], evaluate) -> list:
+    """PPO against one proxy: its evaluations over steps."""
+    from chinchax.posttrain import policy_ppo
+    from chinchax.train.config import OptimizerConfig, TrainerConfig
+
+    p, comp, seed = cfg["ppo"], cfg["completion"], cfg["seed"]
+    ppo_cfg = policy_ppo.PPORunConfig(
+        optimizer=OptimizerConfig(learning_rate=p["learning_rate"], warmup_steps=0, weight_decay=0.0,
+                                  schedule="constant"),
+        trainer=TrainerConfig(run_dir=str(out / f"ppo_{px['name']}"), steps=p["steps"], batch_size=p["batch_size"],
+                              log_every=1, checkpoint_every=p["eval_every"], progress_bar=False, seed=seed),
+        ppo=policy_ppo.PPOSettings(policy=str(out / "policy"), reward_model=str(out / px["name"]),
+                                   max_new_tokens=comp["max_new_tokens"], temperature=comp["temperature"],
+                                   kl_coef=p["kl_coef"], ppo_epochs=p["ppo_epochs"], minibatches=p["minibatches"],
+                                   eval_every=p["eval_every"]),
+    )
+    return policy_ppo.train_ppo(ppo_cfg, prompts=train_prompts, evaluate=evaluate)["evals"]
+
+
+def _dpo_curve(cfg: dict, out: Path, px: dict, pairs: list, tok, max_len: int, evaluate) -> list:
+    """DPO against one proxy: the same sampled pairs, labelled by the proxy's preference; its evaluations
+    over epochs."""
+    from chinchax.posttrain import policy_dpo, preference, reward
+    from chinchax.train.config import OptimizerConfig, TrainerConfig
+
+    d, seed = cfg["dpo"], cfg["seed"]
+    proxy_pairs_file = out / f"proxy_pairs_{px['name']}.jsonl"
+    if not proxy_pairs_file.is_file():
+        enc = preference.encode_pairs(tok, pairs, variant="decoder_only", max_len=max_len)
+        s = reward.score_encoded(px["rm"].model, {k: v for k, v in enc.items() if k != "margin"})
+        n = len(pairs)
+        relabelled = [pr if s[i] >= s[n + i] else preference.Pair(pr.prompt, pr.rejected, pr.chosen)
+                      for i, pr in enumerate(pairs)]
+        preference.write_preferences(proxy_pairs_file, relabelled)
+    steps_per_epoch = max(1, len(pairs) // d["batch_size"])
+    every = max(1, steps_per_epoch // d["evals_per_epoch"])
+    dpo_cfg = policy_dpo.DPORunConfig(
+        optimizer=OptimizerConfig(learning_rate=d["learning_rate"], warmup_steps=0, weight_decay=0.0,
+                                  schedule="constant"),
+        trainer=TrainerConfig(run_dir=str(out / f"dpo_{px['name']}"), steps=steps_per_epoch * d["epochs"],
+                              batch_size=d["batch_size"], log_every=every, checkpoint_every=every,
+                              progress_bar=False, seed=seed),
+        dpo=policy_dpo.DPOSettings(policy=str(out / "policy"), train_file=str(proxy_pairs_file), beta=d["beta"],
+                                   max_len=max_len, eval_every=every),
+    )
+    return policy_dpo.train_dpo(dpo_cfg, evaluate=evaluate)["evals"]
 
 
 def register(subparsers) -> None:
