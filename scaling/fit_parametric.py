@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -213,62 +214,16 @@ def fit_approach3(
     if grid is None:
         grid = form_grid(form)
     grid = np.asarray(grid, np.float64)
-    rng = np.random.default_rng(seed)
+    problem = _a3_problem(fit_df, grid, form, constraints, data_constrained)
 
-    if data_constrained:
-        if "unique_tokens" not in fit_df.columns:
-            raise UserError("a data-constrained fit needs a 'unique_tokens' column (unique tokens in the data)")
-        data = {"log_n": np.log(fit_df["n_params"]), "tokens": fit_df["n_tokens"].to_numpy(),
-                "unique": fit_df["unique_tokens"].to_numpy(), "log_loss": np.log(fit_df["loss"])}
-        objective = data_constrained_objective
-        # Stage 1 (as Muennighoff et al.): the base law from single-epoch runs; stage 2 adds R*.
-        single = fit_df[fit_df["n_tokens"] <= fit_df["unique_tokens"]]
-        require_rows(single, MIN_RUNS, "a data-constrained fit", "single-epoch runs (n_tokens <= unique_tokens)")
-        base = _fit_points(approach3_objective, grid, _a3_data(single))
-        starts = np.array([[*base, np.log(r)] for r in (1.0, 3.0, 10.0, 30.0, 100.0)])
-        to_full = lambda theta_KP: theta_KP  # noqa: E731
-    elif constraints.active:
-        offset_5, expand_5P = constraints.expansion()
-        data = {**_a3_data(fit_df), "offset_5": offset_5, "expand_5P": expand_5P}
-        objective, starts = constrained_objective, np.unique(grid[:, constraints.free], axis=0)
-        to_full = lambda theta_KP: offset_5 + theta_KP @ expand_5P.T  # noqa: E731
-    else:
-        data, starts = _a3_data(fit_df), grid
-        objective = kaplan_objective if form == "kaplan" else approach3_objective
-        to_full = lambda theta_KP: theta_KP  # noqa: E731
-    # Pass 1: every start, to a loose relative tolerance (enough to tell the basins apart).
-    # Pass 2: polish the best distinct end points to a tight one.
     t0 = time.perf_counter()
-    res = minimize_multistart(objective, starts, data, ftol=COARSE_FTOL, gtol=COARSE_GTOL)
-    candidates = _distinct_best(res.theta_KP, res.value_K, POLISH)
-    polished = minimize_multistart(objective, candidates, data)
-    order = np.argsort(polished.value_K)
+    polished, order, n_converged = _fit_from_grid(problem)
     best = polished.theta_KP[order[0]]
-    n_converged = int(np.sum(res.value_K <= polished.value_K.min() * (1 + 1e-4) + 1e-15))
-
-    # Bootstrap: resample runs; each resample starts from the optimum and from the next-best
-    # distinct local optima of the full grid (the other basins a resample might prefer).
     t1 = time.perf_counter()
-    weights = resample_runs(fit_df["run"].to_numpy(), n_bootstrap, seed)
-    alternatives = polished.theta_KP[order[1:bootstrap_starts]]
-    if len(alternatives) < bootstrap_starts - 1:
-        fill = starts[rng.choice(len(starts), size=bootstrap_starts - 1 - len(alternatives))]
-        alternatives = np.concatenate([alternatives, fill])
-    if n_bootstrap:
-        boot_starts = np.concatenate([best[None], alternatives])[None].repeat(n_bootstrap, axis=0)
-        boot = minimize_multistart(objective, boot_starts.reshape(-1, best.size), data,
-                                   np.repeat(weights, bootstrap_starts, axis=0))
-        best_SP = to_full(boot.theta_KP[_best_per_group(boot.value_K, n_bootstrap)])
-    else:
-        best_SP = np.zeros((0, best.size))
-    best = to_full(best[None])[0]
+    best_SP = _bootstrap_fits(problem, fit_df, polished, order, n_bootstrap, seed, bootstrap_starts)
+    best = problem.to_full(best[None])[0]
 
-    params = _derived(best, form)
-    draws_list = [_derived(t, form) for t in best_SP]
-    if data_constrained:
-        params["R_star"] = float(safe_exp(best[5]))
-        for d, t in zip(draws_list, best_SP, strict=True):
-            d["R_star"] = float(safe_exp(t[5]))
+    params, draws_list = _params_with_draws(best, best_SP, form, data_constrained)
     draws = {k: np.array([d[k] for d in draws_list]) for k in params}
     stderr, intervals = summarise(params, draws)
     n_runs = int(fit_df["run"].nunique())
@@ -279,27 +234,112 @@ def fit_approach3(
         # Resamples whose fit has no finite optimum (G is NaN) are left out of the allocation draws, and counted.
         bootstrap_allocation=[[d["n_coef"], d["n_exp"]] for d in draws_list if np.isfinite([d["n_coef"], d["n_exp"]]).all()],
         bootstrap_params=_theta_columns(best_SP, form) if n_bootstrap else {},
-        extra={"n_starts": len(starts), "n_starts_at_optimum": n_converged,
+        extra={"n_starts": len(problem.starts), "n_starts_at_optimum": n_converged,
                "bootstrap_draws_without_optimum": sum(not np.isfinite(d["n_coef"]) for d in draws_list),
                "objective": float(polished.value_K.min()), "huber_delta": HUBER_DELTA,
                "constraints": constraints.describe(),
                "free_parameters": constraints.free_names() + (["R_star"] if data_constrained else []),
                "degrees_of_freedom": n_runs - n_free,
                "seconds_grid": t1 - t0, "seconds_bootstrap": time.perf_counter() - t1,
-               # the runs fitted, so plots can show them and mark where the data end
-               "runs": {"n_params": fit_df["n_params"].astype(float).tolist(),
-                        "n_tokens": fit_df["n_tokens"].astype(float).tolist(),
-                        "flops": (fit_df["flops"] if "flops" in fit_df.columns
-                                  else training_flops(fit_df["n_params"], fit_df["n_tokens"])).astype(float).tolist()}},
+               "runs": _fitted_runs(fit_df)},
     )
     if held is not None:
-        if data_constrained:
-            law = _law_from_theta(best)
-            tokens = effective_data(held["n_tokens"].to_numpy(), held["unique_tokens"].to_numpy(), params["R_star"])
-            result.holdout = loss_prediction_error(law.loss(held["n_params"].to_numpy(), tokens), held)
-        else:
-            result.holdout = result.score_holdout(held)
+        result.holdout = _holdout_error(result, held, best, data_constrained)
     return result
+
+
+@dataclass(frozen=True)
+class _A3Problem:
+    """What the optimiser minimises: `objective(theta_KP, data)` from `starts`; `to_full` maps its theta to
+    the full (log A, log B, log E, alpha, beta or gamma[, log R*]) that `_derived` reads."""
+
+    data: dict
+    objective: Callable
+    starts: np.ndarray
+    to_full: Callable[[np.ndarray], np.ndarray]
+
+
+def _a3_problem(fit_df: pd.DataFrame, grid: np.ndarray, form: str, constraints: Constraints,
+                data_constrained: bool) -> _A3Problem:
+    if data_constrained:
+        if "unique_tokens" not in fit_df.columns:
+            raise UserError("a data-constrained fit needs a 'unique_tokens' column (unique tokens in the data)")
+        data = {"log_n": np.log(fit_df["n_params"]), "tokens": fit_df["n_tokens"].to_numpy(),
+                "unique": fit_df["unique_tokens"].to_numpy(), "log_loss": np.log(fit_df["loss"])}
+        # Stage 1 (as Muennighoff et al.): the base law from single-epoch runs; stage 2 adds R*.
+        single = fit_df[fit_df["n_tokens"] <= fit_df["unique_tokens"]]
+        require_rows(single, MIN_RUNS, "a data-constrained fit", "single-epoch runs (n_tokens <= unique_tokens)")
+        base = _fit_points(approach3_objective, grid, _a3_data(single))
+        starts = np.array([[*base, np.log(r)] for r in (1.0, 3.0, 10.0, 30.0, 100.0)])
+        return _A3Problem(data, data_constrained_objective, starts, lambda theta_KP: theta_KP)
+    if constraints.active:
+        offset_5, expand_5P = constraints.expansion()
+        data = {**_a3_data(fit_df), "offset_5": offset_5, "expand_5P": expand_5P}
+        return _A3Problem(data, constrained_objective, np.unique(grid[:, constraints.free], axis=0),
+                          lambda theta_KP: offset_5 + theta_KP @ expand_5P.T)
+    objective = kaplan_objective if form == "kaplan" else approach3_objective
+    return _A3Problem(_a3_data(fit_df), objective, grid, lambda theta_KP: theta_KP)
+
+
+def _fit_from_grid(problem: _A3Problem):
+    """(the polished fits, their order best first, how many starts reached the optimum).
+    Pass 1: every start, to a loose relative tolerance (enough to tell the basins apart).
+    Pass 2: polish the best distinct end points to a tight one."""
+    res = minimize_multistart(problem.objective, problem.starts, problem.data, ftol=COARSE_FTOL, gtol=COARSE_GTOL)
+    candidates = _distinct_best(res.theta_KP, res.value_K, POLISH)
+    polished = minimize_multistart(problem.objective, candidates, problem.data)
+    order = np.argsort(polished.value_K)
+    n_converged = int(np.sum(res.value_K <= polished.value_K.min() * (1 + 1e-4) + 1e-15))
+    return polished, order, n_converged
+
+
+def _bootstrap_fits(problem: _A3Problem, fit_df: pd.DataFrame, polished, order: np.ndarray, n_bootstrap: int,
+                    seed: int, bootstrap_starts: int) -> np.ndarray:
+    """The full theta of each resample's best fit, (n_bootstrap, P). Resample runs; each resample starts from
+    the optimum and from the next-best distinct local optima of the full grid (the other basins a resample
+    might prefer)."""
+    rng = np.random.default_rng(seed)
+    best = polished.theta_KP[order[0]]
+    weights = resample_runs(fit_df["run"].to_numpy(), n_bootstrap, seed)
+    alternatives = polished.theta_KP[order[1:bootstrap_starts]]
+    if len(alternatives) < bootstrap_starts - 1:
+        fill = problem.starts[rng.choice(len(problem.starts), size=bootstrap_starts - 1 - len(alternatives))]
+        alternatives = np.concatenate([alternatives, fill])
+    if not n_bootstrap:
+        return np.zeros((0, best.size))
+    boot_starts = np.concatenate([best[None], alternatives])[None].repeat(n_bootstrap, axis=0)
+    boot = minimize_multistart(problem.objective, boot_starts.reshape(-1, best.size), problem.data,
+                               np.repeat(weights, bootstrap_starts, axis=0))
+    return problem.to_full(boot.theta_KP[_best_per_group(boot.value_K, n_bootstrap)])
+
+
+def _params_with_draws(best: np.ndarray, best_SP: np.ndarray, form: str,
+                       data_constrained: bool) -> tuple[dict, list[dict]]:
+    """The fitted parameters and each bootstrap draw's, with R* for a data-constrained fit."""
+    params = _derived(best, form)
+    draws_list = [_derived(t, form) for t in best_SP]
+    if data_constrained:
+        params["R_star"] = float(safe_exp(best[5]))
+        for d, t in zip(draws_list, best_SP, strict=True):
+            d["R_star"] = float(safe_exp(t[5]))
+    return params, draws_list
+
+
+def _fitted_runs(fit_df: pd.DataFrame) -> dict[str, list[float]]:
+    """The runs fitted, so plots can show them and mark where the data end."""
+    flops = fit_df["flops"] if "flops" in fit_df.columns else training_flops(fit_df["n_params"], fit_df["n_tokens"])
+    return {"n_params": fit_df["n_params"].astype(float).tolist(),
+            "n_tokens": fit_df["n_tokens"].astype(float).tolist(),
+            "flops": flops.astype(float).tolist()}
+
+
+def _holdout_error(result: FitResult, held: pd.DataFrame, best: np.ndarray, data_constrained: bool):
+    if data_constrained:
+        law = _law_from_theta(best)
+        tokens = effective_data(held["n_tokens"].to_numpy(), held["unique_tokens"].to_numpy(),
+                                result.params["R_star"])
+        return loss_prediction_error(law.loss(held["n_params"].to_numpy(), tokens), held)
+    return result.score_holdout(held)
 
 
 def _theta_columns(theta_SP: np.ndarray, form: str = "chinchilla") -> dict[str, list[float]]:
