@@ -174,24 +174,62 @@ def train_ppo(
     base, ref = policy.load_policy(s.policy), policy.load_policy(s.policy)
     rm = reward.load_reward(s.reward_model)
     policy.check_same_vocabulary(base.tokenizer, rm.tokenizer)
-    tok, B, K = base.tokenizer, cfg.trainer.batch_size, s.samples_per_prompt
-    config = {
-        **{f"ppo.{k}": v for k, v in dataclasses.asdict(s).items()},
-        **{f"optimizer.{k}": v for k, v in dataclasses.asdict(cfg.optimizer).items()},
-        "trainer.steps": cfg.trainer.steps, "trainer.batch_size": B, "trainer.seed": cfg.trainer.seed,
-        "prompts_hash": align_loop.config_hash({"prompts": prompts}), "kind": s.algorithm,
-    }
+    config = _run_config(cfg, s, prompts)
     align_loop.check_or_write_config(run_dir, config, resume_safe=frozenset({"ppo.eval_every"}))
     mesh = align_loop.make_mesh(cfg.trainer.mesh)
     model = PolicyWithValue(base.model, rngs=nnx.Rngs(params=cfg.trainer.seed))
     graphdef, params, rest = align_loop.split_params(model)
+    tx, lrs = _optimizer(cfg, base, mesh, params)
+    batch_for_step = _batch_source(cfg, s, prompts, base.tokenizer, graphdef, rest, ref, rm)
+    step_fn = _step_fn(cfg, s, _loss_fn(s, graphdef, rest), tx)
+
+    every = s.eval_every
+    eval_steps = frozenset(range(every, cfg.trainer.steps + 1, every)) if every else frozenset()
+    state, rows = align_loop.run_loop(
+        run_dir=run_dir, trainer_cfg=cfg.trainer, params=params, tx=tx, lr_by_step=lrs, step_fn=step_fn,
+        batch_for_step=batch_for_step, config=config, tag=s.algorithm,
+        evaluate=None if evaluate is None else (lambda st, p: evaluate(st, align_loop.merge(graphdef, p, rest).policy)),
+        eval_steps=eval_steps, extra_state={"kl_coef": jnp.float32(s.kl_coef)}, mesh=mesh,
+    )
+    export_policy(run_dir / "policy", base, state["params"]["policy"], cfg)
+    train_rows = [r for r in rows if not r.get("eval")]
+    result = {
+        "kind": s.algorithm, "config": configlib.to_dict(cfg), "policy": s.policy, "reward_model": s.reward_model,
+        "final": train_rows[-1] if train_rows else None, "evals": [r for r in rows if r.get("eval")],
+        "kl_coef_final": float(state["kl_coef"]),
+    }
+    write_json(run_dir / rundir.RUN_JSON, result)
+    return result
+
+
+def _run_config(cfg: PPORunConfig, s: PPOSettings, prompts: list[str]) -> dict:
+    """The settings a resumed run must share with the run it resumes (its config.yaml)."""
+    return {
+        **{f"ppo.{k}": v for k, v in dataclasses.asdict(s).items()},
+        **{f"optimizer.{k}": v for k, v in dataclasses.asdict(cfg.optimizer).items()},
+        "trainer.steps": cfg.trainer.steps, "trainer.batch_size": cfg.trainer.batch_size, "trainer.seed": cfg.trainer.seed,
+        "prompts_hash": align_loop.config_hash({"prompts": prompts}), "kind": s.algorithm,
+    }
+
+
+def _optimizer(cfg: PPORunConfig, base, mesh, params):
+    """(tx, learning rate by step): weight decay and µP multipliers as the policy's pretraining had them; the
+    value head decays nothing and takes the given lr."""
     mask_tree = {k: (policy.decay_mask(base.config.model, mesh, 0) if k == "policy" else jax.tree.map(lambda _: False, v))
                  for k, v in params.items()}
     scales = policy.update_scales(base.config.model, mesh, 0)
     if scales is not None:  # µP base: the policy keeps its multipliers, the value head takes the given lr
         scales = tuple({k: (s if k == "policy" else jax.tree.map(lambda _: 1.0, v)) for k, v in params.items()}
                        for s in scales)
-    tx, lrs = align_loop.optimizer(cfg.optimizer, cfg.trainer.steps, mask_tree, scales)
+    return align_loop.optimizer(cfg.optimizer, cfg.trainer.steps, mask_tree, scales)
+
+
+def _batch_source(cfg: PPORunConfig, s: PPOSettings, prompts: list[str], tok, graphdef, rest, ref, rm):
+    """batch_for_step(step, params): K samples of B prompts from the current policy, with their log-probs,
+    values, reference log-probs and reward-model scores."""
+    from chinchax.posttrain import reward
+
+    B, K = cfg.trainer.batch_size, s.samples_per_prompt
     forward = jax.jit(lambda p, batch: align_loop.merge(graphdef, p, rest)(batch))
 
     def batch_for_step(step: int, params):
@@ -213,6 +251,13 @@ def train_ppo(
                      score=jnp.asarray(reward.score_encoded(rm.model, scored, batch_size=B * K)))
         return batch
 
+    return batch_for_step
+
+
+def _loss_fn(s: PPOSettings, graphdef, rest):
+    """loss_fn(params, minibatch, kl_coef) -> (loss, metrics): clipped policy loss, the value loss for PPO,
+    the k3 KL term for GRPO."""
+
     def loss_fn(params, mb, kl_coef):
         logp, _, values = align_loop.merge(graphdef, params, rest)(mb)
         pg, clipfrac, approx_kl = align_losses.ppo_policy_loss(logp, mb["old_logp"], mb["adv"], mb["mask"],
@@ -226,6 +271,14 @@ def train_ppo(
             loss = loss + kl_coef * align_losses.masked_mean(align_losses.kl_estimate(logp, mb["ref_logp"], "k3"),
                                                              mb["mask"])
         return loss, {"policy_loss": pg, "value_loss": vf, "clipfrac": clipfrac, "approx_kl": approx_kl}
+
+    return loss_fn
+
+
+def _step_fn(cfg: PPORunConfig, s: PPOSettings, loss_fn, tx):
+    """step_fn(state, batch, lr): advantages, then ppo_epochs x minibatches updates in one scan, then the
+    adaptive KL coefficient."""
+    B, K = cfg.trainer.batch_size, s.samples_per_prompt
 
     def step_fn(state, batch, lr):
         adv, returns, kl_BT = _ppo_math(s, batch["score"], batch["old_logp"], batch["ref_logp"],
@@ -258,23 +311,7 @@ def train_ppo(
                        learning_rate=lr, mean_length=jnp.mean(jnp.sum(batch["mask"], axis=1)))
         return new, metrics
 
-    every = s.eval_every
-    eval_steps = frozenset(range(every, cfg.trainer.steps + 1, every)) if every else frozenset()
-    state, rows = align_loop.run_loop(
-        run_dir=run_dir, trainer_cfg=cfg.trainer, params=params, tx=tx, lr_by_step=lrs, step_fn=step_fn,
-        batch_for_step=batch_for_step, config=config, tag=s.algorithm,
-        evaluate=None if evaluate is None else (lambda st, p: evaluate(st, align_loop.merge(graphdef, p, rest).policy)),
-        eval_steps=eval_steps, extra_state={"kl_coef": jnp.float32(s.kl_coef)}, mesh=mesh,
-    )
-    export_policy(run_dir / "policy", base, state["params"]["policy"], cfg)
-    train_rows = [r for r in rows if not r.get("eval")]
-    result = {
-        "kind": s.algorithm, "config": configlib.to_dict(cfg), "policy": s.policy, "reward_model": s.reward_model,
-        "final": train_rows[-1] if train_rows else None, "evals": [r for r in rows if r.get("eval")],
-        "kl_coef_final": float(state["kl_coef"]),
-    }
-    write_json(run_dir / rundir.RUN_JSON, result)
-    return result
+    return step_fn
 
 
 def export_policy(out_dir: Path, base, params, cfg: PPORunConfig) -> None:
