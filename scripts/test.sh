@@ -16,4 +16,7 @@ fi
 export WANDB_MODE="${WANDB_MODE:-offline}"
 # Many tests (and the subprocesses they start) compile the same tiny models: share compiled programs.
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$PWD/.jax-cache}"
+# ...every one of them: the tiny models compile in well under JAX's default 1 s threshold for caching, and the
+# tests' subprocesses and sweep workers compile the same ones again (a subprocess-heavy test: 57 -> 46 CPU s).
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}"
 exec "$VENV/bin/python" -m pytest -q -n 2 "$@"
