@@ -290,7 +290,7 @@ def test_a_real_full_disk_gives_one_line_keeps_checkpoints_and_resumes_exactly(r
     else:
         assert "orbax committed the step itself, so it is kept" in text and f"resumes from step {last}" in text
     kept = [str(s) for s in range(4, last + 1, 4)]
-    assert (out / "after_save.txt").read_text().split() == [".", "..", *kept]  # no orbax tmp folder
+    assert sorted((out / "after_save.txt").read_text().split()) == sorted([".", "..", *kept])  # no orbax tmp folder
 
     code, text = result("resume")
     assert code == 0 and f"resuming {run} from step {last}" in text, text[-3000:]
